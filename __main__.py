@@ -1,0 +1,3 @@
+from wdist.cli.main import main
+
+main()

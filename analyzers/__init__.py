@@ -1,0 +1,1 @@
+"""Analyses over lazily read checkpoints; results are plain dataclasses consumed by the CLI renderers."""

@@ -1,0 +1,74 @@
+"""Streaming a tensor through the summaries, and spreading tensors over processes (--jobs)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+
+from wdist.analyzers.summary import NBINS, Summary, summarize_chunk
+from wdist.analyzers.units import UnitTracker
+from wdist.loaders.dtypes import BF16_EXACT
+from wdist.loaders.model import DEFAULT_CHUNK, TensorRef
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Below this many bytes in total, starting worker processes costs more than it saves.
+PARALLEL_MIN_BYTES = 32 << 20
+
+
+def summarize_tensor(ref: TensorRef, chunk: int = DEFAULT_CHUNK) -> Summary:
+    exact = ref.dtype in BF16_EXACT
+    total = Summary(exact_bins=exact, tensors=1)
+    tracker = UnitTracker(ref.shape, ref.unit_axis) if ref.unit_axis is not None and ref.numel else None
+    for start, x in ref.chunks(chunk, align=tracker.align if tracker else 1):
+        total.merge(summarize_chunk(x, exact))
+        if tracker:
+            tracker.update(start, x)
+    if tracker:
+        total.units, total.dead_units = tracker.units, tracker.dead
+    return total
+
+
+def pack(s: Summary) -> Summary:
+    """Make a summary cheap to send between processes: histogram stored sparse in `hist`."""
+    nz = np.flatnonzero(s.hist)
+    s.hist = np.stack([nz.astype(np.int64), s.hist[nz]]) if nz.size < NBINS // 4 else s.hist
+    return s
+
+
+def unpack(s: Summary) -> Summary:
+    if s.hist.ndim == 2:
+        dense = np.zeros(NBINS, dtype=np.int64)
+        dense[s.hist[0]] = s.hist[1]
+        s.hist = dense
+    return s
+
+
+def default_jobs() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _call(args: tuple[Callable[..., Any], tuple]) -> Any:
+    fn, a = args
+    return fn(*a)
+
+
+def ordered_map(fn: Callable[..., R], items: Iterable[tuple], jobs: int, total_bytes: int) -> Iterator[R]:
+    """fn(*item) for each item, in order; in worker processes when jobs > 1 and the work is large.
+    Order is kept so that merged results are identical to a single-process run."""
+    if jobs <= 1 or total_bytes < PARALLEL_MIN_BYTES:
+        for it in items:
+            yield fn(*it)
+        return
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+        yield from ex.map(_call, ((fn, it) for it in items), chunksize=1)

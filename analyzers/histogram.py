@@ -1,0 +1,74 @@
+"""Display histograms derived from the 65,536-bin summary histogram (no second pass over the data)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from wdist.analyzers import bins
+
+
+@dataclass
+class Histogram:
+    """Counts of w on `edges` (len(counts)+1 edges); values beyond the range go to underflow/overflow.
+    For log histograms edges are log10|w|, zeros are counted apart and underflow holds tiny nonzero |w|."""
+
+    edges: list[float]
+    counts: list[int]
+    underflow: int
+    overflow: int
+    zeros: int = 0
+    log: bool = False
+
+
+def _occupied(hist: np.ndarray, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+    nz = np.flatnonzero(hist)
+    _, _, _, finite = bins.tables()
+    nz = nz[finite[nz]]
+    return bins.values(exact)[nz], hist[nz]
+
+
+def symmetric_range(*abs_p999: float | None, max_abs: float | None = None) -> float:
+    """Half-width shared by histograms drawn together: the largest 99.9th percentile of |w| among them,
+    so one extreme weight does not squash everything else into a single bar."""
+    r = max((v for v in abs_p999 if v), default=0.0)
+    if r <= 0:
+        r = max_abs or 1.0
+    return float(r)
+
+
+def linear(hist: np.ndarray, exact: bool, half_width: float, nbins: int = 64) -> Histogram:
+    edges = np.linspace(-half_width, half_width, nbins + 1)
+    vals, cnt = _occupied(hist, exact)
+    under = int(cnt[vals < edges[0]].sum())
+    over = int(cnt[vals > edges[-1]].sum())
+    inside = (vals >= edges[0]) & (vals <= edges[-1])
+    idx = np.clip(np.searchsorted(edges, vals[inside], side="right") - 1, 0, nbins - 1)
+    counts = np.bincount(idx, weights=cnt[inside], minlength=nbins).astype(np.int64)
+    return Histogram([float(e) for e in edges], [int(c) for c in counts], under, over)
+
+
+def log_abs(hist: np.ndarray, exact: bool, per_decade: int = 5, decades: int = 10,
+            top: float | None = None) -> Histogram:
+    """Histogram of log10|w| for nonzero w, `per_decade` bins per decade, ending at max|w| (or `top`)."""
+    vals, cnt = _occupied(hist, exact)
+    mag = np.abs(vals)
+    zeros = int(cnt[mag == 0].sum())
+    keep = mag > 0
+    mag, cnt = mag[keep], cnt[keep]
+    if mag.size == 0:
+        return Histogram([0.0, 1.0], [0], 0, 0, zeros, log=True)
+    hi = math.ceil(math.log10(top if top else float(mag.max())) * per_decade + 1e-9) / per_decade
+    lo_data = math.floor(math.log10(float(mag.min())) * per_decade) / per_decade
+    lo = max(lo_data, hi - decades)
+    n = max(1, round((hi - lo) * per_decade))
+    edges = lo + np.arange(n + 1) / per_decade
+    lv = np.log10(mag)
+    under = int(cnt[lv < edges[0]].sum())
+    over = int(cnt[lv > edges[-1]].sum())
+    inside = (lv >= edges[0]) & (lv <= edges[-1])
+    idx = np.clip(np.searchsorted(edges, lv[inside], side="right") - 1, 0, n - 1)
+    counts = np.bincount(idx, weights=cnt[inside], minlength=n).astype(np.int64)
+    return Histogram([float(e) for e in edges], [int(c) for c in counts], under, over, zeros, log=True)

@@ -1,0 +1,127 @@
+"""Final metrics from a Summary. Every definition here is the one the README states."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from wdist.analyzers import bins
+from wdist.analyzers.summary import Summary
+
+METRICS = (
+    "mean", "std", "min", "max", "abs_mean", "rms", "l2_norm", "zero_fraction", "near_zero_fraction",
+    "near_zero_threshold", "abs_p50", "abs_p90", "abs_p99", "abs_p999", "gini", "hoyer", "kurtosis",
+    "skewness", "top1pct_l2_mass", "units", "dead_units", "nan_count", "inf_count", "numel", "finite_count",
+)
+QUANTILES = {"abs_p50": 0.5, "abs_p90": 0.9, "abs_p99": 0.99, "abs_p999": 0.999}
+
+
+@dataclass(frozen=True)
+class NearZero:
+    """near_zero_threshold = rel * max|w| of the summarised values, or the absolute value when given."""
+
+    rel: float = 0.01
+    abs: float | None = None
+
+    def threshold(self, max_abs: float) -> float:
+        return self.abs if self.abs is not None else self.rel * max_abs
+
+
+def _f(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def abs_quantile(counts: np.ndarray, n: int, q: float, exact: bool) -> float:
+    """numpy's default (linear) quantile of |w| from the magnitude histogram."""
+    lo, _, rep = bins.abs_tables()
+    val = lo if exact else rep
+    cum = np.cumsum(counts)
+    h = (n - 1) * q
+    k0, k1 = math.floor(h), math.ceil(h)
+    b0 = int(np.searchsorted(cum, k0, side="right"))
+    b1 = int(np.searchsorted(cum, k1, side="right"))
+    v0, v1 = float(val[b0]), float(val[b1])
+    return v0 + (h - k0) * (v1 - v0)
+
+
+def count_at_most(counts: np.ndarray, t: float, exact: bool) -> float:
+    """Number of |w| <= t: bins wholly below t exactly, the bin holding t by linear interpolation
+    (exact for bf16/fp8 data, whose bins hold a single value)."""
+    lo, hi, _ = bins.abs_tables()
+    if t < 0:
+        return 0.0
+    k = int(np.searchsorted(lo, t, side="right")) - 1  # bin whose lower edge <= t
+    below = float(counts[:k].sum())
+    if exact:
+        return below + float(counts[k])
+    width = hi[k] - lo[k]
+    frac = 1.0 if width <= 0 or not math.isfinite(width) else min(1.0, (t - lo[k]) / width)
+    return below + frac * float(counts[k])
+
+
+def gini(counts: np.ndarray, n: int, exact: bool) -> float | None:
+    """Hurley & Rickard Gini of |w|: sum_k (2k - n - 1) c_(k) / (n sum c), c ascending."""
+    lo, _, rep = bins.abs_tables()
+    v = lo if exact else rep
+    nz = np.flatnonzero(counts)
+    c = counts[nz].astype(np.float64)
+    vals = v[nz]
+    r = np.cumsum(c) - c  # ranks before each bin
+    mass = vals * c
+    total = mass.sum()
+    if n == 0 or total <= 0:
+        return None
+    return float((mass * (2 * r + c - n)).sum() / (n * total))
+
+
+def top_mass(counts: np.ndarray, n: int, exact: bool, share: float = 0.01) -> float | None:
+    """Share of sum w^2 held by the ceil(share*n) weights of largest |w|."""
+    lo, _, rep = bins.abs_tables()
+    v = lo if exact else rep
+    nz = np.flatnonzero(counts)[::-1]
+    c = counts[nz].astype(np.float64)
+    sq = v[nz] ** 2
+    total = float((sq * c).sum())
+    if n == 0 or total <= 0:
+        return None
+    k = math.ceil(share * n)
+    cum = np.cumsum(c)
+    i = int(np.searchsorted(cum, k, side="left"))
+    before = float(cum[i - 1]) if i else 0.0
+    top = float((sq[:i] * c[:i]).sum()) + (k - before) * float(sq[i])
+    return top / total
+
+
+def compute(s: Summary, nz: NearZero) -> dict[str, float | int | None]:
+    n = s.n
+    out: dict[str, float | int | None] = {k: None for k in METRICS}
+    out.update(numel=s.numel, finite_count=n, nan_count=s.nans, inf_count=s.infs,
+               units=s.units if s.units else None, dead_units=s.dead_units if s.units else None)
+    if s.numel:
+        out["zero_fraction"] = s.zeros / s.numel
+    if n == 0:
+        return out
+    counts = bins.abs_counts(s.hist)
+    max_abs = max(abs(s.min), abs(s.max))
+    var = s.m2 / n
+    out.update(
+        mean=_f(s.mean), std=_f(math.sqrt(var)), min=_f(s.min), max=_f(s.max), abs_mean=_f(s.l1 / n),
+        rms=_f(math.sqrt(s.sumsq / n)), l2_norm=_f(math.sqrt(s.sumsq)),
+    )
+    t = nz.threshold(max_abs)
+    out["near_zero_threshold"] = _f(t)
+    out["near_zero_fraction"] = count_at_most(counts, t, s.exact_bins) / s.numel
+    for name, q in QUANTILES.items():
+        out[name] = _f(abs_quantile(counts, n, q, s.exact_bins))
+    out["gini"] = gini(counts, n, s.exact_bins)
+    l2 = math.sqrt(s.sumsq)
+    if n > 1 and l2 > 0:
+        out["hoyer"] = _f((math.sqrt(n) - s.l1 / l2) / (math.sqrt(n) - 1))
+    if var > 0 and s.m2 > 1e-300:
+        m2 = s.m2 / n
+        out["skewness"] = _f((s.m3 / n) / m2 ** 1.5)
+        out["kurtosis"] = _f((s.m4 / n) / (m2 * m2) - 3.0)
+    out["top1pct_l2_mass"] = top_mass(counts, n, s.exact_bins)
+    return out

@@ -1,0 +1,29 @@
+"""A rich progress bar on stderr for long work; silent when stderr is not a terminal or with --quiet."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+
+MIN_BYTES = 256 << 20  # about a second of work
+
+
+@contextlib.contextmanager
+def progress_bar(total_bytes: int, total_tensors: int, quiet: bool, label: str = "reading"
+                 ) -> Iterator[Callable[[int, int], None] | None]:
+    if quiet or total_bytes < MIN_BYTES or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TextColumn("{task.fields[tensors]}"), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as p:
+        task = p.add_task(label, total=total_bytes, tensors="")
+
+        def update(done: int, tensors: int) -> None:
+            p.update(task, completed=done, tensors=f"{tensors}/{total_tensors} tensors")
+
+        yield update

@@ -1,0 +1,157 @@
+"""The common checkpoint model every loader produces: a Checkpoint with an ordered list of TensorRefs."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+# Chunks handed to analyzers never exceed this many elements (4 MiB of float32).
+DEFAULT_CHUNK = 1 << 20
+
+
+class Format(str, enum.Enum):
+    """Every checkpoint format wdist reads (exhaustive: detection and --format use this list)."""
+
+    TORCH_ZIP = "torch-zip"
+    TORCH_LEGACY = "torch-legacy"
+    SAFETENSORS = "safetensors"
+    KERAS_H5 = "keras-h5"
+    KERAS_ZIP = "keras-zip"
+
+    @property
+    def family(self) -> str:
+        return {"torch-zip": "pytorch", "torch-legacy": "pytorch"}.get(self.value, self.value.split("-")[0])
+
+
+class Role(str, enum.Enum):
+    WEIGHT = "weight"
+    BIAS = "bias"
+    NORM = "norm"
+    EMBEDDING = "embedding"
+    RUNNING_STAT = "running_stat"
+    OPTIMIZER_STATE = "optimizer_state"
+    OTHER = "other"
+
+
+DEFAULT_ROLES = (Role.WEIGHT, Role.BIAS, Role.EMBEDDING, Role.NORM)
+
+FLOAT_DTYPES = frozenset(
+    {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"}
+)
+
+
+class TensorReader(Protocol):
+    """How to fetch one tensor's raw values. Implementations are small picklable dataclasses."""
+
+    def read_raw(self, start: int, count: int) -> np.ndarray:
+        """Elements [start, start+count) of the tensor in C order, in the stored numpy dtype."""
+        ...
+
+
+@dataclass
+class TensorRef:
+    name: str
+    layer: str
+    role: Role
+    shape: tuple[int, ...]
+    dtype: str
+    reader: TensorReader | None
+    unit_axis: int | None = None  # output-unit axis: PyTorch conv/linear 0, Keras kernels -1
+    aliases: list[str] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def itemsize(self) -> int:
+        return dtype_itemsize(self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.itemsize
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+    def chunks(self, max_elems: int = DEFAULT_CHUNK, align: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (start, float32 chunk) pairs covering the tensor; chunk lengths are multiples of `align`
+        when `align` <= max_elems, so callers can keep whole rows together."""
+        from wdist.loaders.dtypes import to_float32
+
+        if self.reader is None:
+            raise ValueError(f"{self.name}: tensor has no data reader")
+        n = self.numel
+        step = max_elems
+        if 1 < align <= max_elems:
+            step = (max_elems // align) * align
+        start = 0
+        while start < n:
+            count = min(step, n - start)
+            yield start, to_float32(self.reader.read_raw(start, count), self.dtype)
+            start += count
+
+    def read(self) -> np.ndarray:
+        """The whole tensor as float32 with its shape (one tensor only; use chunks() for big ones)."""
+        from wdist.loaders.dtypes import to_float32
+
+        if self.reader is None:
+            raise ValueError(f"{self.name}: tensor has no data reader")
+        return to_float32(self.reader.read_raw(0, self.numel), self.dtype).reshape(self.shape)
+
+    def read_native(self) -> np.ndarray:
+        """The whole tensor in its stored numpy representation (bf16/fp8 as raw unsigned ints)."""
+        if self.reader is None:
+            raise ValueError(f"{self.name}: tensor has no data reader")
+        return self.reader.read_raw(0, self.numel).reshape(self.shape)
+
+
+@dataclass
+class Checkpoint:
+    path: str
+    format: Format
+    variant: str
+    tensors: list[TensorRef]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+    unsafe_globals: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def parameters(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def step(self) -> int | None:
+        """Training step recorded inside the checkpoint, if any (global_step, step, then epoch)."""
+        for key in ("global_step", "step", "epoch"):
+            v = self.metadata.get(key)
+            if isinstance(v, int) and not isinstance(v, bool):
+                return v
+        return None
+
+
+_ITEMSIZE = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1,
+    "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
+    "uint64": 8, "uint32": 4, "uint16": 2, "uint8": 1, "bool": 1, "complex64": 8, "complex128": 16,
+}
+
+
+def dtype_itemsize(dtype: str) -> int:
+    try:
+        return _ITEMSIZE[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype}") from None
