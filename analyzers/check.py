@@ -1,0 +1,218 @@
+"""`check`: threshold rules over inspect and diff metrics, with a validated config file."""
+
+from __future__ import annotations
+
+import fnmatch
+import operator
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from wdist.analyzers.diff import CHANGE_METRICS, DiffReport
+from wdist.analyzers.inspect import InspectReport
+from wdist.analyzers.metrics import METRICS
+from wdist.loaders.errors import UsageError
+
+OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt,
+}
+_RULE = re.compile(r"^\s*(?P<scope>.+?)\s*:\s*(?P<metric>[A-Za-z0-9_]+)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<value>\S+)\s*$")
+CONFIG_KEYS = {"rules", "include", "exclude", "roles", "near_zero_rel", "near_zero_abs", "baseline"}
+ROLES = ("weight", "bias", "norm", "embedding", "running_stat", "optimizer_state", "other", "all")
+
+
+@dataclass(frozen=True)
+class Rule:
+    text: str
+    scope: str  # "model" or a glob over tensor names
+    metric: str
+    op: str
+    value: float
+    origin: str = "--rule"  # where it came from, for error messages
+
+    @property
+    def is_change(self) -> bool:
+        return self.metric in CHANGE_METRICS
+
+
+def validate_glob(g: str, where: str) -> None:
+    depth = 0
+    for ch in g:
+        if ch == "[":
+            depth += 1
+        elif ch == "]" and depth:
+            depth -= 1
+    if depth or not g.strip():
+        raise UsageError(None, f"{where}: malformed glob {g!r} (unclosed '[' or empty)")
+
+
+def parse_rule(text: str, origin: str = "--rule", baseline: bool = False) -> Rule:
+    m = _RULE.match(text)
+    if not m:
+        raise UsageError(None, f"{origin}: cannot parse rule {text!r}; expected 'GLOB: METRIC OP VALUE' with OP one of "
+                         + " ".join(OPS))
+    metric = m["metric"]
+    valid = METRICS + CHANGE_METRICS
+    if metric not in valid:
+        raise UsageError(None, f"{origin}: unknown metric {metric!r} in {text!r}; valid metrics: {', '.join(valid)}")
+    if metric in CHANGE_METRICS and not baseline:
+        raise UsageError(None, f"{origin}: {metric} compares against a baseline; give --baseline (or baseline = in config)")
+    try:
+        value = float(m["value"])
+    except ValueError:
+        raise UsageError(None, f"{origin}: value {m['value']!r} in {text!r} is not a number") from None
+    scope = m["scope"].strip()
+    validate_glob(scope, origin)
+    return Rule(text.strip(), scope, metric, m["op"], value, origin)
+
+
+@dataclass
+class Config:
+    rules: list[str] = field(default_factory=list)
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    roles: list[str] = field(default_factory=list)
+    near_zero_rel: float | None = None
+    near_zero_abs: float | None = None
+    baseline: str | None = None
+    path: str | None = None
+    lines: dict[str, int] = field(default_factory=dict)  # rule text -> line in the file
+
+    def origin(self, rule: str) -> str:
+        return f"{self.path}:{self.lines.get(rule, 0)}" if self.path else "--rule"
+
+
+def find_config(start: str | None = None) -> str | None:
+    """wdist.toml, or a pyproject.toml with [tool.wdist], from `start` (default cwd) upward."""
+    d = os.path.abspath(start or os.getcwd())
+    while True:
+        for name in ("wdist.toml", "pyproject.toml"):
+            p = os.path.join(d, name)
+            if os.path.isfile(p) and (name == "wdist.toml" or "[tool.wdist]" in _read(p)):
+                return p
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def load_config(path: str) -> Config:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    text = _read(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(path, f"not valid TOML ({e})") from None
+    if os.path.basename(path) == "pyproject.toml":
+        data = data.get("tool", {}).get("wdist", {})
+    unknown = set(data) - CONFIG_KEYS
+    if unknown:
+        raise UsageError(path, f"unknown key(s) {', '.join(sorted(unknown))}; valid keys: {', '.join(sorted(CONFIG_KEYS))}")
+    cfg = Config(path=path)
+    for key in ("rules", "include", "exclude", "roles"):
+        v = data.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise UsageError(path, f"{key} must be a list of strings")
+        setattr(cfg, key, v)
+    for key in ("near_zero_rel", "near_zero_abs"):
+        v = data.get(key)
+        if v is not None and (not isinstance(v, (int, float)) or v < 0):
+            raise UsageError(path, f"{key} must be a number >= 0")
+        setattr(cfg, key, None if v is None else float(v))
+    b = data.get("baseline")
+    if b is not None:
+        if not isinstance(b, str):
+            raise UsageError(path, "baseline must be a path string")
+        cfg.baseline = os.path.join(os.path.dirname(path), b)
+    bad_roles = [r for r in cfg.roles if r not in ROLES]
+    if bad_roles:
+        raise UsageError(path, f"unknown role(s) {', '.join(bad_roles)}; valid roles: {', '.join(ROLES)}")
+    for i, line in enumerate(text.splitlines(), 1):
+        for r in cfg.rules:
+            if r in line and r not in cfg.lines:
+                cfg.lines[r] = i
+    for g in cfg.include + cfg.exclude:
+        validate_glob(g, path)
+    return cfg
+
+
+@dataclass
+class Outcome:
+    name: str
+    value: float | None
+    passed: bool | None  # None: metric undefined for this tensor (e.g. kurtosis of a constant)
+
+
+@dataclass
+class RuleResult:
+    rule: str
+    scope: str
+    metric: str
+    op: str
+    value: float
+    verdict: str  # pass | fail | error
+    matched: int
+    failures: list[Outcome]
+    results: list[Outcome]
+    message: str = ""
+
+
+@dataclass
+class CheckpointResult:
+    path: str
+    error: str | None
+    rules: list[RuleResult]
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(r.verdict == "pass" for r in self.rules)
+
+
+def _worst_first(outcomes: list[Outcome], op: str) -> list[Outcome]:
+    rev = op in (">", ">=")  # smaller is worse for lower bounds
+    return sorted(outcomes, key=lambda o: (o.value is None, o.value if not rev else -(o.value or 0)),
+                  reverse=not rev)
+
+
+def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, allow_empty: bool) -> list[RuleResult]:
+    out = []
+    for rule in rules:
+        outcomes: list[Outcome] = []
+        if rule.scope == "model":
+            if rule.is_change:
+                v = diff.summary.get(rule.metric) if diff else None
+            else:
+                v = report.model.stats.get(rule.metric)
+            outcomes.append(Outcome("model", v, None if v is None else OPS[rule.op](v, rule.value)))
+        elif rule.is_change:
+            for t in diff.tensors if diff else []:
+                if fnmatch.fnmatchcase(t.name, rule.scope) or (t.b_name and fnmatch.fnmatchcase(t.b_name, rule.scope)):
+                    v = (t.change or {}).get(rule.metric)
+                    outcomes.append(Outcome(t.b_name or t.name, v, None if v is None else OPS[rule.op](v, rule.value)))
+        else:
+            for t in report.tensors:
+                if fnmatch.fnmatchcase(t.name, rule.scope):
+                    v = t.stats.get(rule.metric)
+                    outcomes.append(Outcome(t.name, v, None if v is None else OPS[rule.op](v, rule.value)))
+        fails = _worst_first([o for o in outcomes if o.passed is False], rule.op)
+        if not outcomes and not allow_empty:
+            verdict, msg = "error", f"glob {rule.scope!r} matches no analysed tensor (typo? --allow-empty to permit)"
+        else:
+            verdict, msg = ("fail" if fails else "pass"), ""
+        out.append(RuleResult(rule.text, rule.scope, rule.metric, rule.op, rule.value, verdict, len(outcomes), fails,
+                              outcomes, msg))
+    return out

@@ -1,0 +1,268 @@
+"""`diff`: align two checkpoints' tensors by name and measure how each moved, streaming both in step."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from wdist.analyzers import distances, metrics
+from wdist.analyzers.engine import default_jobs, ordered_map, pack, unpack
+from wdist.analyzers.inspect import CheckpointInfo, Options, Progress, checkpoint_info, select
+from wdist.analyzers.summary import Summary, summarize_chunk
+from wdist.analyzers.units import UnitTracker
+from wdist.loaders.dtypes import BF16_EXACT
+from wdist.loaders.model import Checkpoint, TensorRef
+
+CHANGE_METRICS = ("rel_l2_change", "cosine", "sign_flip_fraction", "changed_fraction", "max_abs_change",
+                  "wasserstein", "ks")
+PREFIXES = re.compile(r"^(?:module\.|model\.|_orig_mod\.|state_dict\.)+")
+
+
+def canonical(name: str) -> str:
+    """Name without wrapper prefixes (DataParallel `module.`, Lightning `model.`, torch.compile `_orig_mod.`)."""
+    return PREFIXES.sub("", name)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """changed_fraction counts |b - a| > atol + rtol * |a| (numpy.isclose's defaults)."""
+
+    rtol: float = 1e-5
+    atol: float = 1e-8
+
+
+@dataclass
+class PairSums:
+    """Exact running sums over elements finite in both tensors."""
+
+    n: int = 0
+    aa: float = 0.0
+    bb: float = 0.0
+    ab: float = 0.0
+    dd: float = 0.0
+    both_nonzero: int = 0
+    flips: int = 0
+    changed: int = 0
+    max_abs: float = 0.0
+
+    def merge(self, o: PairSums) -> PairSums:
+        self.n += o.n
+        self.aa += o.aa
+        self.bb += o.bb
+        self.ab += o.ab
+        self.dd += o.dd
+        self.both_nonzero += o.both_nonzero
+        self.flips += o.flips
+        self.changed += o.changed
+        self.max_abs = max(self.max_abs, o.max_abs)
+        return self
+
+
+def pair_chunk(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> PairSums:
+    fin = np.isfinite(a) & np.isfinite(b)
+    if not fin.all():
+        a, b = a[fin], b[fin]
+    a64 = a.astype(np.float64)
+    b64 = b.astype(np.float64)
+    d = b64 - a64
+    nz = (a != 0) & (b != 0)
+    p = PairSums(n=int(a.size), aa=float(np.dot(a64, a64)), bb=float(np.dot(b64, b64)), ab=float(np.dot(a64, b64)),
+                 dd=float(np.dot(d, d)), both_nonzero=int(np.count_nonzero(nz)),
+                 flips=int(np.count_nonzero(nz & (np.signbit(a) != np.signbit(b)))),
+                 changed=int(np.count_nonzero(np.abs(d) > tol.atol + tol.rtol * np.abs(a64))),
+                 max_abs=float(np.abs(d).max()) if d.size else 0.0)
+    return p
+
+
+def change_metrics(p: PairSums, sa: Summary, sb: Summary, numel: int) -> dict[str, float | None]:
+    exact = sa.exact_bins and sb.exact_bins
+    return {
+        "rel_l2_change": math.sqrt(p.dd) / math.sqrt(p.aa) if p.aa > 0 else None,
+        "cosine": p.ab / math.sqrt(p.aa * p.bb) if p.aa > 0 and p.bb > 0 else None,
+        "sign_flip_fraction": p.flips / p.both_nonzero if p.both_nonzero else None,
+        "changed_fraction": p.changed / numel if numel else None,
+        "max_abs_change": p.max_abs if p.n else None,
+        "wasserstein": distances.wasserstein(sa.hist, sb.hist, exact),
+        "ks": distances.ks(sa.hist, sb.hist, exact),
+    }
+
+
+def _side(ref: TensorRef) -> tuple[Summary, UnitTracker | None]:
+    tr = UnitTracker(ref.shape, ref.unit_axis) if ref.unit_axis is not None and ref.numel else None
+    return Summary(exact_bins=ref.dtype in BF16_EXACT, tensors=1), tr
+
+
+def _pair_work(ra: TensorRef, rb: TensorRef, chunk: int, tol: Tolerance) -> tuple[Summary, Summary, PairSums]:
+    sa, ta = _side(ra)
+    sb, tb = _side(rb)
+    align = ta.align if ta else 1
+    p = PairSums()
+    for (start, a), (_, b) in zip(ra.chunks(chunk, align), rb.chunks(chunk, align)):
+        sa.merge(summarize_chunk(a, sa.exact_bins))
+        sb.merge(summarize_chunk(b, sb.exact_bins))
+        p.merge(pair_chunk(a, b, tol))
+        if ta:
+            ta.update(start, a)
+        if tb:
+            tb.update(start, b)
+    for s, t in ((sa, ta), (sb, tb)):
+        if t:
+            s.units, s.dead_units = t.units, t.dead
+    return pack(sa), pack(sb), p
+
+
+@dataclass
+class TensorDiff:
+    name: str
+    status: str  # matched | only_a | only_b | shape_changed | dtype_changed | not_float
+    a_name: str | None
+    b_name: str | None
+    layer: str
+    a: dict[str, Any] | None = None
+    b: dict[str, Any] | None = None
+    change: dict[str, Any] | None = None
+    delta: dict[str, Any] | None = None
+    shape_a: list[int] | None = None
+    shape_b: list[int] | None = None
+    dtype_a: str | None = None
+    dtype_b: str | None = None
+
+
+@dataclass
+class LayerDiff:
+    name: str
+    parameters: int
+    rel_l2_change: float | None
+    cosine: float | None
+    sign_flip_fraction: float | None
+    changed_fraction: float | None
+    max_abs_change: float | None
+    notes: list[str] = field(default_factory=list)
+    a_summary: Summary | None = field(default=None, repr=False)
+    b_summary: Summary | None = field(default=None, repr=False)
+
+
+@dataclass
+class DiffReport:
+    a: CheckpointInfo
+    b: CheckpointInfo
+    options: dict[str, Any]
+    tensors: list[TensorDiff]
+    layers: list[LayerDiff]
+    summary: dict[str, Any]
+    notes: list[str]
+
+
+def _delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in metrics.METRICS:
+        va, vb = a.get(k), b.get(k)
+        out[k] = None if va is None or vb is None else vb - va
+    return out
+
+
+def _align(ra: list[TensorRef], rb: list[TensorRef]) -> list[tuple[TensorRef | None, TensorRef | None]]:
+    def index(refs: list[TensorRef]) -> dict[str, TensorRef]:
+        out: dict[str, TensorRef] = {}
+        for t in refs:
+            out.setdefault(canonical(t.name), t)
+        return out
+
+    ia, ib = index(ra), index(rb)
+    keys = list(ia) + [k for k in ib if k not in ia]
+    return [(ia.get(k), ib.get(k)) for k in keys]
+
+
+def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol: Tolerance | None = None,
+            progress: Progress | None = None) -> DiffReport:
+    opts = opts or Options()
+    tol = tol or Tolerance()
+    pairs = _align(select(ck_a, opts.roles, opts.layers), select(ck_b, opts.roles, opts.layers))
+    rows: list[TensorDiff] = []
+    work: list[tuple[int, TensorRef, TensorRef]] = []
+    for ta, tb in pairs:
+        name = canonical((ta or tb).name)  # type: ignore[union-attr]
+        layer = canonical((ta or tb).layer)  # type: ignore[union-attr]
+        row = TensorDiff(name, "matched", ta.name if ta else None, tb.name if tb else None, layer,
+                         shape_a=list(ta.shape) if ta else None, shape_b=list(tb.shape) if tb else None,
+                         dtype_a=ta.dtype if ta else None, dtype_b=tb.dtype if tb else None)
+        if ta is None:
+            row.status = "only_b"
+        elif tb is None:
+            row.status = "only_a"
+        elif ta.shape != tb.shape:
+            row.status = "shape_changed"
+        elif not (ta.is_float and tb.is_float):
+            row.status = "not_float"
+        else:
+            if ta.dtype != tb.dtype:
+                row.status = "dtype_changed"
+            work.append((len(rows), ta, tb))
+        rows.append(row)
+    total = sum(a.nbytes + b.nbytes for _, a, b in work)
+    layer_sums: dict[str, tuple[PairSums, Summary, Summary, int]] = {}
+    done = 0
+    jobs = opts.jobs or default_jobs()
+    results = ordered_map(_pair_work, ((a, b, opts.chunk, tol) for _, a, b in work), jobs, total)
+    for (i, ta, tb), (sa, sb, p) in zip(work, results):
+        sa, sb = unpack(sa), unpack(sb)
+        row = rows[i]
+        row.a = metrics.compute(sa, opts.near_zero)
+        row.b = metrics.compute(sb, opts.near_zero)
+        row.change = change_metrics(p, sa, sb, ta.numel)
+        row.delta = _delta(row.a, row.b)
+        acc = layer_sums.get(row.layer)
+        if acc is None:
+            layer_sums[row.layer] = (p, sa, sb, ta.numel)
+        else:
+            layer_sums[row.layer] = (acc[0].merge(p), acc[1].merge(sa), acc[2].merge(sb), acc[3] + ta.numel)
+        done += ta.nbytes + tb.nbytes
+        if progress:
+            progress(done, i + 1)
+    layers = []
+    for name, (p, sa, sb, numel) in layer_sums.items():
+        ch = change_metrics(p, sa, sb, numel)
+        layers.append(LayerDiff(name, numel, ch["rel_l2_change"], ch["cosine"], ch["sign_flip_fraction"],
+                                ch["changed_fraction"], ch["max_abs_change"], a_summary=pack(sa), b_summary=pack(sb)))
+    notes = _notes(rows, layers)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    tot = PairSums()
+    for p, *_ in layer_sums.values():
+        tot.merge(p)
+    summary = {"statuses": counts,
+               "rel_l2_change": math.sqrt(tot.dd / tot.aa) if tot.aa > 0 else None,
+               "cosine": tot.ab / math.sqrt(tot.aa * tot.bb) if tot.aa > 0 and tot.bb > 0 else None,
+               "most_moved": [lr.name for lr in sorted(layers, key=lambda x: -(x.rel_l2_change or 0))[:3]],
+               "least_moved": [lr.name for lr in sorted(layers, key=lambda x: x.rel_l2_change or 0)[:3]]}
+    return DiffReport(checkpoint_info(ck_a), checkpoint_info(ck_b),
+                      {**opts.as_dict(), "rtol": tol.rtol, "atol": tol.atol}, rows, layers, summary, notes)
+
+
+def _notes(rows: list[TensorDiff], layers: list[LayerDiff]) -> list[str]:
+    out: list[str] = []
+    for lr in layers:
+        if lr.changed_fraction == 0:
+            lr.notes.append("did not move at all between the checkpoints: frozen, or not trained?")
+        elif lr.rel_l2_change is not None and lr.rel_l2_change > 0.5:
+            lr.notes.append(f"moved a lot: |B-A| is {lr.rel_l2_change:.0%} of |A|")
+        if lr.sign_flip_fraction is not None and lr.sign_flip_fraction > 0.3:
+            lr.notes.append(f"{lr.sign_flip_fraction:.0%} of its weights flipped sign")
+    moved = sorted((lr for lr in layers if lr.rel_l2_change is not None), key=lambda x: x.rel_l2_change or 0)
+    if moved:
+        out.append(f"most moved: {moved[-1].name} (relative L2 change {moved[-1].rel_l2_change:.3g}); "
+                   f"least moved: {moved[0].name} ({moved[0].rel_l2_change:.3g})")
+    frozen = [lr.name for lr in layers if lr.changed_fraction == 0]
+    if frozen:
+        out.append(f"{len(frozen)} layer(s) identical in both checkpoints: {', '.join(frozen[:5])}")
+    for status, what in (("only_a", "only in A"), ("only_b", "only in B"), ("shape_changed", "changed shape"),
+                         ("dtype_changed", "changed dtype")):
+        names = [r.name for r in rows if r.status == status]
+        if names:
+            out.append(f"{len(names)} tensor(s) {what}: {', '.join(names[:5])}" + (" ..." if len(names) > 5 else ""))
+    return out

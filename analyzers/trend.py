@@ -1,0 +1,243 @@
+"""`trend`: metrics per layer across the checkpoints of a run, ordered by training step."""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from wdist.analyzers import histogram, metrics
+from wdist.analyzers.engine import unpack
+from wdist.analyzers.histogram import Histogram
+from wdist.analyzers.inspect import Options, analyse
+from wdist.analyzers.summary import Summary
+from wdist.loaders.errors import UsageError, WdistError
+from wdist.loaders.registry import EXTENSIONS, find_in_dir, open_checkpoint
+
+DEFAULT_METRICS = ("l2_norm", "std", "kurtosis", "near_zero_fraction", "zero_fraction", "top1pct_l2_mass")
+_STEP_PATTERNS = (
+    ("step", re.compile(r"(?:^|[^a-z])(?:global_)?step[=_-]?(\d+)", re.I)),
+    ("step", re.compile(r"checkpoint-(\d+)", re.I)),
+    ("step", re.compile(r"iter(?:ation)?[=_-]?(\d+)", re.I)),
+    ("epoch", re.compile(r"epoch[=_-]?(\d+)", re.I)),
+)
+
+
+def natural_key(s: str) -> list[Any]:
+    """'epoch2' < 'epoch10': digit runs compare as numbers."""
+    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", s)]
+
+
+def step_from_name(path: str) -> tuple[str, int] | None:
+    """(kind, number) from a Lightning/Hugging Face/plain checkpoint name; the step wins over the epoch."""
+    name = os.path.basename(os.path.normpath(path))
+    for kind, pat in _STEP_PATTERNS:
+        m = pat.search(name)
+        if m:
+            return kind, int(m.group(1))
+    return None
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """CKPT... | DIR | GLOB -> checkpoint paths (files and model directories)."""
+    out: list[str] = []
+    for item in inputs:
+        if any(c in item for c in "*?[") and not os.path.exists(item):
+            hits = sorted(glob.glob(item))
+            if not hits:
+                raise UsageError(item, "glob matches no file")
+            out += hits
+        elif os.path.isdir(item) and not find_in_dir(item):
+            entries = sorted(os.path.join(item, e) for e in os.listdir(item))
+            found = [e for e in entries if (os.path.isfile(e) and _is_ckpt_name(e)) or
+                     (os.path.isdir(e) and find_in_dir(e))]
+            if not found:
+                raise UsageError(item, "directory holds no checkpoints")
+            out += found
+        else:
+            out.append(item)
+    return out
+
+
+def _is_ckpt_name(path: str) -> bool:
+    name = path.lower()
+    return name.endswith(tuple(EXTENSIONS)) or name.endswith(".weights.h5")
+
+
+@dataclass
+class TrendPoint:
+    path: str
+    label: str
+    step: int | None
+    step_source: str | None
+    format: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class LayerTrend:
+    name: str
+    series: dict[str, list[float | None]]
+    change_first: dict[str, float | None]
+    change_prev: dict[str, float | None]
+    ridgeline: list[Histogram | None] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrendReport:
+    checkpoints: list[TrendPoint]
+    order: str
+    metrics: list[str]
+    layers: list[LayerTrend]
+    tensors: dict[str, dict[str, list[float | None]]]
+    model: dict[str, list[float | None]]
+    notes: list[str]
+    errors: int
+
+
+def order_points(paths: list[str], given: bool) -> tuple[list[TrendPoint], str]:
+    pts = []
+    for p in paths:
+        s = step_from_name(p)
+        pts.append(TrendPoint(p, os.path.basename(os.path.normpath(p)), s[1] if s else None, s[0] if s else None))
+    if given:
+        return pts, "as given on the command line"
+    if pts and all(p.step is not None for p in pts) and len({p.step_source for p in pts}) == 1:
+        pts.sort(key=lambda p: (p.step, natural_key(p.label)))
+        return pts, f"by {pts[0].step_source} number in the names"
+    pts.sort(key=lambda p: natural_key(p.label))
+    return pts, "natural order of the names"
+
+
+def _rel(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
+    if a == 0:
+        return None if b == 0 else math.inf
+    return (b - a) / abs(a)
+
+
+def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRICS, given: bool = False,
+        input_format: str | None = None, progress: Callable[[int, int], None] | None = None,
+        ridgeline: bool = True) -> TrendReport:
+    for m in chosen:
+        if m not in metrics.METRICS:
+            raise UsageError(None, f"unknown metric {m!r}; choose from {', '.join(metrics.METRICS)}")
+    points, order = order_points(paths, given)
+    layer_series: dict[str, dict[str, list[float | None]]] = {}
+    tensor_series: dict[str, dict[str, list[float | None]]] = {}
+    model_series: dict[str, list[float | None]] = {m: [] for m in chosen}
+    layer_summ: dict[str, list[Summary | None]] = {}
+    errors = 0
+    for i, pt in enumerate(points):
+        try:
+            ck = open_checkpoint(pt.path, input_format)
+            rep = analyse(ck, opts)
+        except WdistError as e:
+            pt.error = e.reason
+            errors += 1
+            rep = None
+        if rep is not None:
+            pt.format = rep.checkpoint.format
+            if pt.step is None and rep.checkpoint.step is not None:
+                pt.step, pt.step_source = rep.checkpoint.step, "metadata"
+        seen_layers = {lr.name: lr for lr in rep.layers} if rep else {}
+        for name in list(layer_series) + [n for n in seen_layers if n not in layer_series]:
+            if name not in layer_series:
+                layer_series[name] = {m: [None] * i for m in chosen}
+                layer_summ[name] = [None] * i
+            lr = seen_layers.get(name)
+            for m in chosen:
+                layer_series[name][m].append(lr.stats.get(m) if lr else None)
+            layer_summ[name].append(lr.summary if lr else None)  # packed: small
+        seen_t = {t.name: t for t in rep.tensors} if rep else {}
+        for name in list(tensor_series) + [n for n in seen_t if n not in tensor_series]:
+            if name not in tensor_series:
+                tensor_series[name] = {m: [None] * i for m in chosen}
+            t = seen_t.get(name)
+            for m in chosen:
+                tensor_series[name][m].append(t.stats.get(m) if t else None)
+        for m in chosen:
+            model_series[m].append(rep.model.stats.get(m) if rep else None)
+        if progress:
+            progress(i + 1, len(points))
+    layers = []
+    for name, series in layer_series.items():
+        first = {m: _rel(next((v for v in s if v is not None), None), s[-1]) for m, s in series.items()}
+        prev = {m: _rel(s[-2], s[-1]) if len(s) > 1 else None for m, s in series.items()}
+        lt = LayerTrend(name, series, first, prev)
+        if ridgeline:
+            lt.ridgeline = _ridge(layer_summ[name], opts.bins)
+        lt.notes = _layer_notes(lt, points)
+        layers.append(lt)
+    return TrendReport(points, order, list(chosen), layers, tensor_series, model_series,
+                       _run_notes(layers, points), errors)
+
+
+def _ridge(summ: list[Summary | None], bins: int) -> list[Histogram | None]:
+    """Each step's histogram on edges shared by all steps, so the rows are comparable."""
+    full = [unpack(s) if s is not None else None for s in summ]
+    p999 = [metrics.compute(s, metrics.NearZero()).get("abs_p999") for s in full if s is not None and s.n]
+    mx = max((max(abs(s.min), abs(s.max)) for s in full if s is not None and s.n), default=1.0)
+    half = histogram.symmetric_range(*p999, max_abs=mx)
+    return [histogram.linear(s.hist, s.exact_bins, half, bins) if s is not None and s.n else None for s in full]
+
+
+def _label(points: list[TrendPoint], i: int) -> str:
+    p = points[i]
+    return f"{p.step_source} {p.step}" if p.step is not None else p.label
+
+
+def _layer_notes(lt: LayerTrend, points: list[TrendPoint]) -> list[str]:
+    out = []
+    s = lt.series
+    if "l2_norm" in s:
+        vals = s["l2_norm"]
+        if len(vals) >= 2 and vals[-1] is not None and vals[-2] is not None:
+            r = _rel(vals[-2], vals[-1])
+            if r is not None and abs(r) < 0.005:
+                out.append("settled: L2 norm changed <0.5% over the last interval")
+            elif r is not None and abs(r) > 0.02:
+                out.append(f"still moving: L2 norm changed {r:+.1%} over the last interval")
+    if "kurtosis" in s:
+        ks = s["kurtosis"]
+        start = next((v for v in ks if v is not None), None)
+        for i, v in enumerate(ks):
+            if v is not None and v > 5 and (start is None or start <= 3):
+                out.append(f"grew a heavy tail: kurtosis {start:.2f} -> {v:.1f} by {_label(points, i)}"
+                           if start is not None else f"heavy-tailed by {_label(points, i)}")
+                break
+    if "zero_fraction" in s:
+        zs = s["zero_fraction"]
+        for i, v in enumerate(zs):
+            if v is not None and v >= 0.5:
+                out.append(f"became sparse ({v:.0%} exactly zero) by {_label(points, i)}")
+                break
+    if "near_zero_fraction" in s:
+        nz = [v for v in s["near_zero_fraction"] if v is not None]
+        if len(nz) >= 2 and nz[-1] - nz[0] > 0.1:
+            out.append(f"near-zero share grew from {nz[0]:.0%} to {nz[-1]:.0%}")
+    return out
+
+
+def _run_notes(layers: list[LayerTrend], points: list[TrendPoint]) -> list[str]:
+    out = []
+    moving = [lt.name for lt in layers if any(n.startswith("still moving") for n in lt.notes)]
+    settled = [lt.name for lt in layers if any(n.startswith("settled") for n in lt.notes)]
+    heavy = [lt.name for lt in layers if any(n.startswith("grew a heavy tail") for n in lt.notes)]
+    if moving:
+        out.append(f"still moving at the last checkpoint: {', '.join(moving[:8])}")
+    if settled:
+        out.append(f"settled: {', '.join(settled[:8])}")
+    if heavy:
+        out.append(f"grew heavy tails during training: {', '.join(heavy[:8])} — expected as trained weights "
+                   "specialise; a concern only with NaN/Inf, exploding norms or dead units")
+    bad = [p for p in points if p.error]
+    if bad:
+        out.append(f"{len(bad)} checkpoint(s) could not be read: " + "; ".join(f"{p.label}: {p.error}" for p in bad[:5]))
+    return out
