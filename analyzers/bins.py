@@ -20,6 +20,7 @@ def tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     top = np.where(finite, ((mag << 16) | 0xFFFF).view(np.float32), 0).astype(np.float64)
     hi = np.where(finite, top, np.inf)
     rep = np.where(finite, (lo + top) / 2, np.nan)
+    rep[mag == 0] = 0.0  # +-0 and subnormals below 9.2e-41 count as zero in histogram-derived metrics
     return lo, hi, rep, finite
 
 

@@ -54,7 +54,7 @@ def count_at_most(counts: np.ndarray, t: float, exact: bool) -> float:
         return 0.0
     k = int(np.searchsorted(lo, t, side="right")) - 1  # bin whose lower edge <= t
     below = float(counts[:k].sum())
-    if exact:
+    if exact or k == 0:  # bin 0 holds zeros (and sub-9.2e-41 subnormals, taken as zero)
         return below + float(counts[k])
     width = hi[k] - lo[k]
     frac = 1.0 if width <= 0 or not math.isfinite(width) else min(1.0, (t - lo[k]) / width)

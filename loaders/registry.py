@@ -43,10 +43,10 @@ def sniff(path: str) -> Format:
         if any(n.endswith("data.pkl") for n in names):
             return Format.TORCH_ZIP
         raise UnsupportedFormatError(path, "zip archive is neither a torch.save checkpoint nor a .keras model")
-    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
-        return Format.TORCH_LEGACY
-    if len(head) >= 9 and head[8:9] == b"{":
+    if len(head) >= 9 and head[8:9] == b"{":  # u64 header length, then the JSON header
         return Format.SAFETENSORS
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:  # pickle protocol 2-5: legacy torch.save
+        return Format.TORCH_LEGACY
     ext = os.path.splitext(path)[1].lower()
     if ext == ".safetensors" and len(head) >= 8:
         return Format.SAFETENSORS  # let the header validation say what is wrong

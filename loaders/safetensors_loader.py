@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from wdist.loaders.errors import CorruptCheckpointError
 from wdist.loaders.fileio import RangeReader, file_size
@@ -75,14 +76,18 @@ def read_header(path: str) -> tuple[dict, dict, int]:
     return header, {str(k): v for k, v in meta.items()}, 8 + n
 
 
+def _natural(s: str) -> list:
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", s)]
+
+
 def load_safetensors_files(path: str, files: list[str], variant: str) -> Checkpoint:
     tensors: list[TensorRef] = []
     metadata: dict = {}
     for fp in files:
         header, meta, data_start = read_header(fp)
         metadata.update(meta)
-        # keep file order (by offset), which is how the writer laid the tensors out
-        for name, e in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        # writers reorder tensors (by dtype, by name); natural name order puts layers.2 before layers.10
+        for name, e in sorted(header.items(), key=lambda kv: _natural(kv[0])):
             dtype = ST_DTYPES[e["dtype"]]
             shape = tuple(e["shape"])
             layer, param = split_name(name)

@@ -1,0 +1,58 @@
+import os
+
+import pytest
+import torch
+
+from wdist.analyzers.inspect import Options
+from wdist.analyzers.trend import expand_inputs, natural_key, order_points, run, step_from_name
+
+
+def test_natural_order():
+    names = ["epoch10.pt", "epoch2.pt", "epoch1.pt"]
+    assert sorted(names, key=natural_key) == ["epoch1.pt", "epoch2.pt", "epoch10.pt"]
+
+
+@pytest.mark.parametrize("name, expect", [
+    ("epoch=3-step=1200.ckpt", ("step", 1200)), ("checkpoint-500", ("step", 500)), ("run/checkpoint-500/", ("step", 500)),
+    ("epoch_07.pt", ("epoch", 7)), ("model_step1000.safetensors", ("step", 1000)), ("final.pt", None),
+])
+def test_step_from_name(name, expect):
+    assert step_from_name(name) == expect
+
+
+def test_order_modes():
+    paths = ["a/epoch=1-step=900.ckpt", "a/epoch=0-step=300.ckpt", "a/epoch=2-step=1500.ckpt"]
+    pts, how = order_points(paths, given=False)
+    assert [p.step for p in pts] == [300, 900, 1500] and "step" in how
+    pts, how = order_points(paths, given=True)
+    assert [p.step for p in pts] == [900, 300, 1500] and "given" in how
+    pts, how = order_points(["b/final.pt", "b/a10.pt", "b/a9.pt"], given=False)
+    assert [p.label for p in pts] == ["a9.pt", "a10.pt", "final.pt"] and "natural" in how
+
+
+def test_run_dir_and_metadata_steps(tmp_path):
+    torch.manual_seed(0)
+    w = torch.randn(16, 16)
+    for i, name in enumerate(["late", "early", "mid"]):
+        scale = {"early": 1.0, "mid": 1.5, "late": 2.0}[name]
+        torch.save({"global_step": {"early": 10, "mid": 20, "late": 30}[name], "state_dict": {"fc.weight": w * scale}},
+                   tmp_path / f"{name}.pt")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    paths = expand_inputs([str(tmp_path)])
+    assert sorted(os.path.basename(p) for p in paths) == ["early.pt", "late.pt", "mid.pt"]
+    r = run(paths, Options(jobs=1))
+    # no step in the names: natural order of names; steps from metadata are shown
+    assert [p.label for p in r.checkpoints] == ["early.pt", "late.pt", "mid.pt"]
+    assert [p.step for p in r.checkpoints] == [10, 30, 20]
+    l2 = r.layers[0].series["l2_norm"]
+    assert l2[1] == pytest.approx(2 * l2[0], rel=1e-6)
+    assert r.layers[0].change_first["l2_norm"] == pytest.approx(0.5, rel=1e-6)
+
+
+def test_bad_checkpoint_is_reported_and_others_analysed(tmp_path):
+    torch.save({"fc.weight": torch.randn(4, 4)}, tmp_path / "epoch1.pt")
+    (tmp_path / "epoch2.pt").write_bytes(b"garbage" * 10)
+    torch.save({"fc.weight": torch.randn(4, 4)}, tmp_path / "epoch3.pt")
+    r = run(expand_inputs([str(tmp_path)]), Options(jobs=1))
+    assert r.errors == 1 and r.checkpoints[1].error
+    assert r.layers[0].series["std"][0] is not None and r.layers[0].series["std"][1] is None

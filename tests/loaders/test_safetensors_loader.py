@@ -1,0 +1,88 @@
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file as np_save
+from safetensors.torch import save_file
+
+from wdist.loaders import Format, open_checkpoint
+from wdist.loaders.errors import CorruptCheckpointError
+
+
+def test_single_file_matches_torch(ckpts, torch_model_sd):
+    ck = open_checkpoint(str(ckpts["st"]))
+    assert ck.format is Format.SAFETENSORS and ck.metadata == {"note": "test"}
+    by = {t.name: t for t in ck.tensors}
+    for k, v in torch_model_sd.items():
+        np.testing.assert_array_equal(by[k].read(), v.float().numpy())
+
+
+@pytest.mark.parametrize("dtype, name", [(torch.bfloat16, "bfloat16"), (torch.float16, "float16"),
+                                         (torch.float8_e4m3fn, "float8_e4m3fn"), (torch.float8_e5m2, "float8_e5m2"),
+                                         (torch.float64, "float64")])
+def test_dtypes_without_torch(tmp_path, dtype, name):
+    torch.manual_seed(0)
+    x = (torch.randn(33, 17) * 3).to(dtype)
+    p = tmp_path / "x.safetensors"
+    save_file({"w": x}, str(p))
+    (t,) = open_checkpoint(str(p)).tensors
+    assert t.dtype == name
+    np.testing.assert_array_equal(t.read(), x.float().numpy())
+
+
+def test_sharded_index_and_directory(tmp_path, torch_model_sd):
+    keys = list(torch_model_sd)
+    parts = [keys[:4], keys[4:]]
+    wm = {}
+    for i, ks in enumerate(parts, 1):
+        fn = f"model-0000{i}-of-00002.safetensors"
+        save_file({k: torch_model_sd[k].contiguous() for k in ks}, str(tmp_path / fn))
+        wm.update({k: fn for k in ks})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
+    for target in (tmp_path, tmp_path / "model.safetensors.index.json"):
+        ck = open_checkpoint(str(target))
+        assert ck.variant == "sharded" and sorted(t.name for t in ck.tensors) == sorted(keys)
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CorruptCheckpointError, match="missing"):
+        open_checkpoint(str(tmp_path))
+
+
+def _write(p, header: dict, data: bytes, declared_len: int | None = None) -> None:
+    h = json.dumps(header).encode()
+    p.write_bytes(struct.pack("<Q", len(h) if declared_len is None else declared_len) + h + data)
+
+
+@pytest.mark.parametrize("header, data, match", [
+    ({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 8]}}, b"\0" * 8, "needs 16 bytes"),
+    ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8, "past the end"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, "overlaps"),
+    ({"w": {"dtype": "F32", "shape": [1 << 40, 1 << 20], "data_offsets": [0, 8]}}, b"\0" * 8, "needs"),
+    ({"w": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "unknown dtype"),
+    ({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 8]}}, b"\0" * 8, "bad shape"),
+    ({"w": [1, 2]}, b"", "lacks"),
+])
+def test_lying_headers(tmp_path, header, data, match):
+    p = tmp_path / "bad.safetensors"
+    _write(p, header, data)
+    with pytest.raises(CorruptCheckpointError, match=match):
+        open_checkpoint(str(p))
+
+
+def test_absurd_header_length_and_not_json(tmp_path):
+    p = tmp_path / "big.safetensors"
+    _write(p, {}, b"", declared_len=1 << 60)
+    with pytest.raises(CorruptCheckpointError, match="exceeds"):
+        open_checkpoint(str(p))
+    p.write_bytes(struct.pack("<Q", 5) + b"{nope")
+    with pytest.raises(CorruptCheckpointError, match="not valid JSON"):
+        open_checkpoint(str(p))
+
+
+def test_numpy_written_file(tmp_path):
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np_save({"layer.weight": x}, str(tmp_path / "n.safetensors"))
+    (t,) = open_checkpoint(str(tmp_path / "n.safetensors")).tensors
+    np.testing.assert_array_equal(t.read(), x)

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import torch
+
+from wdist.loaders import Format, Role, open_checkpoint
+from wdist.loaders.errors import CorruptCheckpointError
+
+
+def _compare(path, ref: dict) -> None:
+    ck = open_checkpoint(str(path))
+    names = {t.name: t for t in ck.tensors}
+    for k, v in ref.items():
+        t = names[k]
+        assert t.shape == tuple(v.shape)
+        np.testing.assert_array_equal(t.read(), v.float().numpy())
+
+
+@pytest.mark.parametrize("kind, fmt", [("zip", Format.TORCH_ZIP), ("legacy", Format.TORCH_LEGACY)])
+def test_state_dict_both_formats(ckpts, torch_model_sd, kind, fmt):
+    ck = open_checkpoint(str(ckpts[kind]))
+    assert ck.format is fmt
+    assert [t.name for t in ck.tensors] == list(torch_model_sd)
+    _compare(ckpts[kind], torch_model_sd)
+    roles = {t.name: t.role for t in ck.tensors}
+    assert roles["0.weight"] is Role.WEIGHT and roles["0.bias"] is Role.BIAS
+    assert roles["1.weight"] is Role.NORM and roles["1.bias"] is Role.NORM
+    assert roles["1.running_mean"] is Role.RUNNING_STAT and roles["1.num_batches_tracked"] is Role.RUNNING_STAT
+    assert {t.name: t.unit_axis for t in ck.tensors}["0.weight"] == 0
+
+
+def test_lightning_checkpoint(ckpts, torch_model_sd):
+    ck = open_checkpoint(str(ckpts["lightning"]))
+    assert ck.metadata["epoch"] == 3 and ck.step() == 120
+    model = [t for t in ck.tensors if t.role is not Role.OPTIMIZER_STATE]
+    assert [t.name for t in model] == [f"model.{k}" for k in torch_model_sd]
+    opt = [t for t in ck.tensors if t.role is Role.OPTIMIZER_STATE]
+    assert any(t.name.endswith("exp_avg_sq") for t in opt)
+
+
+@pytest.mark.parametrize("wrapper", ["state_dict", "model", "model_state_dict", "module", "net"])
+def test_wrappers(tmp_path, torch_model_sd, wrapper):
+    p = tmp_path / "w.pt"
+    torch.save({wrapper: torch_model_sd, "epoch": 7, "optimizer": {"state": {}, "param_groups": []}}, p)
+    ck = open_checkpoint(str(p))
+    assert [t.name for t in ck.tensors] == list(torch_model_sd)
+    assert ck.metadata["epoch"] == 7
+
+
+def test_dtypes_views_and_tied_weights(tmp_path):
+    torch.manual_seed(1)
+    emb = torch.nn.Embedding(10, 4)
+    base = torch.randn(10)
+    d = {"emb.weight": emb.weight, "head.weight": emb.weight, "t": torch.randn(3, 5).t(), "slice": base[2:7],
+         "bf": torch.randn(4, 4).bfloat16(), "h": torch.randn(3, 3).half(), "d": torch.randn(5).double(),
+         "f8a": torch.randn(8).to(torch.float8_e4m3fn), "f8b": torch.randn(8).to(torch.float8_e5m2)}
+    p = tmp_path / "t.pt"
+    torch.save(d, p)
+    ck = open_checkpoint(str(p))
+    by = {t.name: t for t in ck.tensors}
+    assert "head.weight" not in by and by["emb.weight"].aliases == ["head.weight"]
+    assert by["emb.weight"].role is Role.EMBEDDING
+    assert by["bf"].dtype == "bfloat16" and by["f8a"].dtype == "float8_e4m3fn" and by["f8b"].dtype == "float8_e5m2"
+    for name, t in by.items():
+        np.testing.assert_array_equal(t.read(), d[name].detach().float().numpy(), err_msg=name)
+
+
+def test_hf_sharded_bin(tmp_path, torch_model_sd):
+    import json
+
+    keys = list(torch_model_sd)
+    half = len(keys) // 2
+    torch.save({k: torch_model_sd[k] for k in keys[:half]}, tmp_path / "pytorch_model-00001-of-00002.bin")
+    torch.save({k: torch_model_sd[k] for k in keys[half:]}, tmp_path / "pytorch_model-00002-of-00002.bin")
+    wm = {k: f"pytorch_model-0000{1 if i < half else 2}-of-00002.bin" for i, k in enumerate(keys)}
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": wm}))
+    ck = open_checkpoint(str(tmp_path))
+    assert ck.variant == "sharded" and sorted(t.name for t in ck.tensors) == sorted(keys)
+    (tmp_path / "pytorch_model-00002-of-00002.bin").unlink()
+    with pytest.raises(CorruptCheckpointError, match="missing"):
+        open_checkpoint(str(tmp_path / "pytorch_model.bin.index.json"))
+
+
+def test_full_module_pickle_recovers_tensors(tmp_path):
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    p = tmp_path / "full.pt"
+    torch.save(m, p)
+    ck = open_checkpoint(str(p))
+    assert [t.name for t in ck.tensors] == list(m.state_dict())
+    assert "torch.nn.modules.linear.Linear" in ck.unsafe_globals
+    np.testing.assert_array_equal(ck.tensors[0].read(), m[0].weight.detach().numpy())
+
+
+def test_chunks_cover_tensor(ckpts, torch_model_sd):
+    ck = open_checkpoint(str(ckpts["zip"]))
+    t = next(t for t in ck.tensors if t.name == "4.weight")
+    got = np.concatenate([c for _, c in t.chunks(max_elems=100, align=7)])
+    np.testing.assert_array_equal(got, torch_model_sd["4.weight"].numpy().ravel())
+    starts = [s for s, _ in t.chunks(max_elems=100, align=7)]
+    assert all(s % 7 == 0 for s in starts)
