@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-
 from wdist.analyzers.summary import NBINS
 
 

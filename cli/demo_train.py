@@ -46,7 +46,7 @@ def train(out_dir: str, epochs: int = 20, seed: int = 0,
             loss = nn.functional.cross_entropy(logits, y[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y[idx]).sum())
         if on_epoch:
             on_epoch(epoch, total / n, correct / n)

@@ -7,7 +7,7 @@ import functools
 import numpy as np
 
 # numpy type used to hold each stored dtype's raw values (bf16/fp8 as unsigned bit patterns).
-STORAGE = {
+STORAGE: dict[str, np.dtype] = {
     "float64": np.dtype("<f8"), "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
     "bfloat16": np.dtype("<u2"), "float8_e4m3fn": np.dtype("u1"), "float8_e5m2": np.dtype("u1"),
     "float8_e4m3fnuz": np.dtype("u1"), "float8_e5m2fnuz": np.dtype("u1"),

@@ -7,7 +7,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-
 from wdist.loaders.dtypes import storage_dtype
 from wdist.loaders.errors import CorruptCheckpointError
 
@@ -37,7 +36,7 @@ class RangeReader:
         want = count * dt.itemsize
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            view = memoryview(out).cast("B")
+            view = memoryview(out).cast("B")  # type: ignore[arg-type]
             pos, got = self.offset + start * dt.itemsize, 0
             while got < want:
                 n = os.preadv(fd, [view[got:]], pos + got)

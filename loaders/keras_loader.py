@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from wdist.loaders.dtypes import STORAGE
 from wdist.loaders.errors import CorruptCheckpointError, MissingDependencyError
 from wdist.loaders.fileio import Window, zip_member_offset

@@ -75,6 +75,10 @@ class Placeholder:
     """Instance of a global wdist refused to import. Records args and state; does nothing else."""
 
     wdist_global = "?"
+    wdist_args: tuple
+    wdist_state: Any
+    wdist_items: dict
+    wdist_list: list
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Placeholder:
         obj = object.__new__(cls)

@@ -13,7 +13,7 @@ from wdist.loaders.errors import CorruptCheckpointError, UnsafeContentError
 from wdist.loaders.fileio import RangeReader, StridedReader, file_size, read_exact, zip_member_offset
 from wdist.loaders.model import Checkpoint, Format, Role, TensorRef, dtype_itemsize
 from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, split_name
-from wdist.loaders.safe_pickle import Placeholder, PickledTensor, StorageRef, UnpickleResult, safe_load
+from wdist.loaders.safe_pickle import PickledTensor, Placeholder, StorageRef, UnpickleResult, safe_load
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MAX_PICKLE = 1 << 30

@@ -58,7 +58,7 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, (float, np.floating)):
         f = float(obj)
         return f if math.isfinite(f) else None
-    if hasattr(obj, "value") and isinstance(getattr(obj, "value"), str):
+    if hasattr(obj, "value") and isinstance(obj.value, str):
         return obj.value
     return obj
 

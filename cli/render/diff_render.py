@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 import click
-
 from wdist.analyzers import histogram
 from wdist.analyzers.diff import CHANGE_METRICS, DiffReport
 from wdist.analyzers.summary import Summary
@@ -74,7 +73,8 @@ def render(r: DiffReport, fmt: str, per_tensor: bool, hist: bool, top: int | Non
     from rich.table import Table
 
     con = console()
-    con.print(f"[bold]A[/] {r.a.path} ({r.a.format})  [bold]B[/] {r.b.path} ({r.b.format})", highlight=False)
+    con.print(f"[bold]A[/] {r.a.path} ({r.a.format})  [bold]B[/] {r.b.path} ({r.b.format})", highlight=False,
+              soft_wrap=True)
     s = r.summary
     con.print(f"overall: relative L2 change {num(s.get('rel_l2_change'), 3)}, cosine {num(s.get('cosine'), 4)}; "
               + ", ".join(f"{k} {v}" for k, v in s["statuses"].items()), highlight=False)

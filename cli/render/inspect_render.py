@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 import click
-
 from wdist.analyzers.inspect import InspectReport, LayerReport, TensorReport
 from wdist.analyzers.metrics import METRICS
 from wdist.cli.render.common import console, dumps, human_bytes, jsonable, md_escape, num, pct
@@ -106,7 +105,7 @@ def _table(r: InspectReport, rows: list[Any], per_tensor: bool, hist: bool, log_
 
     con = console()
     head = _header(r)
-    con.print(f"[bold]{head[0]}[/]", highlight=False)
+    con.print(f"[bold]{head[0]}[/]", highlight=False, soft_wrap=True)
     for line in head[1:]:
         con.print(line, highlight=False)
     for w in r.checkpoint.warnings:

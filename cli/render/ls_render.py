@@ -6,7 +6,6 @@ import csv
 import sys
 
 import click
-
 from wdist.cli.render.common import console, dumps, human_bytes, md_escape
 from wdist.loaders.model import Checkpoint
 
@@ -58,7 +57,7 @@ def render(ck: Checkpoint, fmt: str) -> None:
 
     con = console()
     con.print(f"[bold]{ck.path}[/]  {ck.format.value} ({ck.variant})  {len(ck.tensors)} tensors  "
-              f"{ck.parameters:,} parameters  {human_bytes(ck.nbytes)}", highlight=False)
+              f"{ck.parameters:,} parameters  {human_bytes(ck.nbytes)}", highlight=False, soft_wrap=True)
     tab = Table(box=None, pad_edge=False, header_style="bold")
     for col, just in (("name", "left"), ("layer", "left"), ("role", "left"), ("shape", "left"),
                       ("dtype", "left"), ("parameters", "right"), ("bytes", "right")):

@@ -1,5 +1,4 @@
 import numpy as np
-
 from wdist.analyzers import histogram
 from wdist.analyzers.summary import summarize_chunk
 

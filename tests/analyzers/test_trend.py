@@ -2,7 +2,6 @@ import os
 
 import pytest
 import torch
-
 from wdist.analyzers.inspect import Options
 from wdist.analyzers.trend import expand_inputs, natural_key, order_points, run, step_from_name
 
@@ -33,7 +32,7 @@ def test_order_modes():
 def test_run_dir_and_metadata_steps(tmp_path):
     torch.manual_seed(0)
     w = torch.randn(16, 16)
-    for i, name in enumerate(["late", "early", "mid"]):
+    for name in ["late", "early", "mid"]:
         scale = {"early": 1.0, "mid": 1.5, "late": 2.0}[name]
         torch.save({"global_step": {"early": 10, "mid": 20, "late": 30}[name], "state_dict": {"fc.weight": w * scale}},
                    tmp_path / f"{name}.pt")

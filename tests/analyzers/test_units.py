@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-
 from wdist.analyzers.units import UnitTracker
 
 

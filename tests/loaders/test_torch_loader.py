@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-
 from wdist.loaders import Format, Role, open_checkpoint
 from wdist.loaders.errors import CorruptCheckpointError
 

@@ -1,0 +1,53 @@
+"""Bad input: one line `wdist: error: <path>: <reason>`, exit 2, no traceback, nothing written."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from corpus import bad_files
+from wdist.cli.main import cli
+
+
+def _bad(tmp_path, ckpts):
+    return bad_files(tmp_path, ckpts)
+
+
+@pytest.mark.parametrize("command", ["ls", "inspect"])
+def test_each_bad_file(tmp_path, ckpts, command):
+    for what, (path, _exc, _m) in _bad(tmp_path, ckpts).items():
+        before = sorted(os.listdir(path.parent))
+        r = CliRunner().invoke(cli, [command, str(path)])
+        assert r.exit_code == 2, (what, r.output)
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"wdist: error: {path}: "), (what, r.output)
+        assert "Traceback" not in r.output
+        assert sorted(os.listdir(path.parent)) == before, what
+
+
+def test_debug_shows_traceback(tmp_path):
+    p = tmp_path / "x.pt"
+    p.write_bytes(b"garbage garbage")
+    out = subprocess.run([sys.executable, "-m", "wdist", "--debug", "ls", str(p)], capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "wdist", "ls", str(p)], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip() == f"wdist: error: {p}: text, not a supported checkpoint; " \
+        f"wdist reads {__import__('wdist.loaders', fromlist=['SUPPORTED']).SUPPORTED}"
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from wdist.cli.main import cli; import click\n" \
+           "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().endswith("False False"), out.stdout
+
+
+def test_unsafe_pickle_exit_2(tmp_path):
+    import pickle
+
+    p = tmp_path / "evil.pth"
+    with open(p, "wb") as f:
+        pickle.dump(os.system, f)
+    r = CliRunner().invoke(cli, ["inspect", str(p)])
+    assert r.exit_code == 2 and "posix.system" in r.output

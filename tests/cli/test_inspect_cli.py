@@ -1,0 +1,79 @@
+import csv
+import io
+import json
+import math
+
+from cli_helpers import golden, run
+from wdist.analyzers.metrics import METRICS
+
+
+def test_inspect_table_golden(ckpts):
+    r = run("inspect", ckpts["keras2_mlp_epoch10.h5"], "--hist")
+    assert r.exit_code == 0, r.output
+    golden("inspect_keras2_mlp.txt", r.output.replace(str(ckpts["keras2_mlp_epoch10.h5"]), "keras2_mlp_epoch10.h5"))
+
+
+def test_inspect_json_schema(ckpts):
+    r = run("inspect", ckpts["zip"], "--format", "json")
+    d = json.loads(r.output)
+    assert d["schema"] == "wdist/inspect/1"
+    assert set(d) >= {"checkpoint", "options", "tensors", "layers", "model"}
+    t = d["tensors"][0]
+    assert set(t) >= {"name", "layer", "role", "shape", "dtype", "numel", "stats", "histogram", "notes"}
+    assert set(t["stats"]) == set(METRICS)
+    assert set(t["histogram"]) >= {"edges", "counts", "underflow", "overflow"}
+    assert len(t["histogram"]["edges"]) == len(t["histogram"]["counts"]) + 1
+    assert set(d["layers"][0]) >= {"name", "parameters", "stats", "notes"}
+    assert set(d["model"]) >= {"stats", "notes"}
+    assert t["stats"]["dead_units"] == 1
+
+
+def test_json_never_has_nan_tokens(tmp_path):
+    import torch
+
+    torch.save({"fc.weight": torch.tensor([[1.0, float("nan")], [float("inf"), 0.0]]),
+                "c.weight": torch.ones(3, 3)}, tmp_path / "nan.pt")
+    r = run("inspect", tmp_path / "nan.pt", "--format", "json", "--tensors")
+    def bare(token):
+        raise AssertionError(f"bare {token} in JSON")
+
+    d = json.loads(r.output, parse_constant=bare)
+    fc = next(t for t in d["tensors"] if t["name"] == "fc.weight")
+    assert fc["stats"]["nan_count"] == 1 and fc["stats"]["inf_count"] == 1
+    assert any("non-finite" in n for n in fc["notes"])
+    c = next(t for t in d["tensors"] if t["name"] == "c.weight")
+    assert c["stats"]["kurtosis"] is None and any("constant" in n for n in c["notes"])
+
+
+def test_tensors_sort_top_csv_markdown(ckpts):
+    r = run("inspect", ckpts["zip"], "--tensors", "--sort", "std", "--top", "2", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(r.output)))
+    assert len(rows) == 2 and float(rows[0]["std"]) >= float(rows[1]["std"])
+    r = run("inspect", ckpts["zip"], "--format", "markdown")
+    assert r.output.startswith("**") and "| layer" not in r.output and "| 0 |" in r.output
+
+
+def test_roles_near_zero_and_layers(ckpts):
+    r = run("inspect", ckpts["lightning"], "--role", "all", "--tensors", "--format", "json")
+    d = json.loads(r.output)
+    assert any(t["role"] == "optimizer_state" for t in d["tensors"])
+    r = run("inspect", ckpts["zip"], "--near-zero-abs", "0.05", "--format", "json", "--layers", "4")
+    d = json.loads(r.output)
+    assert [t["name"] for t in d["tensors"]] == ["4.weight", "4.bias"]
+    assert d["tensors"][0]["stats"]["near_zero_threshold"] == 0.05 and d["options"]["near_zero_abs"] == 0.05
+    r = run("inspect", ckpts["zip"], "--near-zero-rel", "0.5", "--format", "json")
+    t = json.loads(r.output)["tensors"][0]["stats"]
+    assert math.isclose(t["near_zero_threshold"], 0.5 * max(abs(t["min"]), abs(t["max"])))
+
+
+def test_every_format_inspects(ckpts):
+    for key in ("zip", "legacy", "st", "st_bf16", "lightning", "keras2_lstm.h5", "keras3_conv.keras",
+                "keras3_bf16.weights.h5", "keras2_mlp_weights.h5"):
+        r = run("inspect", ckpts[key])
+        assert r.exit_code == 0, (key, r.output)
+        assert "Reading" in r.output
+
+
+def test_unknown_sort_metric_is_usage_error(ckpts):
+    r = CliRunnerResult = run("inspect", ckpts["zip"], "--sort", "bogus")
+    assert CliRunnerResult.exit_code == 2 and "unknown metric 'bogus'" in r.output
