@@ -69,8 +69,9 @@ def pair_chunk(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> PairSums:
     b64 = b.astype(np.float64)
     d = b64 - a64
     nz = (a != 0) & (b != 0)
-    p = PairSums(n=int(a.size), aa=float(np.dot(a64, a64)), bb=float(np.dot(b64, b64)), ab=float(np.dot(a64, b64)),
-                 dd=float(np.dot(d, d)), both_nonzero=int(np.count_nonzero(nz)),
+    # numpy pairwise sums rather than BLAS dot, so results do not depend on threads or --jobs
+    p = PairSums(n=int(a.size), aa=float((a64 * a64).sum()), bb=float((b64 * b64).sum()), ab=float((a64 * b64).sum()),
+                 dd=float((d * d).sum()), both_nonzero=int(np.count_nonzero(nz)),
                  flips=int(np.count_nonzero(nz & (np.signbit(a) != np.signbit(b)))),
                  changed=int(np.count_nonzero(np.abs(d) > tol.atol + tol.rtol * np.abs(a64))),
                  max_abs=float(np.abs(d).max()) if d.size else 0.0)

@@ -69,5 +69,9 @@ def ordered_map(fn: Callable[..., R], items: Iterable[tuple], jobs: int, total_b
         return
     import multiprocessing as mp
 
+    # one BLAS thread per worker: the workers already fill the cores, and spinning BLAS threads
+    # competing with them slow everything down many times over (spawned children read this at import)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
         yield from ex.map(_call, ((fn, it) for it in items), chunksize=1)

@@ -111,9 +111,11 @@ def summary_paragraph(model: Stats, layers: list[tuple[str, Stats, list[str]]]) 
         parts.append(f"The pooled weights are Gaussian-like (kurtosis {k:.2f}): no heavy tail yet; typical early "
                      "in training or with strong regularisation.")
     elif k is not None:
-        g = model.get("gini")
-        parts.append(f"The pooled weights have kurtosis {k:.2f} and Gini {g:.3f}: between the uniform (-1.2, 0.333) and "
-                     "normal (0, 0.414) reference shapes, with no heavy tail yet; large weights are not dominating.")
+        g = model.get("gini") or 0.0
+        where = ("flatter than a normal, closer to the uniform initialisation (-1.2, 0.333)" if k < -0.5
+                 else "close to the normal reference (0, 0.414)")
+        parts.append(f"The pooled weights have kurtosis {k:.2f} and Gini {g:.3f}, {where}: no heavy tail, so the "
+                     "large weights are the ordinary edges of a bell-shaped spread, not a few dominant outliers.")
     concerns: list[str] = []
     bad = [n for n, m, _ in layers if (m.get("nan_count") or 0) + (m.get("inf_count") or 0)]
     if bad:

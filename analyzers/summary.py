@@ -89,16 +89,18 @@ def _power_sums(x: np.ndarray, shift: float) -> tuple[float, float, float, float
     m = min(_BLOCK, x.size)
     d = np.empty(m)
     d2 = np.empty(m)
+    p = np.empty(m)
+    # numpy's own pairwise sums, not BLAS dot: BLAS threading would make results depend on --jobs
     for i in range(0, x.size, _BLOCK):
         xb = x[i:i + _BLOCK]
         k = xb.size
-        db, d2b = d[:k], d2[:k]
+        db, d2b, pb = d[:k], d2[:k], p[:k]
         np.subtract(xb, shift, out=db, dtype=np.float64)
         np.multiply(db, db, out=d2b)
         s1 += float(db.sum())
         s2 += float(d2b.sum())
-        s3 += float(np.dot(d2b, db))
-        s4 += float(np.dot(d2b, d2b))
+        s3 += float(np.multiply(d2b, db, out=pb).sum())
+        s4 += float(np.multiply(d2b, d2b, out=pb).sum())
     return s1, s2, s3, s4
 
 

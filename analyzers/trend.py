@@ -207,6 +207,10 @@ def _layer_notes(lt: LayerTrend, points: list[TrendPoint]) -> list[str]:
     if "kurtosis" in s:
         ks = s["kurtosis"]
         start = next((v for v in ks if v is not None), None)
+        last = next((v for v in reversed(ks) if v is not None), None)
+        if start is not None and last is not None and start < -0.8 and -0.5 < last <= 5:
+            out.append(f"left its uniform initialisation shape: kurtosis {start:.2f} -> {last:.2f} (a normal is 0, "
+                       "a Laplace 3)")
         for i, v in enumerate(ks):
             if v is not None and v > 5 and (start is None or start <= 3):
                 out.append(f"grew a heavy tail: kurtosis {start:.2f} -> {v:.1f} by {_label(points, i)}"

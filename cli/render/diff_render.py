@@ -79,7 +79,8 @@ def render(r: DiffReport, fmt: str, per_tensor: bool, hist: bool, top: int | Non
     con.print(f"overall: relative L2 change {num(s.get('rel_l2_change'), 3)}, cosine {num(s.get('cosine'), 4)}; "
               + ", ".join(f"{k} {v}" for k, v in s["statuses"].items()), highlight=False)
     tab = Table(box=None, pad_edge=False, header_style="bold")
-    tab.add_column("tensor" if per_tensor else "layer", overflow="fold")
+    tab.add_column("tensor" if per_tensor else "layer", overflow="fold",
+                   min_width=min(24, max((len(row[0] if isinstance(row, tuple) else row.name) for row in rows), default=5)))
     for h in head:
         tab.add_column(h, justify="right", no_wrap=True)
     for (n, _), c in zip(rows, cells):

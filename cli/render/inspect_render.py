@@ -111,7 +111,8 @@ def _table(r: InspectReport, rows: list[Any], per_tensor: bool, hist: bool, log_
     for w in r.checkpoint.warnings:
         con.print(f"[yellow]warning:[/] {w}", highlight=False)
     tab = Table(box=None, pad_edge=False, header_style="bold")
-    tab.add_column("tensor" if per_tensor else "layer", overflow="fold")
+    tab.add_column("tensor" if per_tensor else "layer", overflow="fold",
+                   min_width=min(24, max((len(row[0] if isinstance(row, tuple) else row.name) for row in rows), default=5)))
     if per_tensor:
         tab.add_column("role")
     for col, just in COLUMNS:

@@ -12,6 +12,8 @@ from wdist.cli.render.common import console, dumps, jsonable, num
 from wdist.cli.render.hist import BLOCKS, sparkline
 
 SCHEMA = "wdist/trend/1"
+SHORT = {"l2_norm": "L2", "kurtosis": "kurt", "near_zero_fraction": "near0", "zero_fraction": "zero",
+         "top1pct_l2_mass": "top1%", "abs_p50": "|w|p50", "abs_p999": "|w|p99.9"}
 
 
 def as_dict(r: TrendReport) -> dict[str, Any]:
@@ -48,20 +50,22 @@ def render(r: TrendReport, fmt: str, hist: bool) -> None:
         err = f"  [red]unreadable: {p.error}[/]" if p.error else ""
         con.print(f"  {i + 1}. {p.label}{step}{err}", highlight=False)
     tab = Table(box=None, pad_edge=False, header_style="bold")
-    tab.add_column("layer", overflow="fold")
+    tab.add_column("layer", no_wrap=True, min_width=min(32, max((len(lt.name) for lt in r.layers), default=5)))
     for m in r.metrics:
-        tab.add_column(m, no_wrap=True)
+        tab.add_column(SHORT.get(m, m), overflow="fold")
     for lt in r.layers:
         cells = []
         for m in r.metrics:
             s = lt.series[m]
             last = next((v for v in reversed(s) if v is not None), None)
             ch = lt.change_first.get(m)
-            chs = "" if ch is None else f" {ch:+.0%}" if abs(ch) < 100 else " ++"
+            chs = "" if ch is None else f" {ch:+.0%}" if abs(ch) < 10 else " ++"
             cells.append(f"{sparkline(s)} {num(last, 3)}{chs}")
         tab.add_row(lt.name, *cells)
     con.print(tab)
-    con.print("each cell: sparkline over the checkpoints, last value, change against the first", style="dim")
+    con.print("each cell: sparkline over the checkpoints, last value, change against the first checkpoint "
+              "(JSON also has the change against the previous one); "
+              + ", ".join(f"{v} = {k}" for k, v in SHORT.items() if k in r.metrics), style="dim")
     if hist:
         for lt in r.layers:
             hs = [h for h in lt.ridgeline if h is not None]

@@ -1,0 +1,189 @@
+"""wdist against the hand-written baseline and a read-only floor, measured in the same run.
+
+    python benchmarks/bench.py                # full sizes (~1.5 GB fp32, ~1.8 GB bf16 sharded, ~400 MB HDF5)
+    python benchmarks/bench.py --scale 0.05   # a quick run with the same shapes, smaller
+
+Generates deterministic checkpoints into a temporary folder, warms the page cache, then runs each tool in
+its own process and prints wall time, peak RSS and the ratios. Nothing here is imported by wdist."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHILD = os.path.join(HERE, "bench_child.py")
+
+
+def make_tensors(n_layers: int, width: int, seed: int):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(n_layers):
+        w = rng.standard_normal((width, width), dtype=np.float32) * np.float32(0.02)
+        if i % 4 == 1:
+            w[rng.random(w.shape) < 0.5] = 0  # pruned layer
+        if i % 4 == 2:
+            w *= rng.laplace(size=(1, width)).astype(np.float32)  # heavy-tailed channels
+        out[f"layers.{i}.weight"] = w
+        out[f"layers.{i}.bias"] = rng.standard_normal(width, dtype=np.float32) * np.float32(0.01)
+    return out
+
+
+def write_all(d: str, scale: float) -> dict[str, str]:
+    import h5py
+    import torch
+    from safetensors.numpy import save_file
+    from safetensors.torch import save_file as save_torch
+
+    width = 4096
+    files = {}
+    n = max(1, round(24 * scale))  # 24 x 64 MB = 1.5 GB of float32
+    t = make_tensors(n, width, 0)
+    files["fp32.safetensors"] = os.path.join(d, "fp32.safetensors")
+    save_file(t, files["fp32.safetensors"])
+    files["fp32.pt"] = os.path.join(d, "fp32.pt")
+    torch.save({k: torch.from_numpy(v) for k, v in t.items()}, files["fp32.pt"])
+    del t
+    nb = max(3, round(54 * scale))  # 54 x 32 MB = 1.8 GB of bfloat16 in 3 shards
+    tb = make_tensors(nb, width, 1)
+    shard_dir = os.path.join(d, "bf16-sharded")
+    os.makedirs(shard_dir, exist_ok=True)
+    keys = list(tb)
+    weight_map = {}
+    for s in range(3):
+        part = keys[s::3]
+        name = f"model-{s + 1:05d}-of-00003.safetensors"
+        save_torch({k: torch.from_numpy(tb[k]).bfloat16() for k in part}, os.path.join(shard_dir, name))
+        weight_map.update({k: name for k in part})
+    with open(os.path.join(shard_dir, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    files["bf16-sharded"] = shard_dir
+    del tb
+    nk = max(1, round(6 * scale))  # 6 x 64 MB = 400 MB, Keras 2 save_weights layout
+    tk = make_tensors(nk, width, 2)
+    files["keras.h5"] = os.path.join(d, "keras.h5")
+    with h5py.File(files["keras.h5"], "w") as h:
+        names = [f"dense_{i}" for i in range(nk)]
+        h.attrs["layer_names"] = [n.encode() for n in names]
+        h.attrs["keras_version"] = b"2.21.0"
+        for i, ln in enumerate(names):
+            g = h.create_group(ln)
+            g.attrs["weight_names"] = [f"{ln}/kernel:0".encode(), f"{ln}/bias:0".encode()]
+            g.create_dataset(f"{ln}/kernel:0", data=tk[f"layers.{i}.weight"])
+            g.create_dataset(f"{ln}/bias:0", data=tk[f"layers.{i}.bias"])
+    return files
+
+
+def _save_child(path: str, layers: int, seed: int) -> None:
+    code = (f"import sys; sys.path.insert(0, {HERE!r}); from bench import make_tensors; "
+            f"from safetensors.numpy import save_file; save_file(make_tensors({layers}, 4096, {seed}), {path!r})")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def size_of(path: str) -> int:
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+    return os.path.getsize(path)
+
+
+def warm(path: str) -> None:
+    paths = [os.path.join(path, f) for f in os.listdir(path)] if os.path.isdir(path) else [path]
+    for p in paths:
+        with open(p, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+def child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, CHILD, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def wdist(*args: str) -> dict:
+    return child("wdist", *args)
+
+
+def fmt_row(name: str, r: dict, base: dict | None = None, floor: dict | None = None) -> str:
+    s = f"  {name:<22} {r['seconds']:8.2f} s  peak RSS {r['rss_mb']:7.0f} MB"
+    if r.get("worker_rss_mb"):
+        s += f" (+ workers {r['worker_rss_mb']:.0f} MB each)"
+    if base:
+        s += f"  baseline/wdist {base['seconds'] / r['seconds']:5.1f}x"
+    if floor:
+        s += f"  wdist/floor {r['seconds'] / floor['seconds']:4.2f}x"
+    return s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--dir", default=None, help="where to write the checkpoints (default: a temporary folder)")
+    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--generate", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.generate:
+        print(json.dumps(write_all(args.generate, args.scale)))
+        return
+    d = args.dir or tempfile.mkdtemp(prefix="wdist-bench-")
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; files in {d}")
+    t0 = time.perf_counter()
+    # generate in a child process: a forked child inherits the parent's peak RSS, which would skew the numbers
+    out = subprocess.run([sys.executable, __file__, "--generate", d, "--scale", str(args.scale)], check=True,
+                         capture_output=True, text=True).stdout
+    files = json.loads(out.strip().splitlines()[-1])
+    print(f"generated in {time.perf_counter() - t0:.0f} s")
+    results: dict = {}
+    for name, path in files.items():
+        warm(path)
+        print(f"{name}: {size_of(path) / 1e9:.2f} GB")
+        floor = child("floor", path)
+        base = None if args.skip_baseline else child("baseline", path)
+        w1 = wdist("inspect", path, "--jobs", "1")
+        w = wdist("inspect", path)
+        ls = wdist("ls", path)
+        same = child("same", path)
+        print(fmt_row("floor (read only)", floor))
+        if base:
+            print(fmt_row("hand-written baseline", base))
+        print(fmt_row("wdist inspect -j1", w1, base, floor))
+        print(fmt_row("wdist inspect", w, base, floor))
+        print(fmt_row("wdist ls", ls))
+        print(f"  --jobs 1 and --jobs 2 give identical JSON: {same['identical']}")
+        results[name] = {"floor": floor, "baseline": base, "inspect_j1": w1, "inspect": w, "ls": ls}
+    a, b = files["fp32.safetensors"], files["fp32.pt"]
+    dres = wdist("diff", a, b)
+    print(fmt_row("wdist diff st vs pt", dres) + f"  diff/inspect {dres['seconds'] / results['fp32.safetensors']['inspect']['seconds']:.2f}x")
+    help_ = child("help")
+    print(f"wdist --help: {help_['seconds']:.3f} s, torch imported: {help_['torch']}")
+    # scaling with size and with the number of checkpoints
+    print("scaling of inspect with checkpoint size:")
+    for frac in (0.25, 0.5, 1.0):
+        sub = os.path.join(d, f"scale-{frac}")
+        os.makedirs(sub, exist_ok=True)
+        p = os.path.join(sub, "m.safetensors")
+        _save_child(p, max(1, round(24 * args.scale * frac)), 3)
+        warm(p)
+        r = wdist("inspect", p)
+        print(f"  {size_of(p) / 1e9:5.2f} GB: {r['seconds']:6.2f} s, peak RSS {r['rss_mb']:.0f} MB "
+              f"(+ workers {r.get('worker_rss_mb', 0):.0f} MB)")
+        os.remove(p)
+    print("scaling of trend with the number of checkpoints (64 MB each):")
+    run_dir = os.path.join(d, "run")
+    os.makedirs(run_dir, exist_ok=True)
+    for i in range(8):
+        _save_child(os.path.join(run_dir, f"step{i}.safetensors"), 1, 10 + i)
+    for n in (2, 4, 8):
+        paths = [os.path.join(run_dir, f"step{i}.safetensors") for i in range(n)]
+        r = wdist("trend", *paths)
+        print(f"  {n} checkpoints: {r['seconds']:6.2f} s ({r['seconds'] / n:.2f} s each), peak RSS {r['rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
