@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+
 from wdist.analyzers.summary import NBINS
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from wdist.analyzers import distances, metrics
 from wdist.analyzers.engine import default_jobs, ordered_map, pack, unpack
 from wdist.analyzers.inspect import CheckpointInfo, Options, Progress, checkpoint_info, select

@@ -8,6 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
+
 from wdist.analyzers.summary import NBINS, Summary, summarize_chunk
 from wdist.analyzers.units import UnitTracker
 from wdist.loaders.dtypes import BF16_EXACT

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from wdist.analyzers import histogram, metrics, reading
 from wdist.analyzers.engine import default_jobs, ordered_map, pack, summarize_tensor, unpack
 from wdist.analyzers.histogram import Histogram

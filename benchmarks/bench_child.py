@@ -77,14 +77,16 @@ def main() -> None:
         if args[0] in ("inspect", "diff", "trend"):
             cmd.append("-q")
         # wdist runs as our child: its main process is one child, its workers are grandchildren
-        wrapper = ("import resource,runpy,sys,json;sys.argv=['wdist']+sys.argv[1:];"
-                   "\ntry:\n runpy.run_module('wdist',run_name='__main__')\nexcept SystemExit: pass\n"
+        wrapper = ("import resource,runpy,sys,json;sys.argv=['wdist']+sys.argv[1:];code=0"
+                   "\ntry:\n runpy.run_module('wdist',run_name='__main__')\nexcept SystemExit as e: code=e.code or 0\n"
                    "sys.stderr.write(json.dumps({'self':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
-                   "'children':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+                   "'children':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,'code':code}))")
         p = subprocess.run([sys.executable, "-c", wrapper, *cmd[3:]], capture_output=True, text=True)
         if p.returncode:
             raise SystemExit(p.stderr)
         usage = json.loads(p.stderr.strip().splitlines()[-1])
+        if usage["code"]:
+            raise SystemExit(f"wdist failed: {p.stderr}")
         t = time.perf_counter() - t0
         print(json.dumps({"seconds": t, "rss_mb": usage["self"] / 1024, "worker_rss_mb": usage["children"] / 1024}))
         return

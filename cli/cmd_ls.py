@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+
 from wdist.cli.options import input_format, output_format
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+
 from wdist.cli.options import analysis_options, build_options, output_format
 
 

@@ -11,6 +11,9 @@ class WdistError(Exception):
         self.path = path
         self.reason = reason
 
+    def __reduce__(self) -> tuple:  # survive the trip back from worker processes
+        return (self.__class__, (self.path, self.reason))
+
 
 class UnsupportedFormatError(WdistError):
     """The file is not a checkpoint format wdist reads."""

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
 from wdist.loaders.dtypes import storage_dtype
 from wdist.loaders.errors import CorruptCheckpointError
+
+# what Python's zipfile raises on damaged archives, beyond BadZipFile
+ZIP_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, ValueError, EOFError, KeyError,
+    UnicodeDecodeError, OverflowError, RuntimeError, zlib.error, struct.error, IndexError,
+)
 
 
 def file_size(path: str) -> int:
@@ -30,9 +40,11 @@ class RangeReader:
     offset: int
     dtype: str
 
-    def read_raw(self, start: int, count: int) -> np.ndarray:
+    def read_raw(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
         dt = storage_dtype(self.dtype)
-        out = np.empty(count, dtype=dt)
+        # a reused buffer avoids faulting in fresh pages for every chunk
+        nbytes = count * dt.itemsize
+        out = out[:nbytes].view(dt) if out is not None and out.nbytes >= nbytes else np.empty(count, dtype=dt)
         want = count * dt.itemsize
         fd = os.open(self.path, os.O_RDONLY)
         try:

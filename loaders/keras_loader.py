@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from wdist.loaders.dtypes import STORAGE
 from wdist.loaders.errors import CorruptCheckpointError, MissingDependencyError
-from wdist.loaders.fileio import Window, zip_member_offset
+from wdist.loaders.fileio import ZIP_ERRORS, Window, zip_member_offset
 from wdist.loaders.model import Checkpoint, Format, Role, TensorRef
 from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role
 
@@ -229,7 +230,7 @@ def load_keras_h5(path: str) -> Checkpoint:
 def load_keras_zip(path: str) -> Checkpoint:
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except ZIP_ERRORS as e:
         raise CorruptCheckpointError(path, f"not a readable zip archive ({e})") from None
     with zf:
         names = {i.filename: i for i in zf.infolist()}
@@ -243,7 +244,7 @@ def load_keras_zip(path: str) -> Checkpoint:
             if member in names and names[member].file_size < 64 << 20:
                 try:
                     data = json.loads(zf.read(member))
-                except (ValueError, zipfile.BadZipFile, OSError):
+                except ZIP_ERRORS:
                     raise CorruptCheckpointError(path, f"{member} in the archive is not valid JSON") from None
                 if member == "metadata.json" and isinstance(data, dict):
                     meta.update({k: str(v) for k, v in data.items() if isinstance(v, (str, int))})

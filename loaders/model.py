@@ -48,7 +48,8 @@ class TensorReader(Protocol):
     """How to fetch one tensor's raw values. Implementations are small picklable dataclasses."""
 
     def read_raw(self, start: int, count: int) -> np.ndarray:
-        """Elements [start, start+count) of the tensor in C order, in the stored numpy dtype."""
+        """Elements [start, start+count) of the tensor in C order, in the stored numpy dtype.
+        Readers may also accept `out=`, a byte buffer to reuse."""
         ...
 
 
@@ -85,7 +86,8 @@ class TensorRef:
 
     def chunks(self, max_elems: int = DEFAULT_CHUNK, align: int = 1) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (start, float32 chunk) pairs covering the tensor; chunk lengths are multiples of `align`
-        when `align` <= max_elems, so callers can keep whole rows together."""
+        when `align` <= max_elems, so callers can keep whole rows together. A chunk is only valid until the
+        next one is requested (its buffer is reused)."""
         from wdist.loaders.dtypes import to_float32
 
         if self.reader is None:
@@ -95,10 +97,28 @@ class TensorRef:
         if 1 < align <= max_elems:
             step = (max_elems // align) * align
         start = 0
+        buf = np.empty(min(step, n) * self.itemsize, dtype=np.uint8) if hasattr(self.reader, "offset") else None
         while start < n:
             count = min(step, n - start)
-            yield start, to_float32(self.reader.read_raw(start, count), self.dtype)
+            yield start, to_float32(self._raw(start, count, buf), self.dtype)
             start += count
+
+    def _raw(self, start: int, count: int, buf: np.ndarray | None = None) -> np.ndarray:
+        """Raw values; any failure of the underlying file becomes a CorruptCheckpointError naming it."""
+        from wdist.loaders.errors import CorruptCheckpointError, WdistError
+
+        assert self.reader is not None
+        try:
+            raw = self.reader.read_raw(start, count, out=buf) if buf is not None else self.reader.read_raw(start, count)  # type: ignore[call-arg]
+        except WdistError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+            path = getattr(self.reader, "path", None) or getattr(getattr(self.reader, "base", None), "path", None)
+            raise CorruptCheckpointError(path, f"tensor {self.name!r} cannot be read ({type(e).__name__}: "
+                                         f"{str(e)[:80]})") from None
+        if raw.size != count:
+            raise CorruptCheckpointError(None, f"tensor {self.name!r}: expected {count} values, read {raw.size}")
+        return raw
 
     def read(self) -> np.ndarray:
         """The whole tensor as float32 with its shape (one tensor only; use chunks() for big ones)."""
@@ -106,13 +126,13 @@ class TensorRef:
 
         if self.reader is None:
             raise ValueError(f"{self.name}: tensor has no data reader")
-        return to_float32(self.reader.read_raw(0, self.numel), self.dtype).reshape(self.shape)
+        return to_float32(self._raw(0, self.numel), self.dtype).reshape(self.shape)
 
     def read_native(self) -> np.ndarray:
         """The whole tensor in its stored numpy representation (bf16/fp8 as raw unsigned ints)."""
         if self.reader is None:
             raise ValueError(f"{self.name}: tensor has no data reader")
-        return self.reader.read_raw(0, self.numel).reshape(self.shape)
+        return self._raw(0, self.numel).reshape(self.shape)
 
 
 @dataclass

@@ -9,6 +9,7 @@ import zipfile
 from collections.abc import Callable
 
 from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError, WdistError
+from wdist.loaders.fileio import ZIP_ERRORS
 from wdist.loaders.model import Checkpoint, Format
 
 SUPPORTED = (
@@ -36,7 +37,7 @@ def sniff(path: str) -> Format:
         try:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        except ZIP_ERRORS as e:
             raise CorruptCheckpointError(path, f"zip archive is damaged or truncated ({e})") from None
         if "model.weights.h5" in names:
             return Format.KERAS_ZIP
@@ -45,7 +46,7 @@ def sniff(path: str) -> Format:
         raise UnsupportedFormatError(path, "zip archive is neither a torch.save checkpoint nor a .keras model")
     if len(head) >= 9 and head[8:9] == b"{":  # u64 header length, then the JSON header
         return Format.SAFETENSORS
-    if head[:1] == b"\x80" and 2 <= head[1] <= 5:  # pickle protocol 2-5: legacy torch.save
+    if len(head) >= 2 and head[:1] == b"\x80" and 2 <= head[1] <= 5:  # pickle protocol 2-5: legacy torch.save
         return Format.TORCH_LEGACY
     ext = os.path.splitext(path)[1].lower()
     if ext == ".safetensors" and len(head) >= 8:

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from wdist.loaders.errors import CorruptCheckpointError, UnsafeContentError
-from wdist.loaders.fileio import RangeReader, StridedReader, file_size, read_exact, zip_member_offset
+from wdist.loaders.fileio import (
+    ZIP_ERRORS,
+    RangeReader,
+    StridedReader,
+    file_size,
+    read_exact,
+    zip_member_offset,
+)
 from wdist.loaders.model import Checkpoint, Format, Role, TensorRef, dtype_itemsize
 from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, split_name
 from wdist.loaders.safe_pickle import PickledTensor, Placeholder, StorageRef, UnpickleResult, safe_load
@@ -153,7 +160,7 @@ def load_torch_zip(path: str) -> Checkpoint:
     try:
         zf = zipfile.ZipFile(path)
         infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    except ZIP_ERRORS as e:
         raise CorruptCheckpointError(path, f"not a readable zip archive ({e})") from None
     with zf:
         pkl = [i for i in infos if i.filename.endswith("data.pkl") and i.filename.count("/") <= 1]
@@ -166,7 +173,7 @@ def load_torch_zip(path: str) -> Checkpoint:
         torchscript = any(i.filename.startswith(prefix + "code/") for i in infos)
         try:
             blob = zf.read(info)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        except ZIP_ERRORS as e:
             raise CorruptCheckpointError(path, f"data.pkl cannot be read ({e})") from None
         result = safe_load(io.BytesIO(blob), path, what="data.pkl")
         members = {i.filename: i for i in infos}

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 from click.testing import CliRunner, Result
+
 from wdist.cli.main import cli
 
 GOLDEN = Path(__file__).parent / "cli" / "golden"

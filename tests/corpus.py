@@ -8,6 +8,7 @@ import zipfile
 import h5py
 import numpy as np
 import torch
+
 from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError, WdistError
 
 

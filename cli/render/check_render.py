@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 import click
+
 from wdist.analyzers.check import CheckpointResult
 from wdist.cli.render.common import console, dumps, jsonable, num
 

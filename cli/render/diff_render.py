@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import click
+
 from wdist.analyzers import histogram
 from wdist.analyzers.diff import CHANGE_METRICS, DiffReport
 from wdist.analyzers.summary import Summary

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import click
+
 from wdist.analyzers.inspect import InspectReport, LayerReport, TensorReport
 from wdist.analyzers.metrics import METRICS
 from wdist.cli.render.common import console, dumps, human_bytes, jsonable, md_escape, num, pct

@@ -6,6 +6,7 @@ import csv
 import sys
 
 import click
+
 from wdist.cli.render.common import console, dumps, human_bytes, md_escape
 from wdist.loaders.model import Checkpoint
 

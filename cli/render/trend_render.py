@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import click
+
 from wdist.analyzers.trend import TrendReport
 from wdist.cli.render.common import console, dumps, jsonable, num
 from wdist.cli.render.hist import BLOCKS, sparkline

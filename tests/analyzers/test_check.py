@@ -1,4 +1,5 @@
 import pytest
+
 from wdist.analyzers.check import OPS, evaluate, find_config, load_config, parse_rule
 from wdist.analyzers.inspect import Options, analyse
 from wdist.loaders import open_checkpoint

@@ -7,6 +7,7 @@ import pytest
 import scipy.stats as st
 import torch
 from safetensors.torch import save_file
+
 from wdist.analyzers import distances
 from wdist.analyzers.diff import Tolerance, canonical, compare, pair_chunk
 from wdist.analyzers.inspect import Options

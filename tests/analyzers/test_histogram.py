@@ -1,4 +1,5 @@
 import numpy as np
+
 from wdist.analyzers import histogram
 from wdist.analyzers.summary import summarize_chunk
 

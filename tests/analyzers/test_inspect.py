@@ -1,4 +1,5 @@
 import pytest
+
 from wdist.analyzers import engine
 from wdist.analyzers.inspect import Options, analyse
 from wdist.loaders import Role, open_checkpoint

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from reference import boundary_share, exact_metrics
+
 from wdist.analyzers.metrics import NearZero, compute
 from wdist.analyzers.summary import Summary, summarize_chunk
 

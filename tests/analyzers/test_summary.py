@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
 from wdist.analyzers.metrics import NearZero, compute
 from wdist.analyzers.summary import Summary, summarize_chunk
 

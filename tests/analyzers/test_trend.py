@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+
 from wdist.analyzers.inspect import Options
 from wdist.analyzers.trend import expand_inputs, natural_key, order_points, run, step_from_name
 

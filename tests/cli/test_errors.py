@@ -7,6 +7,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 from corpus import bad_files
+
 from wdist.cli.main import cli
 
 

@@ -4,6 +4,7 @@ import json
 import math
 
 from cli_helpers import golden, run
+
 from wdist.analyzers.metrics import METRICS
 
 

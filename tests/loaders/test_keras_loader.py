@@ -1,6 +1,7 @@
 import h5py
 import numpy as np
 import pytest
+
 from wdist.loaders import Format, Role, open_checkpoint
 from wdist.loaders.errors import CorruptCheckpointError
 

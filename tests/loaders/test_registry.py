@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from corpus import bad_files
+
 from wdist.loaders import Format, open_checkpoint
 from wdist.loaders.errors import WdistError
 from wdist.loaders.registry import sniff

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file as np_save
 from safetensors.torch import save_file
+
 from wdist.loaders import Format, open_checkpoint
 from wdist.loaders.errors import CorruptCheckpointError
 

@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import torch
+
 from wdist.loaders import open_checkpoint
 from wdist.loaders.errors import UnsafeContentError
 
