@@ -62,20 +62,38 @@ class PairSums:
         return self
 
 
+_BLOCK = 1 << 15
+_BUF = {"a": np.empty(_BLOCK), "b": np.empty(_BLOCK), "d": np.empty(_BLOCK), "t": np.empty(_BLOCK)}
+
+
 def pair_chunk(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> PairSums:
-    fin = np.isfinite(a) & np.isfinite(b)
-    if not fin.all():
+    """Exact sums over the elements finite in both, in cache-sized float64 blocks. einsum's own loop
+    (not BLAS) keeps the results independent of threads and --jobs."""
+    if not (np.isfinite(a.sum()) and np.isfinite(b.sum())):
+        fin = np.isfinite(a) & np.isfinite(b)
         a, b = a[fin], b[fin]
-    a64 = a.astype(np.float64)
-    b64 = b.astype(np.float64)
-    d = b64 - a64
-    nz = (a != 0) & (b != 0)
-    # numpy pairwise sums rather than BLAS dot, so results do not depend on threads or --jobs
-    p = PairSums(n=int(a.size), aa=float((a64 * a64).sum()), bb=float((b64 * b64).sum()), ab=float((a64 * b64).sum()),
-                 dd=float((d * d).sum()), both_nonzero=int(np.count_nonzero(nz)),
-                 flips=int(np.count_nonzero(nz & (np.signbit(a) != np.signbit(b)))),
-                 changed=int(np.count_nonzero(np.abs(d) > tol.atol + tol.rtol * np.abs(a64))),
-                 max_abs=float(np.abs(d).max()) if d.size else 0.0)
+    p = PairSums(n=int(a.size))
+    for i in range(0, a.size, _BLOCK):
+        ab_, bb_ = a[i:i + _BLOCK], b[i:i + _BLOCK]
+        k = ab_.size
+        a64, b64, d, t = (_BUF[x][:k] for x in "abdt")
+        a64[:] = ab_
+        b64[:] = bb_
+        np.subtract(b64, a64, out=d)
+        p.aa += float(np.einsum("i,i->", a64, a64))
+        p.bb += float(np.einsum("i,i->", b64, b64))
+        p.dd += float(np.einsum("i,i->", d, d))
+        # a*b in float64 cannot underflow for float32 inputs: nonzero iff both are, negative iff signs differ
+        np.multiply(a64, b64, out=t)
+        p.ab += float(t.sum())
+        p.both_nonzero += int(np.count_nonzero(t))
+        p.flips += int(np.count_nonzero(t < 0))
+        np.abs(d, out=d)
+        p.max_abs = max(p.max_abs, float(d.max()))
+        np.abs(a64, out=t)
+        t *= tol.rtol
+        t += tol.atol
+        p.changed += int(np.count_nonzero(d > t))
     return p
 
 

@@ -170,10 +170,9 @@ def _keras3_group(col: _Collector, g: Any, prefix: str, forced: Role | None) -> 
             col.add(vars_g[k], f"{layer}/{param}", layer, param, forced)
     else:
         layer = prefix
-    for k in g:
+    for k in g:  # nested layers ("layers", an RNN's "cell", ...) keep this layer's name as prefix
         if k != "vars" and isinstance(g[k], h5py.Group):
-            nxt = layer if k == "layers" else (layer if k in ("cell",) else layer)
-            _keras3_group(col, g[k], nxt, forced)
+            _keras3_group(col, g[k], layer, forced)
 
 
 def _read_h5(path: str, window: tuple[int, int] | None, variant_hint: str, extra_meta: dict) -> Checkpoint:
@@ -240,6 +239,7 @@ def load_keras_zip(path: str) -> Checkpoint:
         if info.compress_type != zipfile.ZIP_STORED:
             raise CorruptCheckpointError(path, "model.weights.h5 is compressed inside the archive; re-save with Keras")
         meta: dict = {}
+        order: list[str] = []
         for member in ("metadata.json", "config.json"):
             if member in names and names[member].file_size < 64 << 20:
                 try:
@@ -250,7 +250,21 @@ def load_keras_zip(path: str) -> Checkpoint:
                     meta.update({k: str(v) for k, v in data.items() if isinstance(v, (str, int))})
                 elif isinstance(data, dict):
                     meta["model_class"] = str(data.get("class_name", ""))
+                    order = _config_layer_order(data)
         offset = zip_member_offset(path, info.header_offset, info.compress_size)
     ck = _read_h5(path, (offset, info.file_size), "keras3-archive", meta)
     ck.format = Format.KERAS_ZIP
+    if order:  # HDF5 lists groups alphabetically; config.json has the model's own layer order
+        rank = {name: i for i, name in enumerate(order)}
+        ck.tensors.sort(key=lambda t: rank.get(t.layer.split("/")[0], len(rank)))
     return ck
+
+
+def _config_layer_order(config: dict) -> list[str]:
+    layers = config.get("config", {}).get("layers", []) if isinstance(config.get("config"), dict) else []
+    out = []
+    for layer in layers if isinstance(layers, list) else []:
+        cfg = layer.get("config") if isinstance(layer, dict) else None
+        if isinstance(cfg, dict) and isinstance(cfg.get("name"), str):
+            out.append(cfg["name"])
+    return out

@@ -76,5 +76,23 @@ def test_every_format_inspects(ckpts):
 
 
 def test_unknown_sort_metric_is_usage_error(ckpts):
-    r = CliRunnerResult = run("inspect", ckpts["zip"], "--sort", "bogus")
-    assert CliRunnerResult.exit_code == 2 and "unknown metric 'bogus'" in r.output
+    r = run("inspect", ckpts["zip"], "--sort", "bogus")
+    assert r.exit_code == 2 and "unknown metric 'bogus'" in r.output
+
+
+def test_degenerate_tensors_without_numpy_warnings(tmp_path):
+    """NaN/Inf, all-zero, constant, empty and scalar tensors: analysed, named, no warnings leak
+    (pytest turns RuntimeWarning into errors for this suite)."""
+    import torch
+
+    torch.save({"nan.weight": torch.tensor([[float("nan"), 1.0], [2.0, float("-inf")]]),
+                "zero.weight": torch.zeros(4, 4), "const.weight": torch.full((3, 3), 0.5),
+                "empty.weight": torch.zeros(0, 5), "scalar": torch.tensor(3.0)}, tmp_path / "d.pt")
+    r = run("inspect", tmp_path / "d.pt", "--role", "all", "--tensors", "--format", "json")
+    assert r.exit_code == 0, r.output
+    notes = {t["name"]: " ".join(t["notes"]) for t in json.loads(r.output)["tensors"]}
+    assert "non-finite" in notes["nan.weight"] and "all zeros" in notes["zero.weight"]
+    assert "constant" in notes["const.weight"] and "empty" in notes["empty.weight"]
+    assert "scalar" in notes
+    r = run("inspect", tmp_path / "d.pt", "--role", "all", "--tensors")
+    assert r.exit_code == 0 and "nan.weight: non-finite values: 1 NaN and 1 Inf" in r.output

@@ -17,7 +17,7 @@ def test_ls_json_schema(ckpts):
 
 
 def test_ls_table_golden(ckpts):
-    r = run("ls", "keras2_lstm.h5", "--input-format", "keras-h5") if False else run("ls", ckpts["keras2_lstm.h5"])
+    r = run("ls", ckpts["keras2_lstm.h5"])
     assert r.exit_code == 0
     golden("ls_keras2_lstm.txt", r.output.replace(str(ckpts["keras2_lstm.h5"]), "keras2_lstm.h5"))
 
