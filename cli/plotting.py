@@ -35,11 +35,14 @@ def layer_histograms(report: Any, max_layers: int = 24) -> Any:
     fig, axes = plt.subplots(len(layers), 2, figsize=(10, 1.9 * len(layers) + 0.6), squeeze=False)
     for (a1, a2), lr in zip(axes, layers):
         _bar(a1, lr.histogram, color="#3b75af")
-        a1.set_title(f"{lr.name}: w (|w| > p99.9 outside: {lr.histogram.underflow + lr.histogram.overflow})", fontsize=8)
+        h = lr.histogram
+        a1.set_title(f"{lr.name}: w  ({h.underflow + h.overflow} values beyond ±{h.edges[-1]:.3g}, the 99.9th "
+                     "percentile of |w|)", fontsize=8)
         a1.set_ylabel("count", fontsize=7)
         _bar(a2, lr.log_histogram, color="#c4703a")
         a2.set_yscale("log")
-        a2.set_title(f"{lr.name}: log10|w| (zeros {lr.log_histogram.zeros})", fontsize=8)
+        a2.set_ylabel("count (log scale)", fontsize=7)
+        a2.set_title(f"{lr.name}: log10|w|  ({lr.log_histogram.zeros} exact zeros not shown)", fontsize=8)
         for a in (a1, a2):
             a.tick_params(labelsize=7)
     axes[-1][0].set_xlabel("w")
