@@ -69,10 +69,15 @@ def ordered_map(fn: Callable[..., R], items: Iterable[tuple], jobs: int, total_b
             yield fn(*it)
         return
     import multiprocessing as mp
+    import sys
+    import threading
 
+    # fork starts workers in milliseconds; it is safe here only while this process runs no other thread
+    # (the progress bar refreshes without one). Workers drop inherited file handles (see loaders).
+    method = "fork" if sys.platform == "linux" and threading.active_count() == 1 else "spawn"
     # one BLAS thread per worker: the workers already fill the cores, and spinning BLAS threads
     # competing with them slow everything down many times over (spawned children read this at import)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context(method)) as ex:
         yield from ex.map(_call, ((fn, it) for it in items), chunksize=1)

@@ -15,6 +15,8 @@ def progress_bar(total_bytes: int, total_tensors: int, quiet: bool, label: str =
     if quiet or total_bytes < MIN_BYTES or not sys.stderr.isatty():
         yield None
         return
+    import time
+
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -25,12 +27,18 @@ def progress_bar(total_bytes: int, total_tensors: int, quiet: bool, label: str =
         TransferSpeedColumn,
     )
 
+    # auto_refresh=False: no refresh thread, so worker processes can be forked safely
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TextColumn("{task.fields[tensors]}"), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as p:
+                  console=Console(stderr=True), transient=True, auto_refresh=False) as p:
         task = p.add_task(label, total=total_bytes, tensors="")
+        last = [0.0]
 
         def update(done: int, tensors: int) -> None:
             p.update(task, completed=done, tensors=f"{tensors}/{total_tensors} tensors")
+            now = time.monotonic()
+            if now - last[0] > 0.1 or done >= total_bytes:
+                last[0] = now
+                p.refresh()
 
         yield update

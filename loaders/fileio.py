@@ -39,6 +39,7 @@ class RangeReader:
     path: str
     offset: int
     dtype: str
+    reuses_buffer = True  # read_raw accepts out=
 
     def read_raw(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
         dt = storage_dtype(self.dtype)
@@ -85,6 +86,7 @@ class StridedReader:
 
 
 _STRIDED_CACHE: dict[tuple, np.ndarray] = {}
+os.register_at_fork(after_in_child=_STRIDED_CACHE.clear)
 
 
 class Window(io.RawIOBase):

@@ -33,6 +33,8 @@ K3_VAR_NAMES = {
 }
 
 _H5_CACHE: dict[tuple, Any] = {}
+# a forked worker opens its own HDF5 handles instead of sharing the parent's
+os.register_at_fork(after_in_child=_H5_CACHE.clear)
 
 
 def _open_h5(path: str, window: tuple[int, int] | None) -> Any:
@@ -57,9 +59,17 @@ class H5Reader:
     dataset: str
     dtype: str
     window: tuple[int, int] | None = None  # (offset, size) of the HDF5 file inside a .keras zip
+    reuses_buffer = True  # read_raw accepts out=
 
-    def read_raw(self, start: int, count: int) -> np.ndarray:
+    def read_raw(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
         d = _open_h5(self.path, self.window)[self.dataset]
+        if d.ndim and d.dtype.kind != "V" and out is not None and out.nbytes >= count * d.dtype.itemsize:
+            row = int(np.prod(d.shape[1:], dtype=np.int64))
+            if start % row == 0 and count % row == 0:  # whole rows: read straight into the reused buffer
+                r0 = start // row
+                arr = out[: count * d.dtype.itemsize].view(d.dtype).reshape((count // row, *d.shape[1:]))
+                d.read_direct(arr, np.s_[r0:r0 + count // row])
+                return arr.reshape(-1).astype(STORAGE[self.dtype], copy=False)
         if d.ndim == 0:
             arr = np.asarray(d[()]).reshape(1)
         else:

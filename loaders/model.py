@@ -97,7 +97,8 @@ class TensorRef:
         if 1 < align <= max_elems:
             step = (max_elems // align) * align
         start = 0
-        buf = np.empty(min(step, n) * self.itemsize, dtype=np.uint8) if hasattr(self.reader, "offset") else None
+        reuse = getattr(self.reader, "reuses_buffer", False)
+        buf = np.empty(min(step, n) * self.itemsize, dtype=np.uint8) if reuse else None
         while start < n:
             count = min(step, n - start)
             yield start, to_float32(self._raw(start, count, buf), self.dtype)
