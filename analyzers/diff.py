@@ -69,7 +69,9 @@ _BUF = {"a": np.empty(_BLOCK), "b": np.empty(_BLOCK), "d": np.empty(_BLOCK), "t"
 def pair_chunk(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> PairSums:
     """Exact sums over the elements finite in both, in cache-sized float64 blocks. einsum's own loop
     (not BLAS) keeps the results independent of threads and --jobs."""
-    if not (np.isfinite(a.sum()) and np.isfinite(b.sum())):
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = bool(np.isfinite(a.sum()) and np.isfinite(b.sum()))
+    if not finite:
         fin = np.isfinite(a) & np.isfinite(b)
         a, b = a[fin], b[fin]
     p = PairSums(n=int(a.size))

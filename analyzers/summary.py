@@ -129,7 +129,8 @@ def summarize_chunk(x: np.ndarray, exact_bins: bool = False) -> Summary:
     if x.size == 0:
         s.hist = np.zeros(NBINS, dtype=np.int64)
         return s
-    rough = float(x.sum())  # float32 pairwise sum: only a shift for the moments and a NaN/Inf probe
+    with np.errstate(over="ignore", invalid="ignore"):  # inf - inf or overflow just means "look closer"
+        rough = float(x.sum())  # float32 pairwise sum: only a shift for the moments and a NaN/Inf probe
     if not np.isfinite(rough):
         finite = np.isfinite(x)
         nf = int(x.size - np.count_nonzero(finite))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import pickletools
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,7 +177,7 @@ class UnpickleResult:
 
 
 class SafeUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BufferedIOBase, storages: dict[str, StorageRef], legacy: bool = False) -> None:
+    def __init__(self, file: Any, storages: dict[str, StorageRef], legacy: bool = False) -> None:
         super().__init__(file)
         self.storages = storages
         self.legacy = legacy
@@ -225,9 +227,78 @@ class SafeUnpickler(pickle.Unpickler):
         return ref
 
 
-def safe_load(file: io.BufferedIOBase, path: str, storages: dict[str, StorageRef] | None = None,
+MAX_OPCODES = 50_000_000
+
+
+class Bounded(io.RawIOBase):
+    """A read-only view of a seekable file that never hands out more than the file holds, so a length
+    field in a lying pickle cannot make a reader allocate beyond the file's size."""
+
+    def __init__(self, f: Any) -> None:
+        super().__init__()
+        self._f = f
+        pos = f.tell()
+        f.seek(0, io.SEEK_END)
+        self._end = f.tell()
+        f.seek(pos)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return int(self._f.tell())
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return int(self._f.seek(pos, whence))
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self._end - self._f.tell())
+        return bytes(self._f.read(left if n is None or n < 0 else min(n, left)))
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def readline(self, limit: int | None = -1) -> bytes:
+        left = max(0, self._end - self._f.tell())
+        return bytes(self._f.readline(left if limit is None or limit < 0 else min(limit, left)))
+
+
+def prescan(file: Any, path: str, what: str) -> None:
+    """Walk the opcodes without building anything, then rewind. Rejects what would make the C unpickler
+    allocate far beyond the data: a memo index larger than the number of opcodes (a LONG_BINPUT of 2^32
+    would size its memo table to tens of GB)."""
+    start = file.tell()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pickletools warns on odd escapes in text opcodes
+        _scan(file, path, what)
+    file.seek(start)
+
+
+def _scan(file: Any, path: str, what: str) -> None:
+    count = 0
+    try:
+        for op, arg, _pos in pickletools.genops(file):
+            count += 1
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg or 0) > count:
+                raise CorruptCheckpointError(path, f"{what} has a memo index ({arg}) beyond its size")
+            if count > MAX_OPCODES:
+                raise CorruptCheckpointError(path, f"{what} has more than {MAX_OPCODES} opcodes")
+    except CorruptCheckpointError:
+        raise
+    except Exception as e:  # genops raises ValueError and friends on malformed streams
+        raise CorruptCheckpointError(path, f"{what} is not a readable pickle ({str(e)[:80]})") from None
+
+
+def safe_load(file: Any, path: str, storages: dict[str, StorageRef] | None = None,
               legacy: bool = False, what: str = "pickle") -> UnpickleResult:
     storages = {} if storages is None else storages
+    file = file if isinstance(file, Bounded) else Bounded(file)
+    prescan(file, path, what)
     up = SafeUnpickler(file, storages, legacy)
     try:
         obj = up.load()

@@ -20,7 +20,14 @@ from wdist.loaders.fileio import (
 )
 from wdist.loaders.model import Checkpoint, Format, Role, TensorRef, dtype_itemsize
 from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, split_name
-from wdist.loaders.safe_pickle import PickledTensor, Placeholder, StorageRef, UnpickleResult, safe_load
+from wdist.loaders.safe_pickle import (
+    Bounded,
+    PickledTensor,
+    Placeholder,
+    StorageRef,
+    UnpickleResult,
+    safe_load,
+)
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MAX_PICKLE = 1 << 30
@@ -196,7 +203,8 @@ def load_torch_zip(path: str) -> Checkpoint:
 
 def load_torch_legacy(path: str) -> Checkpoint:
     size = file_size(path)
-    with open(path, "rb") as f:
+    with open(path, "rb") as raw:
+        f = Bounded(raw)
         first = safe_load(f, path, what="pickle")
         if first.obj != LEGACY_MAGIC:
             if first.unsafe_globals:

@@ -91,3 +91,30 @@ def test_no_forbidden_loaders_in_source():
             text = f.read_text()
             for word in forbidden:
                 assert word not in text, f"{f}: {word}"
+
+
+def test_huge_memo_index_is_refused_without_allocating(tmp_path):
+    """A LONG_BINPUT of ~2^32 would make the C unpickler size its memo table to tens of GB (found by fuzzing)."""
+    import struct
+    import time
+
+    from wdist.loaders.errors import CorruptCheckpointError
+
+    evil = b"\x80\x02}r" + struct.pack("<I", 0xFFFFFFF0) + b"."
+    buf = __import__("io").BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)
+    import zipfile
+
+    src = zipfile.ZipFile(buf)
+    p = tmp_path / "memo.pt"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_STORED) as z:
+        for n in src.namelist():
+            z.writestr(n, evil if n.endswith("data.pkl") else src.read(n))
+    t = time.perf_counter()
+    with pytest.raises(CorruptCheckpointError, match="memo index"):
+        open_checkpoint(str(p))
+    assert time.perf_counter() - t < 2
+    legacy = tmp_path / "memo_legacy.pt"
+    legacy.write_bytes(evil)
+    with pytest.raises(CorruptCheckpointError, match="memo index"):
+        open_checkpoint(str(legacy))
