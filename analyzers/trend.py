@@ -77,6 +77,10 @@ class TrendPoint:
     format: str | None = None
     error: str | None = None
 
+    @property
+    def display(self) -> str:
+        return f"{self.step_source} {self.step}" if self.step is not None else self.label
+
 
 @dataclass
 class LayerTrend:
@@ -189,8 +193,7 @@ def _ridge(summ: list[Summary | None], bins: int) -> list[Histogram | None]:
 
 
 def _label(points: list[TrendPoint], i: int) -> str:
-    p = points[i]
-    return f"{p.step_source} {p.step}" if p.step is not None else p.label
+    return points[i].display
 
 
 def _layer_notes(lt: LayerTrend, points: list[TrendPoint]) -> list[str]:

@@ -95,7 +95,7 @@ def ridgeline(trend: Any, max_layers: int = 12) -> Any:
             ys = [y0 + c / top for c in h.counts]
             ax.fill_between(h.edges[:-1], y0, ys, step="post", color=cmap(i / max(1, n - 1)), alpha=0.8, zorder=i)
         ax.set_yticks([(n - 1 - i) * 0.6 for i in range(n)])
-        ax.set_yticklabels([p.label if p.step is None else f"{p.step_source} {p.step}" for p in trend.checkpoints],
+        ax.set_yticklabels([p.display for p in trend.checkpoints],
                            fontsize=7)
         ax.set_title(lt.name, fontsize=9)
         ax.set_xlabel("w (shared bins)", fontsize=7)

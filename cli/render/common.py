@@ -69,3 +69,13 @@ def dumps(obj: Any) -> str:
 
 def md_escape(s: str) -> str:
     return s.replace("|", "\\|")
+
+
+def print_reading(con: Any, rows: list[tuple[str, list[str]]], notes: list[str]) -> None:
+    """The "Reading" section shared by inspect, diff and trend: notes per row, then general notes."""
+    con.print("[bold]Reading[/]")
+    for name, row_notes in rows:
+        for note in row_notes:
+            con.print(f"  {name}: {note}", markup=False, highlight=False)
+    for note in notes:
+        con.print(f"  {note}", markup=False, highlight=False)

@@ -11,7 +11,7 @@ import click
 from wdist.analyzers import histogram
 from wdist.analyzers.diff import CHANGE_METRICS, DiffReport
 from wdist.analyzers.summary import Summary
-from wdist.cli.render.common import console, dumps, jsonable, md_escape, num, pct
+from wdist.cli.render.common import console, dumps, jsonable, md_escape, num, pct, print_reading
 
 SCHEMA = "wdist/diff/1"
 
@@ -97,9 +97,4 @@ def render(r: DiffReport, fmt: str, per_tensor: bool, hist: bool, top: int | Non
                 con.print(f"[bold]{n}[/]", highlight=False)
                 for line in _overlay(unpack(lr.a_summary), unpack(lr.b_summary), bins):
                     con.print(line, markup=False, highlight=False)
-    con.print("[bold]Reading[/]")
-    for lr in r.layers:
-        for note in lr.notes:
-            con.print(f"  {lr.name}: {note}", markup=False, highlight=False)
-    for note in r.notes:
-        con.print(f"  {note}", markup=False, highlight=False)
+    print_reading(con, [(lr.name, lr.notes) for lr in r.layers], r.notes)

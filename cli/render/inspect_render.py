@@ -10,7 +10,7 @@ import click
 
 from wdist.analyzers.inspect import InspectReport, LayerReport, TensorReport
 from wdist.analyzers.metrics import METRICS
-from wdist.cli.render.common import console, dumps, human_bytes, jsonable, md_escape, num, pct
+from wdist.cli.render.common import console, dumps, human_bytes, jsonable, md_escape, num, pct, print_reading
 from wdist.cli.render.hist import bars
 
 SCHEMA = "wdist/inspect/1"
@@ -127,12 +127,7 @@ def _table(r: InspectReport, rows: list[Any], per_tensor: bool, hist: bool, log_
             con.print(f"[bold]{row.name}[/]", highlight=False)
             for line in _hist_lines(row, log_counts):
                 con.print(line, highlight=False, markup=False)
-    con.print("[bold]Reading[/]")
-    for row in rows:
-        for note in row.notes:
-            con.print(f"  {row.name}: {note}", highlight=False, markup=False)
-    for note in r.model.notes:
-        con.print(f"  model: {note}", highlight=False, markup=False)
+    print_reading(con, [(row.name, row.notes) for row in rows] + [("model", r.model.notes)], [])
     con.print(r.model.summary, highlight=False, markup=False)
     if r.skipped:
         con.print(f"not analysed (not floating point): {', '.join(r.skipped[:10])}"

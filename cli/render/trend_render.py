@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from wdist.analyzers.trend import TrendReport
-from wdist.cli.render.common import console, dumps, jsonable, num
+from wdist.cli.render.common import console, dumps, jsonable, num, print_reading
 from wdist.cli.render.hist import BLOCKS, sparkline
 
 SCHEMA = "wdist/trend/1"
@@ -76,11 +76,6 @@ def render(r: TrendReport, fmt: str, hist: bool) -> None:
             con.print(f"[bold]{lt.name}[/]  w in [{hs[0].edges[0]:.3g}, {hs[0].edges[-1]:.3g}] on shared bins",
                       highlight=False)
             for p, h in zip(r.checkpoints, lt.ridgeline):
-                label = (f"{p.step_source} {p.step}" if p.step is not None else p.label)[:14]
+                label = p.display[:14]
                 con.print(f"  {label:>14} |{_ridge_row(h.counts, top) if h else ''}|", markup=False, highlight=False)
-    con.print("[bold]Reading[/]")
-    for lt in r.layers:
-        for n in lt.notes:
-            con.print(f"  {lt.name}: {n}", markup=False, highlight=False)
-    for n in r.notes:
-        con.print(f"  {n}", markup=False, highlight=False)
+    print_reading(con, [(lt.name, lt.notes) for lt in r.layers], r.notes)
