@@ -70,6 +70,7 @@ def test_lightning_hparams_object(tmp_path, marker):
     assert any(g.endswith("HParams") for g in ck.unsafe_globals)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_torchscript_archive_code_not_run(tmp_path, marker):
     m = torch.nn.Sequential(torch.nn.Linear(4, 3))
     p = tmp_path / "ts.pt"
