@@ -182,10 +182,18 @@ class CheckpointResult:
         return self.error is None and all(r.verdict == "pass" for r in self.rules)
 
 
-def _worst_first(outcomes: list[Outcome], op: str) -> list[Outcome]:
-    rev = op in (">", ">=")  # smaller is worse for lower bounds
-    return sorted(outcomes, key=lambda o: (o.value is None, o.value if not rev else -(o.value or 0)),
-                  reverse=not rev)
+def _worst_first(outcomes: list[Outcome], op: str, target: float) -> list[Outcome]:
+    """Failures ordered by how far they miss: smallest first for lower bounds (> >=), largest first for
+    upper bounds (< <=), farthest from the value for == and !=."""
+    def badness(o: Outcome) -> float:
+        v = o.value if o.value is not None else target
+        if op in (">", ">="):
+            return target - v
+        if op in ("<", "<="):
+            return v - target
+        return abs(v - target)
+
+    return sorted(outcomes, key=badness, reverse=True)
 
 
 def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, allow_empty: bool) -> list[RuleResult]:
@@ -208,7 +216,7 @@ def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, 
                 if fnmatch.fnmatchcase(t.name, rule.scope):
                     v = t.stats.get(rule.metric)
                     outcomes.append(Outcome(t.name, v, None if v is None else OPS[rule.op](v, rule.value)))
-        fails = _worst_first([o for o in outcomes if o.passed is False], rule.op)
+        fails = _worst_first([o for o in outcomes if o.passed is False], rule.op, rule.value)
         if not outcomes and not allow_empty:
             verdict, msg = "error", f"glob {rule.scope!r} matches no analysed tensor (typo? --allow-empty to permit)"
         else:

@@ -68,17 +68,6 @@ class Summary:
         self.tensors += o.tensors
         return self
 
-    def copy(self) -> Summary:
-        s = Summary()
-        s.merge(self)
-        s.exact_bins = self.exact_bins
-        return s
-
-
-def hist_bins(x: np.ndarray) -> np.ndarray:
-    """Top-16-bit bin index of each float32 value (sign, exponent and 7 mantissa bits)."""
-    return x.view(np.uint32) >> 16
-
 
 _BLOCK = 1 << 15  # float64 temporaries stay in cache
 

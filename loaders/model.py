@@ -129,11 +129,6 @@ class TensorRef:
             raise ValueError(f"{self.name}: tensor has no data reader")
         return to_float32(self._raw(0, self.numel), self.dtype).reshape(self.shape)
 
-    def read_native(self) -> np.ndarray:
-        """The whole tensor in its stored numpy representation (bf16/fp8 as raw unsigned ints)."""
-        if self.reader is None:
-            raise ValueError(f"{self.name}: tensor has no data reader")
-        return self._raw(0, self.numel).reshape(self.shape)
 
 
 @dataclass

@@ -57,3 +57,18 @@ def test_config_discovery_and_validation(tmp_path, monkeypatch):
     (sub / "wdist.toml").write_text('rules = [\n')
     with pytest.raises(UsageError, match="not valid TOML"):
         load_config(str(sub / "wdist.toml"))
+
+
+def test_failures_are_ordered_worst_first(tmp_path):
+    import torch
+
+    torch.save({"a.weight": torch.zeros(4, 4), "b.weight": torch.ones(4, 4),
+                "c.weight": torch.tensor([[0.0, 1.0], [1.0, 1.0]])}, tmp_path / "m.pt")
+    from wdist.analyzers.check import evaluate
+    from wdist.analyzers.inspect import Options, analyse
+
+    rep = analyse(open_checkpoint(str(tmp_path / "m.pt")), Options(jobs=1))
+    (lower,) = evaluate([parse_rule("*: zero_fraction >= 0.9")], rep, None, False)
+    assert [o.name for o in lower.failures] == ["b.weight", "c.weight"]  # 0.0 misses by more than 0.25
+    (upper,) = evaluate([parse_rule("*: zero_fraction <= 0.1")], rep, None, False)
+    assert [o.name for o in upper.failures] == ["a.weight", "c.weight"]
