@@ -10,11 +10,9 @@ from typing import Any
 import numpy as np
 
 from wdist.analyzers import distances, metrics
-from wdist.analyzers.engine import default_jobs, ordered_map, pack, unpack
+from wdist.analyzers.engine import TensorAccumulator, ordered_map, pack, unpack
 from wdist.analyzers.inspect import CheckpointInfo, Options, Progress, checkpoint_info, select
-from wdist.analyzers.summary import Summary, summarize_chunk
-from wdist.analyzers.units import UnitTracker
-from wdist.loaders.dtypes import BF16_EXACT
+from wdist.analyzers.summary import Summary
 from wdist.loaders.model import Checkpoint, TensorRef
 
 CHANGE_METRICS = ("rel_l2_change", "cosine", "sign_flip_fraction", "changed_fraction", "max_abs_change",
@@ -112,28 +110,14 @@ def change_metrics(p: PairSums, sa: Summary, sb: Summary, numel: int) -> dict[st
     }
 
 
-def _side(ref: TensorRef) -> tuple[Summary, UnitTracker | None]:
-    tr = UnitTracker(ref.shape, ref.unit_axis) if ref.unit_axis is not None and ref.numel else None
-    return Summary(exact_bins=ref.dtype in BF16_EXACT, tensors=1), tr
-
-
 def _pair_work(ra: TensorRef, rb: TensorRef, chunk: int, tol: Tolerance) -> tuple[Summary, Summary, PairSums]:
-    sa, ta = _side(ra)
-    sb, tb = _side(rb)
-    align = ta.align if ta else 1
+    acc_a, acc_b = TensorAccumulator(ra), TensorAccumulator(rb)
     p = PairSums()
-    for (start, a), (_, b) in zip(ra.chunks(chunk, align), rb.chunks(chunk, align)):
-        sa.merge(summarize_chunk(a, sa.exact_bins))
-        sb.merge(summarize_chunk(b, sb.exact_bins))
+    for (start, a), (_, b) in zip(ra.chunks(chunk, acc_a.align), rb.chunks(chunk, acc_a.align)):
+        acc_a.add(start, a)
+        acc_b.add(start, b)
         p.merge(pair_chunk(a, b, tol))
-        if ta:
-            ta.update(start, a)
-        if tb:
-            tb.update(start, b)
-    for s, t in ((sa, ta), (sb, tb)):
-        if t:
-            s.units, s.dead_units = t.units, t.dead
-    return pack(sa), pack(sb), p
+    return pack(acc_a.result()), pack(acc_b.result()), p
 
 
 @dataclass
@@ -227,8 +211,7 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
     total = sum(a.nbytes + b.nbytes for _, a, b in work)
     layer_sums: dict[str, tuple[PairSums, Summary, Summary, int]] = {}
     done = 0
-    jobs = opts.jobs or default_jobs()
-    results = ordered_map(_pair_work, ((a, b, opts.chunk, tol) for _, a, b in work), jobs, total)
+    results = ordered_map(_pair_work, ((a, b, opts.chunk, tol) for _, a, b in work), opts.jobs, total)
     for (i, ta, tb), (sa, sb, p) in zip(work, results):
         sa, sb = unpack(sa), unpack(sb)
         row = rows[i]

@@ -21,17 +21,30 @@ R = TypeVar("R")
 PARALLEL_MIN_BYTES = 32 << 20
 
 
+class TensorAccumulator:
+    """One tensor's running Summary and dead-unit tracker, fed chunk by chunk (inspect and diff)."""
+
+    def __init__(self, ref: TensorRef) -> None:
+        self.summary = Summary(exact_bins=ref.dtype in BF16_EXACT, tensors=1)
+        self.tracker = UnitTracker(ref.shape, ref.unit_axis) if ref.unit_axis is not None and ref.numel else None
+        self.align = self.tracker.align if self.tracker else 1  # chunk lengths that keep units whole
+
+    def add(self, start: int, x: np.ndarray) -> None:
+        self.summary.merge(summarize_chunk(x, self.summary.exact_bins))
+        if self.tracker:
+            self.tracker.update(start, x)
+
+    def result(self) -> Summary:
+        if self.tracker:
+            self.summary.units, self.summary.dead_units = self.tracker.units, self.tracker.dead
+        return self.summary
+
+
 def summarize_tensor(ref: TensorRef, chunk: int = DEFAULT_CHUNK) -> Summary:
-    exact = ref.dtype in BF16_EXACT
-    total = Summary(exact_bins=exact, tensors=1)
-    tracker = UnitTracker(ref.shape, ref.unit_axis) if ref.unit_axis is not None and ref.numel else None
-    for start, x in ref.chunks(chunk, align=tracker.align if tracker else 1):
-        total.merge(summarize_chunk(x, exact))
-        if tracker:
-            tracker.update(start, x)
-    if tracker:
-        total.units, total.dead_units = tracker.units, tracker.dead
-    return total
+    acc = TensorAccumulator(ref)
+    for start, x in ref.chunks(chunk, align=acc.align):
+        acc.add(start, x)
+    return acc.result()
 
 
 def pack(s: Summary) -> Summary:
@@ -62,8 +75,9 @@ def _call(args: tuple[Callable[..., Any], tuple]) -> Any:
 
 
 def ordered_map(fn: Callable[..., R], items: Iterable[tuple], jobs: int, total_bytes: int) -> Iterator[R]:
-    """fn(*item) for each item, in order; in worker processes when jobs > 1 and the work is large.
-    Order is kept so that merged results are identical to a single-process run."""
+    """fn(*item) for each item, in order; in worker processes when jobs > 1 (0 = all cores) and the work
+    is large. Order is kept so that merged results are identical to a single-process run."""
+    jobs = jobs or default_jobs()
     if jobs <= 1 or total_bytes < PARALLEL_MIN_BYTES:
         for it in items:
             yield fn(*it)

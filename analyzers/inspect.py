@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from wdist.analyzers import histogram, metrics, reading
-from wdist.analyzers.engine import default_jobs, ordered_map, pack, summarize_tensor, unpack
+from wdist.analyzers.engine import ordered_map, pack, summarize_tensor, unpack
 from wdist.analyzers.histogram import Histogram
 from wdist.analyzers.metrics import NearZero
 from wdist.analyzers.summary import Summary
@@ -136,7 +136,7 @@ def summaries(refs: list[TensorRef], jobs: int, chunk: int, progress: Progress |
     """Each ref's Summary in order, computed in worker processes when that pays."""
     total = sum(t.nbytes for t in refs)
     done = 0
-    for i, s in enumerate(ordered_map(_work, ((r, chunk) for r in refs), jobs or default_jobs(), total)):
+    for i, s in enumerate(ordered_map(_work, ((r, chunk) for r in refs), jobs, total)):
         done += refs[i].nbytes
         if progress:
             progress(done, i + 1)

@@ -46,12 +46,11 @@ class RangeReader:
         # a reused buffer avoids faulting in fresh pages for every chunk
         nbytes = count * dt.itemsize
         out = out[:nbytes].view(dt) if out is not None and out.nbytes >= nbytes else np.empty(count, dtype=dt)
-        want = count * dt.itemsize
         fd = os.open(self.path, os.O_RDONLY)
         try:
             view = memoryview(out).cast("B")  # type: ignore[arg-type]
             pos, got = self.offset + start * dt.itemsize, 0
-            while got < want:
+            while got < nbytes:
                 n = os.preadv(fd, [view[got:]], pos + got)
                 if n <= 0:
                     raise CorruptCheckpointError(self.path, "file is truncated (tensor data)")
