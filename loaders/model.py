@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -13,18 +13,15 @@ import numpy as np
 DEFAULT_CHUNK = 1 << 20
 
 
-class Format(str, enum.Enum):
-    """Every checkpoint format wdist reads (exhaustive: detection and --format use this list)."""
+class Format:
+    """Names of the built-in formats. A checkpoint's `format` is a plain string: the name of the format
+    plug-in that read it (see loaders/registry.py), so third-party formats need no edit here."""
 
     TORCH_ZIP = "torch-zip"
     TORCH_LEGACY = "torch-legacy"
     SAFETENSORS = "safetensors"
     KERAS_H5 = "keras-h5"
     KERAS_ZIP = "keras-zip"
-
-    @property
-    def family(self) -> str:
-        return {"torch-zip": "pytorch", "torch-legacy": "pytorch"}.get(self.value, self.value.split("-")[0])
 
 
 class Role(str, enum.Enum):
@@ -64,6 +61,10 @@ class TensorRef:
     unit_axis: int | None = None  # output-unit axis: PyTorch conv/linear 0, Keras kernels -1
     aliases: list[str] = field(default_factory=list)
     source: str = ""
+    # Block-quantised or otherwise packed storage (e.g. GGUF "Q4_K"): `dtype` is then the dtype the reader
+    # decodes to, `stored_as` the storage type and `stored_nbytes` the bytes the tensor takes in the file.
+    stored_as: str | None = None
+    stored_nbytes: int | None = None
 
     @property
     def numel(self) -> int:
@@ -78,7 +79,8 @@ class TensorRef:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * self.itemsize
+        """Bytes the tensor occupies in the file."""
+        return self.stored_nbytes if self.stored_nbytes is not None else self.numel * self.itemsize
 
     @property
     def is_float(self) -> bool:
@@ -133,14 +135,30 @@ class TensorRef:
 
 @dataclass
 class Checkpoint:
+    """A lazily read checkpoint. Use it as a context manager (or call close()) to release every file
+    handle its readers opened; readers reopen what they need when used again."""
+
     path: str
-    format: Format
+    format: str
     variant: str
     tensors: list[TensorRef]
     metadata: dict[str, Any] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
     unsafe_globals: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def close(self) -> None:
+        """Release every handle held by this checkpoint's readers (idempotent)."""
+        closers, self.closers = self.closers, []
+        for c in closers:
+            c()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def parameters(self) -> int:

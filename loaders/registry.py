@@ -25,7 +25,7 @@ EXTENSIONS = {
 }
 
 
-def sniff(path: str) -> Format:
+def sniff(path: str) -> str:
     """Detect a single file's format from its first bytes; the extension only breaks ties."""
     with open(path, "rb") as f:
         head = f.read(16)
@@ -70,7 +70,7 @@ def _is_hdf5_offset(path: str) -> bool:
     return False
 
 
-def _loaders() -> dict[Format, Callable[[str], Checkpoint]]:
+def _loaders() -> dict[str, Callable[[str], Checkpoint]]:
     # imported here so `wdist --help` stays light
     from wdist.loaders import keras_loader, torch_loader
     from wdist.loaders.safetensors_loader import load_safetensors_files
@@ -117,7 +117,7 @@ def _load_index(path: str) -> Checkpoint:
     return first
 
 
-def load_file(path: str, fmt: Format | None = None) -> Checkpoint:
+def load_file(path: str, fmt: str | None = None) -> Checkpoint:
     if path.endswith(".index.json"):
         return _load_index(path)
     detected = sniff(path)
@@ -127,7 +127,7 @@ def load_file(path: str, fmt: Format | None = None) -> Checkpoint:
     except WdistError:
         raise
     except (OSError, ValueError, KeyError, IndexError, TypeError, OverflowError, EOFError) as e:
-        raise CorruptCheckpointError(path, f"cannot be read as {use.value} ({type(e).__name__}: {str(e)[:100]})") from None
+        raise CorruptCheckpointError(path, f"cannot be read as {use} ({type(e).__name__}: {str(e)[:100]})") from None
 
 
 def find_in_dir(path: str) -> list[str]:
@@ -144,9 +144,9 @@ def find_in_dir(path: str) -> list[str]:
     return []
 
 
-def open_checkpoint(path: str, fmt: str | Format | None = None) -> Checkpoint:
+def open_checkpoint(path: str, fmt: str | None = None) -> Checkpoint:
     """Open a file or model directory as a lazy Checkpoint. Reads headers and metadata only."""
-    force = Format(fmt) if isinstance(fmt, str) else fmt
+    force = fmt
     if not os.path.exists(path):
         raise WdistError(path, "no such file or directory")
     if os.path.isdir(path):

@@ -122,7 +122,7 @@ def _storage_itemsize(dtype: str) -> int:
     return 1 if dtype == "untyped" else dtype_itemsize(dtype)
 
 
-def _build(path: str, fmt: Format, variant: str, result: UnpickleResult,
+def _build(path: str, fmt: str, variant: str, result: UnpickleResult,
            located: dict[str, Located], sources: list[str]) -> Checkpoint:
     named, meta = _split_top(result.obj)
     tensors: list[TensorRef] = []

@@ -16,7 +16,7 @@ SCHEMA = "wdist/ls/1"
 def as_dict(ck: Checkpoint) -> dict:
     return {
         "schema": SCHEMA,
-        "checkpoint": {"path": ck.path, "format": ck.format.value, "variant": ck.variant,
+        "checkpoint": {"path": ck.path, "format": ck.format, "variant": ck.variant,
                        "tensors": len(ck.tensors), "parameters": ck.parameters, "bytes": ck.nbytes,
                        "metadata": {k: v for k, v in ck.metadata.items() if isinstance(v, (str, int, float))}},
         "unsafe_globals": list(ck.unsafe_globals),
@@ -47,7 +47,7 @@ def render(ck: Checkpoint, fmt: str) -> None:
             w.writerow([t.name, t.layer, t.role.value, "x".join(map(str, t.shape)), t.dtype, t.numel, t.nbytes])
         return
     if fmt == "markdown":
-        lines = [f"**{md_escape(ck.path)}** ({ck.format.value}, {ck.variant}): {len(ck.tensors)} tensors, "
+        lines = [f"**{md_escape(ck.path)}** ({ck.format}, {ck.variant}): {len(ck.tensors)} tensors, "
                  f"{ck.parameters:,} parameters, {human_bytes(ck.nbytes)}", "",
                  "| name | layer | role | shape | dtype | parameters | bytes |", "|---|---|---|---|---|---:|---:|"]
         lines += [f"| {md_escape(t.name)} | {md_escape(t.layer)} | {t.role.value} | {list(t.shape)} | {t.dtype} | "
@@ -57,7 +57,7 @@ def render(ck: Checkpoint, fmt: str) -> None:
     from rich.table import Table
 
     con = console()
-    con.print(f"[bold]{ck.path}[/]  {ck.format.value} ({ck.variant})  {len(ck.tensors)} tensors  "
+    con.print(f"[bold]{ck.path}[/]  {ck.format} ({ck.variant})  {len(ck.tensors)} tensors  "
               f"{ck.parameters:,} parameters  {human_bytes(ck.nbytes)}", highlight=False, soft_wrap=True)
     tab = Table(box=None, pad_edge=False, header_style="bold")
     for col, just in (("name", "left"), ("layer", "left"), ("role", "left"), ("shape", "left"),

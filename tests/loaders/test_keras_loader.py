@@ -8,7 +8,7 @@ from wdist.loaders.errors import CorruptCheckpointError
 
 def test_keras2_full_model(ckpts):
     ck = open_checkpoint(str(ckpts["keras2_mlp_epoch1.h5"]))
-    assert ck.format is Format.KERAS_H5 and ck.variant == "keras2-model"
+    assert ck.format == Format.KERAS_H5 and ck.variant == "keras2-model"
     assert ck.metadata["keras_version"] == "2.21.0"
     model = [t for t in ck.tensors if t.role is not Role.OPTIMIZER_STATE]
     assert [t.name for t in model] == ["hidden/kernel", "hidden/bias", "logits/kernel", "logits/bias"]
@@ -43,7 +43,7 @@ def test_keras3_names_from_vars_attribute(ckpts, name):
     assert by["stem_bn/gamma"].role is Role.NORM and by["stem_bn/moving_mean"].role is Role.RUNNING_STAT
     assert by["stem/kernel"].shape == (3, 3, 3, 4)
     if name.endswith(".keras"):
-        assert ck.format is Format.KERAS_ZIP and ck.metadata["keras_version"] == "3.15.1"
+        assert ck.format == Format.KERAS_ZIP and ck.metadata["keras_version"] == "3.15.1"
 
 
 def test_keras3_archive_equals_weights_file(ckpts):

@@ -13,7 +13,7 @@ from wdist.loaders.errors import CorruptCheckpointError
 
 def test_single_file_matches_torch(ckpts, torch_model_sd):
     ck = open_checkpoint(str(ckpts["st"]))
-    assert ck.format is Format.SAFETENSORS and ck.metadata == {"note": "test"}
+    assert ck.format == Format.SAFETENSORS and ck.metadata == {"note": "test"}
     by = {t.name: t for t in ck.tensors}
     for k, v in torch_model_sd.items():
         np.testing.assert_array_equal(by[k].read(), v.float().numpy())
