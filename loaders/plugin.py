@@ -27,6 +27,8 @@ class FormatPlugin:
     extra:      the pip extra that installs them ("onnx" -> pip install 'wdist[onnx]').
     variants:   what is supported, for the format table.
     order:      detection order; lower sniffs first.
+    fallback_by_extension: when no sniffer claims a file, one with this format's extension is still handed
+                to this reader, so a damaged file gets the reader's own explanation.
     """
 
     name: str
@@ -38,6 +40,7 @@ class FormatPlugin:
     extra: str | None = None
     variants: str = ""
     order: int = 100
+    fallback_by_extension: bool = False
 
     def available(self) -> bool:
         """Whether the optional dependency is importable (without importing it)."""

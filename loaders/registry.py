@@ -1,168 +1,384 @@
-"""Format detection (magic bytes first, extension second) and the registry of readers."""
+"""The format registry: detection (magic bytes first, extension second), `--input-format`, model folders and
+sharded indexes. Formats are plug-ins (loaders/plugin.py): built-in modules are listed in BUILTIN_FORMATS,
+third-party ones register a module exposing PLUGIN (or PLUGINS) under the `wdist.formats` entry-point group."""
 
 from __future__ import annotations
 
-import glob
+import importlib
 import json
 import os
-import zipfile
-from collections.abc import Callable
+import re
+import stat
+from collections.abc import Iterator, Mapping
+from functools import cache
 
-from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError, WdistError
-from wdist.loaders.fileio import ZIP_ERRORS
-from wdist.loaders.model import Checkpoint, Format
-
-SUPPORTED = (
-    "PyTorch torch.save (.pt .pth .bin .ckpt; zip and legacy), pytorch_model.bin.index.json; "
-    "safetensors (.safetensors, model.safetensors.index.json, model directories); "
-    "Keras HDF5 (.h5 .hdf5 .weights.h5, Keras 2 and 3) and .keras archives"
+from wdist.loaders.errors import (
+    CorruptCheckpointError,
+    MissingDependencyError,
+    UnsupportedFormatError,
+    WdistError,
 )
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-EXTENSIONS = {
-    ".safetensors": Format.SAFETENSORS, ".h5": Format.KERAS_H5, ".hdf5": Format.KERAS_H5,
-    ".keras": Format.KERAS_ZIP, ".pt": Format.TORCH_ZIP, ".pth": Format.TORCH_ZIP, ".bin": Format.TORCH_ZIP,
-    ".ckpt": Format.TORCH_ZIP,
-}
+from wdist.loaders.model import Checkpoint
+from wdist.loaders.plugin import SNIFF_BYTES, FormatPlugin
+
+# Modules exposing PLUGIN (or PLUGINS); the order here does not matter, each plug-in's `order` does.
+BUILTIN_FORMATS: tuple[str, ...] = (
+    "wdist.loaders.fmt_builtin",
+    "wdist.loaders.fmt_numpy",
+    "wdist.loaders.fmt_gguf",
+    "wdist.loaders.fmt_onnx",
+)
+ENTRY_POINT_GROUP = "wdist.formats"
+MAX_INDEX_BYTES = 64 << 20  # a sharded index of 10^6 tensors is ~60 MB of JSON
+SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})(?P<ext>\.[A-Za-z0-9.]+)$")
+
+
+def _module_plugins(modname: str) -> list[FormatPlugin]:
+    mod = importlib.import_module(modname)
+    found = getattr(mod, "PLUGINS", None) or (getattr(mod, "PLUGIN", None),)
+    return [p for p in found if isinstance(p, FormatPlugin)]
+
+
+@cache
+def formats() -> tuple[FormatPlugin, ...]:
+    """Every registered format, in detection order. Entry points that fail to load are skipped here and
+    reported by `plugin_errors()` (a broken third-party package must not break the built-in formats)."""
+    plugins: list[FormatPlugin] = []
+    for modname in BUILTIN_FORMATS:
+        plugins += _module_plugins(modname)
+    for ep, err in _entry_points():
+        if err is None:
+            plugins += ep
+    seen: dict[str, FormatPlugin] = {}
+    for p in plugins:
+        seen.setdefault(p.name, p)  # built-ins win over a third-party plug-in of the same name
+    return tuple(sorted(seen.values(), key=lambda p: (p.order, p.name)))
+
+
+@cache
+def _entry_points() -> tuple[tuple[list[FormatPlugin], str | None], ...]:
+    from importlib.metadata import entry_points
+
+    out: list[tuple[list[FormatPlugin], str | None]] = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+            if isinstance(obj, FormatPlugin):
+                out.append(([obj], None))
+            else:
+                found = getattr(obj, "PLUGINS", None) or (getattr(obj, "PLUGIN", None),)
+                out.append(([p for p in found if isinstance(p, FormatPlugin)], None))
+        except Exception as e:  # a third-party plug-in's import error is reported, not raised
+            out.append(([], f"{ep.name}: {type(e).__name__}: {e}"))
+    return tuple(out)
+
+
+def plugin_errors() -> list[str]:
+    return [err for _, err in _entry_points() if err]
+
+
+def format_names() -> list[str]:
+    return [p.name for p in formats()]
+
+
+def get_format(name: str) -> FormatPlugin:
+    for p in formats():
+        if p.name == name:
+            return p
+    raise UnsupportedFormatError(None, f"unknown input format {name!r}; choose from {', '.join(format_names())}")
+
+
+def supported() -> str:
+    """One line naming every format, for error messages."""
+    return "; ".join(f"{p.title} ({' '.join(p.extensions)})" for p in formats())
+
+
+class _Extensions(Mapping[str, str]):
+    """File-name ending -> format name, computed from the registry on first use."""
+
+    def _table(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for p in formats():
+            for e in p.extensions:
+                out.setdefault(e, p.name)
+        return out
+
+    def __getitem__(self, key: str) -> str:
+        return self._table()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+EXTENSIONS: Mapping[str, str] = _Extensions()
+
+
+def __getattr__(name: str) -> str:  # SUPPORTED stays importable without scanning plug-ins at import time
+    if name == "SUPPORTED":
+        return supported()
+    raise AttributeError(name)
+
+
+def is_checkpoint_name(path: str) -> bool:
+    name = path.lower()
+    return any(name.endswith(e) for e in EXTENSIONS) or name.endswith(".index.json")
+
+
+def require_regular(path: str) -> os.stat_result:
+    """Only regular files are read: a FIFO, device or socket would block or never end."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise WdistError(path, "no such file or directory") from None
+    except OSError as e:
+        raise WdistError(path, f"cannot be read ({e.strerror or type(e).__name__})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise WdistError(path, "is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsupportedFormatError(path, "not a regular file (a FIFO, device or socket is never read)")
+    return st
+
+
+def _head(path: str) -> bytes:
+    require_regular(path)
+    try:
+        with open(path, "rb") as f:
+            return f.read(SNIFF_BYTES)
+    except OSError as e:
+        raise WdistError(path, f"cannot be read ({e.strerror or type(e).__name__})") from None
 
 
 def sniff(path: str) -> str:
-    """Detect a single file's format from its first bytes; the extension only breaks ties."""
-    with open(path, "rb") as f:
-        head = f.read(16)
+    """The format name of a single file, from its first bytes; the extension only breaks ties."""
+    head = _head(path)
     if not head:
         raise CorruptCheckpointError(path, "file is empty")
-    if head.startswith(HDF5_MAGIC):
-        return Format.KERAS_H5
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+    name = path.lower()
+    hits = []
+    for p in formats():
+        if p.sniff is None:
+            continue
+        try:
+            ok = p.sniff(head, path)
+        except Exception:  # a sniffer must not raise; one that does simply does not claim the file
+            ok = False
+        if ok:
+            hits.append(p)
+    if hits:
+        by_ext = [p for p in hits if any(name.endswith(e) for e in p.extensions)]
+        return (by_ext or hits)[0].name
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # several formats are zips: say which part failed
+        import zipfile
+
+        from wdist.loaders.fileio import ZIP_ERRORS
+
         try:
             with zipfile.ZipFile(path) as z:
-                names = z.namelist()
+                z.infolist()
         except ZIP_ERRORS as e:
-            raise CorruptCheckpointError(path, f"zip archive is damaged or truncated ({e})") from None
-        if "model.weights.h5" in names:
-            return Format.KERAS_ZIP
-        if any(n.endswith("data.pkl") for n in names):
-            return Format.TORCH_ZIP
-        raise UnsupportedFormatError(path, "zip archive is neither a torch.save checkpoint nor a .keras model")
-    if len(head) >= 9 and head[8:9] == b"{":  # u64 header length, then the JSON header
-        return Format.SAFETENSORS
-    if len(head) >= 2 and head[:1] == b"\x80" and 2 <= head[1] <= 5:  # pickle protocol 2-5: legacy torch.save
-        return Format.TORCH_LEGACY
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".safetensors" and len(head) >= 8:
-        return Format.SAFETENSORS  # let the header validation say what is wrong
-    if _is_hdf5_offset(path):
-        return Format.KERAS_H5
-    kind = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "unrecognised binary data"
-    raise UnsupportedFormatError(path, f"{kind}, not a supported checkpoint; wdist reads {SUPPORTED}")
+            raise CorruptCheckpointError(path, f"zip archive is damaged or truncated ({str(e)[:80]})") from None
+        raise UnsupportedFormatError(path, "zip archive is not a checkpoint any registered format reads "
+                                     "(no data.pkl, no model.weights.h5)")
+    for p in formats():  # a damaged file with a telling extension: let its reader say what is wrong
+        if (p.fallback_by_extension or p.sniff is None) and any(name.endswith(e) for e in p.extensions):
+            return p.name
+    kind = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head[:16]) else "unrecognised binary data"
+    raise UnsupportedFormatError(path, f"{kind}, not a supported checkpoint; wdist reads {supported()}")
 
 
-def _is_hdf5_offset(path: str) -> bool:
-    """HDF5 allows a user block: the superblock may start at 512, 1024, 2048, ... bytes."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        off = 512
-        while off + 8 <= size and off <= 1 << 20:
-            f.seek(off)
-            if f.read(8) == HDF5_MAGIC:
-                return True
-            off *= 2
-    return False
+def _run_loader(plugin: FormatPlugin, path: str) -> Checkpoint:
+    if not plugin.available():
+        extra = f"pip install 'wdist[{plugin.extra}]'" if plugin.extra else "pip install " + " ".join(plugin.requires)
+        raise MissingDependencyError(path, f"reading {plugin.title} needs {', '.join(plugin.requires)} ({extra})")
+    try:
+        return plugin.load(path)
+    except WdistError as e:
+        if e.path is None:
+            raise type(e)(path, e.reason) from None
+        raise
+    except RecursionError:
+        raise CorruptCheckpointError(path, f"cannot be read as {plugin.name} (structure nested too deeply)") from None
+    except MemoryError:
+        raise CorruptCheckpointError(path, f"cannot be read as {plugin.name} (asks for more memory than it could "
+                                     "hold)") from None
+    except Exception as e:  # any other failure of a reader on a hostile file is still one line naming it
+        raise CorruptCheckpointError(path, f"cannot be read as {plugin.name} ({type(e).__name__}: "
+                                     f"{str(e)[:100]})") from None
 
 
-def _loaders() -> dict[str, Callable[[str], Checkpoint]]:
-    # imported here so `wdist --help` stays light
-    from wdist.loaders import keras_loader, torch_loader
-    from wdist.loaders.safetensors_loader import load_safetensors_files
+def load_file(path: str, fmt: str | None = None) -> Checkpoint:
+    """One file as a Checkpoint. A forced format skips detection entirely."""
+    if fmt is None and path.endswith(".index.json"):
+        return _load_index(path)
+    if fmt is not None:
+        plugin = get_format(fmt)
+        require_regular(path)
+    else:
+        plugin = get_format(sniff(path))
+    return _run_loader(plugin, path)
 
-    return {
-        Format.TORCH_ZIP: torch_loader.load_torch_zip,
-        Format.TORCH_LEGACY: torch_loader.load_torch_legacy,
-        Format.SAFETENSORS: lambda p: load_safetensors_files(p, [p], "single"),
-        Format.KERAS_H5: keras_loader.load_keras_h5,
-        Format.KERAS_ZIP: keras_loader.load_keras_zip,
-    }
+
+def _model_root(folder: str) -> str:
+    """The folder a model's files may live in. In a Hugging Face cache (`models--X/snapshots/REV/`) files are
+    symlinks into `models--X/blobs/`, so the repository folder is the root there."""
+    real = os.path.realpath(folder)
+    parent = os.path.dirname(real)
+    if os.path.basename(parent) == "snapshots" and os.path.basename(os.path.dirname(parent)).startswith(
+            ("models--", "datasets--")):
+        return os.path.dirname(parent)
+    return real
+
+
+def inside_model_folder(path: str, folder: str) -> bool:
+    """Whether `path`, with every symlink resolved, stays inside the model folder."""
+    root = _model_root(folder)
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root + os.sep)
 
 
 def _load_index(path: str) -> Checkpoint:
     """Hugging Face sharded index: {"weight_map": {tensor: shard file}}."""
+    st = require_regular(path)
+    if st.st_size > MAX_INDEX_BYTES:
+        raise CorruptCheckpointError(path, f"sharded index is {st.st_size} bytes, over the {MAX_INDEX_BYTES}-byte limit")
     try:
         with open(path, encoding="utf-8") as f:
             index = json.load(f)
-        shards = list(dict.fromkeys(index["weight_map"].values()))
+        weight_map = index["weight_map"]
+        shards = list(dict.fromkeys(str(v) for v in weight_map.values()))
+    except RecursionError:
+        raise CorruptCheckpointError(path, "sharded index JSON is nested too deeply") from None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise CorruptCheckpointError(path, "sharded index is not JSON with a weight_map") from None
     base = os.path.dirname(os.path.abspath(path))
     files = []
     for s in shards:
-        fp = os.path.normpath(os.path.join(base, str(s)))
-        if os.path.dirname(fp) != base and not fp.startswith(base + os.sep):
+        fp = os.path.normpath(os.path.join(base, s))
+        if os.path.isabs(s) or not (fp.startswith(base + os.sep)) or not inside_model_folder(fp, base):
             raise CorruptCheckpointError(path, f"shard {s!r} points outside the index's folder")
-        if not os.path.isfile(fp):
+        if s.endswith(".index.json") or os.path.isdir(fp):
+            raise CorruptCheckpointError(path, f"shard {s!r} is not a weights file (an index cannot name an index)")
+        if not os.path.lexists(fp):
             raise CorruptCheckpointError(path, f"shard {s!r} named in the index is missing")
+        require_regular(fp)
         files.append(fp)
     if not files:
         raise CorruptCheckpointError(path, "sharded index names no shards")
     if all(f.endswith(".safetensors") for f in files):
         from wdist.loaders.safetensors_loader import load_safetensors_files
 
-        return load_safetensors_files(path, files, "sharded")
+        try:
+            return load_safetensors_files(path, files, "sharded")
+        except WdistError:
+            raise
+        except Exception as e:
+            raise CorruptCheckpointError(path, f"cannot be read ({type(e).__name__}: {str(e)[:100]})") from None
     parts = [load_file(f) for f in files]
     first = parts[0]
-    for p in parts[1:]:
+    owner = {t.name: first.sources[0] if first.sources else files[0] for t in first.tensors}
+    for p, shard in zip(parts[1:], files[1:]):
+        for t in p.tensors:
+            if t.name in owner:
+                raise CorruptCheckpointError(path, f"tensor {t.name!r} is in two shards: "
+                                             f"{os.path.basename(owner[t.name])} and {os.path.basename(shard)}")
+            owner[t.name] = shard
         first.tensors += p.tensors
         first.unsafe_globals += [g for g in p.unsafe_globals if g not in first.unsafe_globals]
         first.warnings += p.warnings
+        first.closers += p.closers
     first.path, first.variant, first.sources = path, "sharded", files
     return first
 
 
-def load_file(path: str, fmt: str | None = None) -> Checkpoint:
-    if path.endswith(".index.json"):
-        return _load_index(path)
-    detected = sniff(path)
-    use = fmt or detected
+def shard_set(names: list[str]) -> list[str] | None:
+    """The files of one sharded model, when every name follows `STEM-0000K-of-0000N.EXT` with the same stem,
+    extension and N, and K runs 1..N; else None."""
+    groups: dict[tuple[str, str, int], dict[int, str]] = {}
+    for n in names:
+        m = SHARD_NAME.match(os.path.basename(n))
+        if not m:
+            return None
+        groups.setdefault((m["stem"], m["ext"], int(m["n"])), {})[int(m["k"])] = n
+    if len(groups) != 1:
+        return None
+    (_, _, total), got = next(iter(groups.items()))
+    if sorted(got) != list(range(1, total + 1)):
+        return None
+    return [got[k] for k in range(1, total + 1)]
+
+
+def _regular_entries(folder: str, pattern: str | None = None) -> list[str]:
+    out = []
     try:
-        return _loaders()[use](path)
-    except WdistError:
-        raise
-    except (OSError, ValueError, KeyError, IndexError, TypeError, OverflowError, EOFError) as e:
-        raise CorruptCheckpointError(path, f"cannot be read as {use} ({type(e).__name__}: {str(e)[:100]})") from None
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    for e in names:
+        p = os.path.join(folder, e)
+        if pattern and not e.endswith(pattern):
+            continue
+        try:
+            if stat.S_ISREG(os.stat(p).st_mode) and inside_model_folder(p, folder):
+                out.append(p)
+        except OSError:
+            continue
+    return out
 
 
 def find_in_dir(path: str) -> list[str]:
-    """The checkpoint a model directory holds: a sharded index, else its one weights file (or shard set)."""
+    """The files of the one checkpoint a model directory holds: a sharded index, else a single safetensors
+    file or one complete `-0000K-of-0000N` shard set, else one of the usual weight-file names. An empty list
+    when the folder holds no checkpoint or several unrelated ones (then each is its own checkpoint:
+    `wdist trend DIR` reads them one by one)."""
     for idx in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if os.path.isfile(os.path.join(path, idx)):
-            return [os.path.join(path, idx)]
-    st = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    if st:
+        p = os.path.join(path, idx)
+        if os.path.isfile(p) and inside_model_folder(p, path):
+            return [p]
+    st = _regular_entries(path, ".safetensors")
+    if len(st) == 1:
         return st
+    if st:
+        return shard_set(st) or []
     for name in ("pytorch_model.bin", "model.pt", "model.pth", "model.weights.h5", "model.keras", "tf_model.h5"):
-        if os.path.isfile(os.path.join(path, name)):
-            return [os.path.join(path, name)]
+        p = os.path.join(path, name)
+        if p in _regular_entries(path):
+            return [p]
     return []
 
 
 def open_checkpoint(path: str, fmt: str | None = None) -> Checkpoint:
     """Open a file or model directory as a lazy Checkpoint. Reads headers and metadata only."""
-    force = fmt
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise WdistError(path, "no such file or directory")
     if os.path.isdir(path):
         files = find_in_dir(path)
         if not files:
-            raise UnsupportedFormatError(path, f"directory holds no checkpoint; wdist reads {SUPPORTED}")
+            many = [os.path.basename(e) for e in _regular_entries(path) if is_checkpoint_name(e)]
+            if len(many) > 1:
+                raise UnsupportedFormatError(path, f"directory holds {len(many)} separate checkpoints "
+                                             f"({', '.join(many[:4])}{', ...' if len(many) > 4 else ''}); name one, "
+                                             "or read them all with `wdist trend`")
+            raise UnsupportedFormatError(path, f"directory holds no checkpoint; wdist reads {supported()}")
         if len(files) == 1:
-            ck = load_file(files[0], force)
+            ck = load_file(files[0], fmt)
         else:
             from wdist.loaders.safetensors_loader import load_safetensors_files
 
             for f in files:
-                sniff(f)
-            ck = load_safetensors_files(path, files, "directory")
+                if fmt is None:
+                    sniff(f)
+            try:
+                ck = load_safetensors_files(path, files, "sharded")
+            except WdistError:
+                raise
+            except Exception as e:
+                raise CorruptCheckpointError(path, f"cannot be read ({type(e).__name__}: {str(e)[:100]})") from None
         ck.path = path
         return ck
+    require_regular(path)
     if not os.access(path, os.R_OK):
         raise WdistError(path, "permission denied")
-    return load_file(path, force)
+    return load_file(path, fmt)

@@ -8,8 +8,10 @@ from wdist.loaders.model import FLOAT_DTYPES, Role, TensorRef
 
 _RUNNING = {"running_mean", "running_var", "num_batches_tracked", "moving_mean", "moving_variance"}
 _NORM_PARAMS = {"gamma", "beta", "scale"}
-_NORM_LAYER = re.compile(r"(^|[._/])(bn|ln|norm|batchnorm|layernorm|groupnorm|rmsnorm|\w*_?norm\w*|\w*_bn)([._/]|\d|$)",
-                         re.IGNORECASE)
+_NORM_NAMES = {"bn", "ln", "norm", "batchnorm", "layernorm", "groupnorm", "rmsnorm"}
+_TOKENS = re.compile(r"[._/]")
+# Hugging Face GPT-2 style Conv1D modules store their weight as [in, out]
+_CONV1D_LAYERS = {"c_attn", "c_proj", "c_fc"}
 _EMBED = re.compile(r"(embed|(^|[._/])emb([._/]|$)|wte|wpe|tok_embeddings|word_embeddings|position_embeddings)", re.IGNORECASE)
 
 
@@ -19,6 +21,16 @@ def split_name(name: str, sep: str = ".") -> tuple[str, str]:
         layer, param = name.rsplit(sep, 1)
         return layer, param
     return name, name
+
+
+def _norm_layer(layer: str) -> bool:
+    """Whether a module path names a normalisation layer ('bn1', 'encoder.layer_norm', 'conv_bn2', 'ln_f').
+    Token by token, so the work is linear in the name's length (a regex with nested \\w* was quadratic)."""
+    for tok in _TOKENS.split(layer.lower()):
+        base = tok.rstrip("0123456789")
+        if base in _NORM_NAMES or "norm" in tok:
+            return True
+    return False
 
 
 def infer_role(name: str, layer: str, param: str, shape: tuple[int, ...], dtype: str) -> Role:
@@ -31,8 +43,8 @@ def infer_role(name: str, layer: str, param: str, shape: tuple[int, ...], dtype:
     if len(shape) >= 2 and _EMBED.search(name):
         return Role.EMBEDDING
     if param.endswith("bias"):
-        return Role.NORM if _NORM_LAYER.search(layer) else Role.BIAS
-    if len(shape) == 1 and (param.endswith("weight") or _NORM_LAYER.search(layer)):
+        return Role.NORM if _norm_layer(layer) else Role.BIAS
+    if len(shape) == 1 and (param.endswith("weight") or _norm_layer(layer)):
         return Role.NORM
     if len(shape) >= 2:
         return Role.WEIGHT
@@ -40,11 +52,16 @@ def infer_role(name: str, layer: str, param: str, shape: tuple[int, ...], dtype:
 
 
 def fix_norm_biases(tensors: list[TensorRef]) -> None:
-    """A bias next to a 1-D 'weight' (BatchNorm/LayerNorm) is a norm parameter, whatever the layer is called."""
+    """Post-pass shared by every loader. A bias next to a 1-D 'weight' (BatchNorm/LayerNorm) is a norm
+    parameter, whatever the layer is called; GPT-2-style Conv1D weights (`c_attn`, `c_proj`, `c_fc`, stored
+    [in, out]) have their output units along the last axis."""
     norm_layers = {t.layer for t in tensors if t.role is Role.NORM or t.role is Role.RUNNING_STAT}
     for t in tensors:
         if t.role is Role.BIAS and t.layer in norm_layers:
             t.role = Role.NORM
+        elif (t.role is Role.WEIGHT and len(t.shape) == 2 and t.unit_axis == 0
+              and re.split(r"[./]", t.layer)[-1] in _CONV1D_LAYERS):
+            t.unit_axis = 1
 
 
 def default_unit_axis(role: Role, ndim: int, keras: bool) -> int | None:

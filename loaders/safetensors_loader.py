@@ -39,6 +39,8 @@ def read_header(path: str) -> tuple[dict, dict, int]:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise CorruptCheckpointError(path, "safetensors header is not valid JSON") from None
+    except RecursionError:
+        raise CorruptCheckpointError(path, "safetensors header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise CorruptCheckpointError(path, "safetensors header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
@@ -83,9 +85,15 @@ def _natural(s: str) -> list:
 def load_safetensors_files(path: str, files: list[str], variant: str) -> Checkpoint:
     tensors: list[TensorRef] = []
     metadata: dict = {}
+    owner: dict[str, str] = {}
     for fp in files:
         header, meta, data_start = read_header(fp)
         metadata.update(meta)
+        for name in header:
+            if name in owner:  # the same name in two shards: which one is the model's is undecidable
+                raise CorruptCheckpointError(path, f"tensor {name!r} is in two shards: "
+                                             f"{os.path.basename(owner[name])} and {os.path.basename(fp)}")
+            owner[name] = fp
         # writers reorder tensors (by dtype, by name); natural name order puts layers.2 before layers.10
         for name, e in sorted(header.items(), key=lambda kv: _natural(kv[0])):
             dtype = ST_DTYPES[e["dtype"]]
