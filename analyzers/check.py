@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import operator
 import os
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,12 +13,49 @@ from typing import Any
 from wdist.analyzers.diff import CHANGE_METRICS, DiffReport
 from wdist.analyzers.inspect import InspectReport
 from wdist.analyzers.metrics import METRICS
+from wdist.analyzers.verdict import FLAGS, SHAPES, STATES
 from wdist.loaders.errors import UsageError
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt,
 }
-_RULE = re.compile(r"^\s*(?P<scope>.+?)\s*:\s*(?P<metric>[A-Za-z0-9_]+)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<value>\S+)\s*$")
+# verdict rules: "model: state == trained", "*: shape != heavy_tailed", "model: flags lacks non_finite"
+VERDICT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "shape": (("==", "!="), SHAPES), "state": (("==", "!="), STATES), "flags": (("has", "lacks"), FLAGS),
+}
+_WORD_OPS = ("has", "lacks")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+class Word(str):
+    """A verdict value in an Outcome: formats as itself under any numeric format spec."""
+
+    def __format__(self, spec: str) -> str:
+        return str(self)
+
+
+def _split_rule(text: str) -> tuple[str, str, str, str] | None:
+    """(scope, metric, op, value) of 'SCOPE: METRIC OP VALUE', in linear time: the scope ends at the last
+    ':' (tensor names may hold ':'; the expression never does)."""
+    i = text.rfind(":")
+    if i < 0:
+        return None
+    scope, expr = text[:i].strip(), text[i + 1:].strip()
+    j = 0
+    while j < len(expr) and expr[j] in _NAME_CHARS:
+        j += 1
+    metric, rest = expr[:j], expr[j:].lstrip()
+    if not scope or not metric:
+        return None
+    op = next((o for o in ("<=", ">=", "==", "!=", "<", ">") if rest.startswith(o)), None)
+    if op is None:
+        op = next((o for o in _WORD_OPS if rest.startswith(o) and rest[len(o):len(o) + 1].isspace()), None)
+    if op is None:
+        return None
+    value = rest[len(op):].strip()
+    if not value or any(c.isspace() for c in value):
+        return None
+    return scope, metric, op, value
 CONFIG_KEYS = {"rules", "include", "exclude", "roles", "near_zero_rel", "near_zero_abs", "baseline"}
 ROLES = ("weight", "bias", "norm", "embedding", "running_stat", "optimizer_state", "other", "all")
 
@@ -30,12 +66,16 @@ class Rule:
     scope: str  # "model" or a glob over tensor names
     metric: str
     op: str
-    value: float
+    value: float | str  # a word for verdict rules (shape, state, flags)
     origin: str = "--rule"  # where it came from, for error messages
 
     @property
     def is_change(self) -> bool:
         return self.metric in CHANGE_METRICS
+
+    @property
+    def is_verdict(self) -> bool:
+        return self.metric in VERDICT
 
 
 def validate_glob(g: str, where: str) -> None:
@@ -50,23 +90,35 @@ def validate_glob(g: str, where: str) -> None:
 
 
 def parse_rule(text: str, origin: str = "--rule", baseline: bool = False) -> Rule:
-    m = _RULE.match(text)
-    if not m:
-        raise UsageError(None, f"{origin}: cannot parse rule {text!r}; expected 'GLOB: METRIC OP VALUE' with OP one of "
-                         + " ".join(OPS))
-    metric = m["metric"]
+    parts = _split_rule(text)
+    if parts is None:
+        raise UsageError(None, f"{origin}: cannot parse rule {text[:200]!r}; expected 'GLOB: METRIC OP VALUE' with OP one of "
+                         + " ".join(OPS) + ", or 'GLOB: shape|state == WORD' / 'GLOB: flags has|lacks FLAG'")
+    scope, metric, op, raw = parts
+    if metric in VERDICT:
+        ops, words = VERDICT[metric]
+        if op not in ops:
+            raise UsageError(None, f"{origin}: {metric} takes {' or '.join(ops)}, not {op!r}, in {text[:200]!r}")
+        if raw not in words:
+            raise UsageError(None, f"{origin}: unknown {metric} {raw!r} in {text[:200]!r}; valid: {', '.join(words)}")
+        if metric == "state" and scope != "model":
+            raise UsageError(None, f"{origin}: state is a model reading; write 'model: state {op} {raw}'")
+        validate_glob(scope, origin)
+        return Rule(text.strip(), scope, metric, op, raw, origin)
+    if op in _WORD_OPS:
+        raise UsageError(None, f"{origin}: {op!r} applies to flags only, in {text[:200]!r}")
     valid = METRICS + CHANGE_METRICS
     if metric not in valid:
-        raise UsageError(None, f"{origin}: unknown metric {metric!r} in {text!r}; valid metrics: {', '.join(valid)}")
+        raise UsageError(None, f"{origin}: unknown metric {metric!r} in {text[:200]!r}; valid metrics: "
+                         f"{', '.join(valid + tuple(VERDICT))}")
     if metric in CHANGE_METRICS and not baseline:
         raise UsageError(None, f"{origin}: {metric} compares against a baseline; give --baseline (or baseline = in config)")
     try:
-        value = float(m["value"])
+        value = float(raw)
     except ValueError:
-        raise UsageError(None, f"{origin}: value {m['value']!r} in {text!r} is not a number") from None
-    scope = m["scope"].strip()
+        raise UsageError(None, f"{origin}: value {raw!r} in {text[:200]!r} is not a number") from None
     validate_glob(scope, origin)
-    return Rule(text.strip(), scope, metric, m["op"], value, origin)
+    return Rule(text.strip(), scope, metric, op, value, origin)
 
 
 @dataclass
@@ -153,7 +205,7 @@ def load_config(path: str) -> Config:
 @dataclass
 class Outcome:
     name: str
-    value: float | None
+    value: float | str | None
     passed: bool | None  # None: metric undefined for this tensor (e.g. kurtosis of a constant)
 
 
@@ -163,7 +215,7 @@ class RuleResult:
     scope: str
     metric: str
     op: str
-    value: float
+    value: float | str
     verdict: str  # pass | fail | error
     matched: int
     failures: list[Outcome]
@@ -182,11 +234,25 @@ class CheckpointResult:
         return self.error is None and all(r.verdict == "pass" for r in self.rules)
 
 
-def _worst_first(outcomes: list[Outcome], op: str, target: float) -> list[Outcome]:
+def _verdict_outcome(name: str, reading: Any, rule: Rule) -> Outcome:
+    if reading is None:
+        return Outcome(name, None, None)
+    if rule.metric == "flags":
+        flags = list(reading.flags)
+        ok = (rule.value in flags) == (rule.op == "has")
+        return Outcome(name, Word(",".join(flags) or "none"), ok)
+    v = getattr(reading, rule.metric)
+    return Outcome(name, Word(v), (v == rule.value) == (rule.op == "=="))
+
+
+def _worst_first(outcomes: list[Outcome], op: str, target: float | str) -> list[Outcome]:
     """Failures ordered by how far they miss: smallest first for lower bounds (> >=), largest first for
     upper bounds (< <=), farthest from the value for == and !=."""
+    if isinstance(target, str):
+        return outcomes
+
     def badness(o: Outcome) -> float:
-        v = o.value if o.value is not None else target
+        v = o.value if isinstance(o.value, (int, float)) else target
         if op in (">", ">="):
             return target - v
         if op in ("<", "<="):
@@ -200,7 +266,14 @@ def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, 
     out = []
     for rule in rules:
         outcomes: list[Outcome] = []
-        if rule.scope == "model":
+        if rule.is_verdict:
+            if rule.scope == "model":
+                outcomes.append(_verdict_outcome("model", report.model.reading, rule))
+            else:
+                for t in report.tensors:
+                    if fnmatch.fnmatchcase(t.name, rule.scope):
+                        outcomes.append(_verdict_outcome(t.name, t.reading, rule))
+        elif rule.scope == "model":
             if rule.is_change:
                 v = diff.summary.get(rule.metric) if diff else None
             else:

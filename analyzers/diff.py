@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from wdist.analyzers import distances, metrics
-from wdist.analyzers.engine import TensorAccumulator, ordered_map, pack, unpack
+from wdist.analyzers.cache import tensor_key
+from wdist.analyzers.engine import TensorAccumulator, cached_map, pack, unpack
 from wdist.analyzers.inspect import CheckpointInfo, Options, Progress, checkpoint_info, select
+from wdist.analyzers.report import ReportMixin, jsonable
 from wdist.analyzers.summary import Summary
 from wdist.loaders.model import Checkpoint, TensorRef
 
@@ -61,7 +64,16 @@ class PairSums:
 
 
 _BLOCK = 1 << 15
-_BUF = {"a": np.empty(_BLOCK), "b": np.empty(_BLOCK), "d": np.empty(_BLOCK), "t": np.empty(_BLOCK)}
+
+
+class _Scratch(threading.local):
+    """float64 block buffers, one set per thread: threads diffing tensors concurrently must not share them."""
+
+    def __init__(self) -> None:
+        self.buf = {"a": np.empty(_BLOCK), "b": np.empty(_BLOCK), "d": np.empty(_BLOCK), "t": np.empty(_BLOCK)}
+
+
+_SCRATCH = _Scratch()
 
 
 def pair_chunk(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> PairSums:
@@ -73,10 +85,11 @@ def pair_chunk(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> PairSums:
         fin = np.isfinite(a) & np.isfinite(b)
         a, b = a[fin], b[fin]
     p = PairSums(n=int(a.size))
+    buf = _SCRATCH.buf
     for i in range(0, a.size, _BLOCK):
         ab_, bb_ = a[i:i + _BLOCK], b[i:i + _BLOCK]
         k = ab_.size
-        a64, b64, d, t = (_BUF[x][:k] for x in "abdt")
+        a64, b64, d, t = (buf[x][:k] for x in "abdt")
         a64[:] = ab_
         b64[:] = bb_
         np.subtract(b64, a64, out=d)
@@ -105,8 +118,8 @@ def change_metrics(p: PairSums, sa: Summary, sb: Summary, numel: int) -> dict[st
         "sign_flip_fraction": p.flips / p.both_nonzero if p.both_nonzero else None,
         "changed_fraction": p.changed / numel if numel else None,
         "max_abs_change": p.max_abs if p.n else None,
-        "wasserstein": distances.wasserstein(sa.hist, sb.hist, exact),
-        "ks": distances.ks(sa.hist, sb.hist, exact),
+        "wasserstein": distances.wasserstein(sa.hist, sb.hist, exact, sa, sb),
+        "ks": distances.ks(sa.hist, sb.hist, exact, sa, sb),
     }
 
 
@@ -152,7 +165,7 @@ class LayerDiff:
 
 
 @dataclass
-class DiffReport:
+class DiffReport(ReportMixin):
     a: CheckpointInfo
     b: CheckpointInfo
     options: dict[str, Any]
@@ -160,6 +173,27 @@ class DiffReport:
     layers: list[LayerDiff]
     summary: dict[str, Any]
     notes: list[str]
+
+    SCHEMA = "wdist/diff/1"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.SCHEMA, "a": jsonable(self.a), "b": jsonable(self.b), "options": jsonable(self.options),
+                "tensors": [jsonable(t) for t in self.tensors], "layers": [jsonable(lr) for lr in self.layers],
+                "summary": jsonable(self.summary), "notes": list(self.notes)}
+
+    def rows(self, level: str | None = None) -> list[dict[str, Any]]:
+        """One row per layer (default) or per tensor (level="tensor") with the change metrics."""
+        if level == "tensor":
+            return [{"name": t.name, "status": t.status, "layer": t.layer, **jsonable(t.change or {})}
+                    for t in self.tensors]
+        return [{"name": lr.name, "parameters": lr.parameters, **{k: getattr(lr, k) for k in CHANGE_METRICS
+                                                                  if hasattr(lr, k)}} for lr in self.layers]
+
+    def _html_title(self) -> str:
+        return f"{self.a.path} -> {self.b.path}: relative L2 change {self.summary.get('rel_l2_change')}"
+
+    def _html_notes(self) -> list[str]:
+        return list(self.notes)
 
 
 def _delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -208,13 +242,21 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
                 row.status = "dtype_changed"
             work.append((len(rows), ta, tb))
         rows.append(row)
-    total = sum(a.nbytes + b.nbytes for _, a, b in work)
     layer_sums: dict[str, tuple[PairSums, Summary, Summary, int]] = {}
     done = 0
-    results = ordered_map(_pair_work, ((a, b, opts.chunk, tol) for _, a, b in work), opts.jobs, total)
+    keys: list[dict[str, Any] | None] = []
+    for _, a, b in work:
+        ka = tensor_key(a, opts.chunk) if opts.cache is not None else None
+        kb = tensor_key(b, opts.chunk) if ka is not None else None
+        keys.append({"pair": [ka, kb], "rtol": tol.rtol, "atol": tol.atol} if ka and kb else None)
+    results = cached_map(_pair_work, [(a, b, opts.chunk, tol) for _, a, b in work], keys,
+                         (Summary, Summary, PairSums), opts.jobs, [a.nbytes + b.nbytes for _, a, b in work],
+                         opts.engine, opts.cache)
     for (i, ta, tb), (sa, sb, p) in zip(work, results):
         sa, sb = unpack(sa), unpack(sb)
         row = rows[i]
+        metrics.finalise(sa, opts.near_zero)
+        metrics.finalise(sb, opts.near_zero)
         row.a = metrics.compute(sa, opts.near_zero)
         row.b = metrics.compute(sb, opts.near_zero)
         row.change = change_metrics(p, sa, sb, ta.numel)
@@ -242,7 +284,8 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
     summary = {"statuses": counts,
                "rel_l2_change": math.sqrt(tot.dd / tot.aa) if tot.aa > 0 else None,
                "cosine": tot.ab / math.sqrt(tot.aa * tot.bb) if tot.aa > 0 and tot.bb > 0 else None,
-               "most_moved": [lr.name for lr in sorted(layers, key=lambda x: -(x.rel_l2_change or 0))[:3]],
+               "most_moved": [lr.name for lr in sorted(layers, key=lambda x: -(x.rel_l2_change or 0))[:3]
+                              if (lr.rel_l2_change or 0) > 0],
                "least_moved": [lr.name for lr in sorted(layers, key=lambda x: x.rel_l2_change or 0)[:3]]}
     return DiffReport(checkpoint_info(ck_a), checkpoint_info(ck_b),
                       {**opts.as_dict(), "rtol": tol.rtol, "atol": tol.atol}, rows, layers, summary, notes)
@@ -250,15 +293,23 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
 
 def _notes(rows: list[TensorDiff], layers: list[LayerDiff]) -> list[str]:
     out: list[str] = []
+    per: dict[str, list[tuple[str, float]]] = {}
+    for r in rows:
+        v = (r.change or {}).get("rel_l2_change")
+        if v is not None:
+            per.setdefault(r.layer, []).append((r.name, v))
     for lr in layers:
+        own = per.get(lr.name, [])
+        top = max(own, key=lambda nv: nv[1]) if own else None
         if lr.changed_fraction == 0:
             lr.notes.append("did not move at all between the checkpoints: frozen, or not trained?")
-        elif lr.rel_l2_change is not None and lr.rel_l2_change > 0.5:
-            lr.notes.append(f"moved a lot: |B-A| is {lr.rel_l2_change:.0%} of |A|")
+        elif top is not None and top[1] > 0.5:
+            who = f" ({top[0]}, the most of the layer's tensors)" if len(own) > 1 else ""
+            lr.notes.append(f"moved a lot: |B-A| is {top[1]:.0%} of |A|{who}")
         if lr.sign_flip_fraction is not None and lr.sign_flip_fraction > 0.3:
             lr.notes.append(f"{lr.sign_flip_fraction:.0%} of its weights flipped sign")
     moved = sorted((lr for lr in layers if lr.rel_l2_change is not None), key=lambda x: x.rel_l2_change or 0)
-    if moved:
+    if moved and (moved[-1].rel_l2_change or 0) > 0:  # "most moved" means nothing when nothing moved
         out.append(f"most moved: {moved[-1].name} (relative L2 change {moved[-1].rel_l2_change:.3g}); "
                    f"least moved: {moved[0].name} ({moved[0].rel_l2_change:.3g})")
     frozen = [lr.name for lr in layers if lr.changed_fraction == 0]

@@ -9,11 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from wdist.analyzers import histogram, metrics, reading
-from wdist.analyzers.engine import ordered_map, pack, summarize_tensor, unpack
+from wdist.analyzers import histogram, inits, metrics, verdict
+from wdist.analyzers.cache import tensor_key
+from wdist.analyzers.engine import cached_map, pack, summarize_tensor, unpack
 from wdist.analyzers.histogram import Histogram
 from wdist.analyzers.metrics import NearZero
+from wdist.analyzers.report import ReportMixin, jsonable
 from wdist.analyzers.summary import Summary
+from wdist.analyzers.verdict import ModelReading, Reading
 from wdist.loaders.errors import UsageError
 from wdist.loaders.model import DEFAULT_CHUNK, DEFAULT_ROLES, Checkpoint, Role, TensorRef
 
@@ -28,6 +31,8 @@ class Options:
     bins: int = 64
     jobs: int = 0  # 0 = all cores
     chunk: int = DEFAULT_CHUNK
+    engine: Any = field(default=None, repr=False)  # analyzers.engine.DaskEngine: run on a Dask cluster
+    cache: Any = field(default=None, repr=False)  # analyzers.cache.SummaryCache: skip unchanged tensors
 
     def as_dict(self) -> dict[str, Any]:
         return {"roles": [r.value for r in self.roles], "layers": list(self.layers),
@@ -48,6 +53,7 @@ class TensorReport:
     log_histogram: Histogram | None
     notes: list[str]
     aliases: list[str] = field(default_factory=list)
+    reading: Reading | None = None
 
 
 @dataclass
@@ -59,7 +65,9 @@ class LayerReport:
     histogram: Histogram | None
     log_histogram: Histogram | None
     notes: list[str]
-    summary: Summary | None = field(default=None, repr=False)  # packed; for trend and plots
+    reading: Reading | None = None
+    # packed; the layer's shape group only (its weights, or gamma apart from beta): for trend and plots
+    summary: Summary | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -68,6 +76,8 @@ class ModelReport:
     by_role: dict[str, dict[str, Any]]
     notes: list[str]
     summary: str
+    reading: ModelReading | None = None
+    by_group: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -87,13 +97,52 @@ class CheckpointInfo:
 
 
 @dataclass
-class InspectReport:
+class InspectReport(ReportMixin):
     checkpoint: CheckpointInfo
     options: dict[str, Any]
     tensors: list[TensorReport]
     layers: list[LayerReport]
     model: ModelReport
     skipped: list[str]  # selected tensors not analysed (not floating point)
+
+    SCHEMA = "wdist/inspect/1"
+
+    @property
+    def reading(self) -> ModelReading | None:
+        """The model's verdict (state, shape, flags, evidence)."""
+        return self.model.reading
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.SCHEMA, "checkpoint": jsonable(self.checkpoint), "options": jsonable(self.options),
+                "tensors": [jsonable(t) for t in self.tensors], "layers": [jsonable(lr) for lr in self.layers],
+                "model": jsonable(self.model), "skipped": list(self.skipped)}
+
+    def rows(self, level: str | None = None) -> list[dict[str, Any]]:
+        """One row per layer (default) or per tensor (level="tensor"): name, sizes, verdict, every metric."""
+        if level not in (None, "layer", "tensor"):
+            raise UsageError(None, f"level must be 'layer' or 'tensor', not {level!r}")
+        out = []
+        for r in self.tensors if level == "tensor" else self.layers:
+            row: dict[str, Any] = {"name": r.name}
+            if isinstance(r, TensorReport):
+                row.update(layer=r.layer, role=r.role, shape=list(r.shape), dtype=r.dtype, numel=r.numel)
+            else:
+                row.update(parameters=r.parameters, tensors=len(r.tensors))
+            rd = getattr(r, "reading", None)
+            row["shape_verdict"] = getattr(rd, "shape", None)
+            row["flags"] = list(getattr(rd, "flags", []) or [])
+            row.update(jsonable(r.stats))
+            out.append(row)
+        return out
+
+    def _html_title(self) -> str:
+        ck = self.checkpoint
+        rd = self.model.reading
+        state = f"; reading: {rd.state}, {rd.shape}" if rd is not None else ""
+        return f"{ck.path} ({ck.format}): {ck.parameters:,} parameters in {ck.tensors} tensors{state}"
+
+    def _html_notes(self) -> list[str]:
+        return [*self.model.notes, self.model.summary]
 
 
 def checkpoint_info(ck: Checkpoint) -> CheckpointInfo:
@@ -128,19 +177,68 @@ def _hists(s: Summary, bins: int, stats: dict[str, Any]) -> tuple[Histogram | No
     return histogram.linear(s.hist, s.exact_bins, r, bins), histogram.log_abs(s.hist, s.exact_bins)
 
 
-def _work(ref: TensorRef, chunk: int) -> Summary:
-    return pack(summarize_tensor(ref, chunk))
+def _work(ref: TensorRef, chunk: int) -> tuple[Summary]:
+    return (pack(summarize_tensor(ref, chunk)),)
 
 
-def summaries(refs: list[TensorRef], jobs: int, chunk: int, progress: Progress | None = None) -> Iterable[Summary]:
-    """Each ref's Summary in order, computed in worker processes when that pays."""
-    total = sum(t.nbytes for t in refs)
+def summaries(refs: list[TensorRef], opts: Options, progress: Progress | None = None) -> Iterable[Summary]:
+    """Each ref's Summary in order: from the summary cache when the tensor is unchanged, else computed (in
+    worker processes or on the Dask engine when that pays)."""
+    keys = [tensor_key(r, opts.chunk) for r in refs] if opts.cache is not None else [None] * len(refs)
     done = 0
-    for i, s in enumerate(ordered_map(_work, ((r, chunk) for r in refs), jobs, total)):
+    items = [(r, opts.chunk) for r in refs]
+    results = cached_map(_work, items, keys, (Summary,), opts.jobs, [r.nbytes for r in refs], opts.engine,
+                         opts.cache)
+    for i, (s,) in enumerate(results):
         done += refs[i].nbytes
         if progress:
             progress(done, i + 1)
         yield unpack(s)
+
+
+_PARAM_GROUPS = ("weight", "embedding", "bias", "norm_scale", "norm_shift")
+
+
+def _merged(parts: Iterable[Summary]) -> Summary:
+    out = Summary()
+    for p in parts:
+        out.merge(p)
+    return out
+
+
+def _with_counts(shape_stats: dict[str, Any], all_stats: dict[str, Any]) -> dict[str, Any]:
+    """Shape-group numbers, with problem counts (NaN/Inf, dead units) over every member."""
+    out = dict(shape_stats)
+    for k in ("nan_count", "inf_count", "finite_count", "dead_units", "units"):
+        out[k] = all_stats.get(k)
+    return out
+
+
+def _shape_group(groups: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """Which members a pooled shape is judged on: weights/embeddings if any, else one group only."""
+    weighty = tuple(g for g in verdict.WEIGHTY if g in groups)
+    if weighty:
+        return weighty[0], weighty
+    return groups[0], (groups[0],)
+
+
+def _bias_fans(refs: Sequence[TensorRef], keras: bool) -> dict[str, int]:
+    """fan_in of each layer's weight, for judging its bias against PyTorch's default bias init."""
+    out: dict[str, int] = {}
+    for t in refs:
+        if t.role is Role.WEIGHT and len(t.shape) >= 2 and t.layer not in out:
+            f = inits.fans(t.shape, keras)
+            if f:
+                out[t.layer] = f[0]
+    return out
+
+
+def _step(ck: Checkpoint) -> tuple[str, int] | None:
+    for key in ("global_step", "step", "epoch"):
+        v = ck.metadata.get(key)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return key, v
+    return None
 
 
 def analyse(ck: Checkpoint, opts: Options | None = None, progress: Progress | None = None) -> InspectReport:
@@ -148,45 +246,85 @@ def analyse(ck: Checkpoint, opts: Options | None = None, progress: Progress | No
     chosen = select(ck, opts.roles, opts.layers)
     refs = [t for t in chosen if t.is_float]
     skipped = [t.name for t in chosen if not t.is_float]
+    keras = ck.format.startswith("keras")
+    bias_fans = _bias_fans(refs, keras)
     remaining: dict[str, int] = {}
     for t in refs:
         remaining[t.layer] = remaining.get(t.layer, 0) + 1
-    layer_acc: dict[str, Summary] = {}
-    layer_members: dict[str, list[TensorRef]] = {}
+    layer_groups: dict[str, dict[str, Summary]] = {}  # per layer, one running summary per judgement group
+    layer_members: dict[str, list[tuple[TensorRef, Reading, dict[str, Any]]]] = {}
+    group_acc: dict[str, Summary] = {}
     role_acc: dict[str, Summary] = {}
-    model_acc = Summary()
     tensors: list[TensorReport] = []
     layers: dict[str, LayerReport] = {}
-    for ref, s in zip(refs, summaries(refs, opts.jobs, opts.chunk, progress)):
+    judged: list[tuple[Reading, int]] = []
+    for ref, s in zip(refs, summaries(refs, opts, progress)):
+        metrics.finalise(s, opts.near_zero)
         st = metrics.compute(s, opts.near_zero)
         h, lh = _hists(s, opts.bins, st)
+        r = verdict.judge_tensor(ref.name, ref.role.value, ref.shape, s, st, keras, bias_fans.get(ref.layer))
         tensors.append(TensorReport(ref.name, ref.layer, ref.role.value, list(ref.shape), ref.dtype, ref.numel, st,
-                                    h, lh, reading.notes(st, ref.role.value), list(ref.aliases)))
-        layer_acc.setdefault(ref.layer, Summary()).merge(s)
-        layer_members.setdefault(ref.layer, []).append(ref)
-        role_acc.setdefault(ref.role.value, Summary()).merge(s)
-        model_acc.merge(s)
+                                    h, lh, verdict.notes(r, st), list(ref.aliases), r))
+        judged.append((r, ref.numel))
+        # step counters and other scalars are never pooled with anything
+        if r.group != "optimizer_scalar":
+            role_acc.setdefault(ref.role.value, Summary()).merge(s)
+        group_acc.setdefault(r.group, Summary()).merge(s)
+        layer_groups.setdefault(ref.layer, {}).setdefault(r.group, Summary()).merge(s)
+        layer_members.setdefault(ref.layer, []).append((ref, r, st))
         remaining[ref.layer] -= 1
         if remaining[ref.layer] == 0:  # finalise a layer as soon as its last tensor is in: bounded memory
-            acc = layer_acc.pop(ref.layer)
-            members = layer_members.pop(ref.layer)
-            lst = metrics.compute(acc, opts.near_zero)
-            lh1, lh2 = _hists(acc, opts.bins, lst)
-            role = members[0].role.value if len({m.role for m in members}) == 1 else None
-            layers[ref.layer] = LayerReport(ref.layer, sum(m.numel for m in members), [m.name for m in members],
-                                            lst, lh1, lh2, reading.notes(lst, role or "weight"), pack(acc))
-    mst = metrics.compute(model_acc, opts.near_zero)
+            layers[ref.layer] = _layer(ref.layer, layer_groups.pop(ref.layer), layer_members.pop(ref.layer), opts)
+    params = [group_acc[g] for g in _PARAM_GROUPS if g in group_acc]
+    model_sum = _merged(params or [v for g, v in group_acc.items() if g != "optimizer_scalar"]
+                        or list(group_acc.values()))
+    mst = metrics.compute(model_sum, opts.near_zero)
     by_role = {r: metrics.compute(s, opts.near_zero) for r, s in role_acc.items()}
+    by_group = {g: metrics.compute(s, opts.near_zero) for g, s in group_acc.items()}
     ordered_layers = [layers[name] for name in dict.fromkeys(t.layer for t in refs)]
     # the question is about weights: norm scales (~1) and biases would blur the pooled shape
-    weights = Summary()
-    for r in (Role.WEIGHT.value, Role.EMBEDDING.value):
-        if r in role_acc:
-            weights.merge(role_acc[r])
+    wgroups = [g for g in verdict.WEIGHTY if g in group_acc]
+    if wgroups:
+        weights = _merged(group_acc[g] for g in wgroups)
+        wmembers = [(r, n) for r, n in judged if r.group in verdict.WEIGHTY]
+        wgroup = "weight"
+    else:
+        weights, wmembers, wgroup = model_sum, [(r, n) for r, n in judged if r.group != "optimizer_scalar"], "other"
     wst = metrics.compute(weights, opts.near_zero) if weights.n else mst
-    para = reading.summary_paragraph(wst, [(lr.name, lr.stats, lr.notes) for lr in ordered_layers])
-    model = ModelReport(mst, by_role, reading.notes(wst, "weight"), para)
+    shape_r = verdict.judge_pool(wmembers, wmembers, weights, wst, wgroup)
+    n_opt = sum(1 for t in ck.tensors if t.role is Role.OPTIMIZER_STATE)
+    mr = verdict.judge_model(judged, shape_r, _step(ck), n_opt)
+    model_r = Reading(mr.shape, mr.flags, shape_r.group, shape_r.kurtosis, shape_r.nonzero_shape,
+                      shape_r.nonzero_kurtosis, shape_r.pruning_gap, ", ".join(mr.init_schemes) or None)
+    layer_view = [(lr.name, lr.reading, lr.stats) for lr in ordered_layers if lr.reading is not None]
+    rel = None if opts.near_zero.abs is not None else opts.near_zero.rel
+    para = verdict.summary_paragraph(mr, shape_r, wst, mst, rel, layer_view)
+    mnotes = verdict.notes(model_r, _with_counts(wst, mst), pooled=True)
+    model = ModelReport(mst, by_role, mnotes, para, mr, by_group)
     return InspectReport(checkpoint_info(ck), opts.as_dict(), tensors, ordered_layers, model, skipped)
+
+
+def _layer(name: str, groups: dict[str, Summary], members: list[tuple[TensorRef, Reading, dict[str, Any]]],
+           opts: Options) -> LayerReport:
+    if len(members) == 1:  # a one-tensor layer reads exactly as its tensor
+        ref, r, st = members[0]
+        s = next(iter(groups.values()))
+        h, lh = _hists(s, opts.bins, st)
+        return LayerReport(name, ref.numel, [ref.name], st, h, lh, verdict.notes(r, st), r, pack(s))
+    pooled = [g for g in groups if g != "optimizer_scalar"] or list(groups)
+    all_sum = _merged(groups[g] for g in pooled)
+    lst = metrics.compute(all_sum, opts.near_zero)
+    gname, chosen = _shape_group(pooled)
+    if len(chosen) == len(pooled):
+        shape_sum, sst = all_sum, lst
+    else:
+        shape_sum = _merged(groups[g] for g in chosen)
+        sst = metrics.compute(shape_sum, opts.near_zero)
+    shape_members = [(r, ref.numel) for ref, r, _ in members if r.group in chosen]
+    r = verdict.judge_pool([(r, ref.numel) for ref, r, _ in members], shape_members, shape_sum, sst, gname)
+    h, lh = _hists(shape_sum, opts.bins, sst)
+    return LayerReport(name, sum(ref.numel for ref, _, _ in members), [ref.name for ref, _, _ in members], lst, h,
+                       lh, verdict.notes(r, _with_counts(sst, lst), pooled=True), r, pack(shape_sum))
 
 
 def sort_rows(rows: list[Any], metric: str | None, top: int | None) -> list[Any]:

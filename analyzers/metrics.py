@@ -94,6 +94,71 @@ def top_mass(counts: np.ndarray, n: int, exact: bool, share: float = 0.01) -> fl
     return top / total
 
 
+def finalise(s: Summary, nz: NearZero) -> Summary:
+    """Record a finished tensor's own near-zero count and standardised moment sums, so that pooled
+    summaries sum per-tensor counts (each tensor at its own threshold) and pool standardised shapes."""
+    if s.finalised or s.n == 0:
+        s.finalised = 1
+        return s
+    max_abs = max(abs(s.min), abs(s.max))
+    s.near_zero = count_at_most(bins.abs_counts(s.hist), nz.threshold(max_abs), s.exact_bins)
+    if s.n > 1 and s.m2 > 1e-300:
+        sigma = math.sqrt(s.m2 / s.n)
+        s.zn, s.z3, s.z4 = float(s.n), s.m3 / sigma ** 3, s.m4 / sigma ** 4
+    s.finalised = 1
+    return s
+
+
+def pooled(s: Summary) -> bool:
+    """A merge of finalised tensors (so near-zero counts are the sum of per-tensor counts)."""
+    return s.tensors > 1 and s.finalised == s.tensors
+
+
+def standardised(s: Summary) -> tuple[float | None, float | None]:
+    """(excess kurtosis, skewness) of the pooled per-tensor-standardised values: each tensor contributes
+    z = (x - its mean) / its std, so scale differences between tensors never read as heavy tails."""
+    if s.zn <= 0:
+        return None, None
+    return _f(s.z4 / s.zn - 3.0), _f(s.z3 / s.zn)
+
+
+def nonzero_moments(s: Summary) -> tuple[int, float | None, float | None, float | None]:
+    """(count, mean, std, excess kurtosis) of the finite nonzero values. Exact up to rounding: zeros add
+    nothing to the raw power sums, which follow from the central sums; the cancellation is negligible
+    while |mean| is not much larger than std (weights)."""
+    k = s.n - s.zeros
+    if k <= 0 or s.n == 0:
+        return max(k, 0), None, None, None
+    n, mu = float(s.n), s.mean
+    p1 = n * mu
+    p2 = s.m2 + n * mu * mu
+    p3 = s.m3 + 3 * mu * s.m2 + n * mu ** 3
+    p4 = s.m4 + 4 * mu * s.m3 + 6 * mu * mu * s.m2 + n * mu ** 4
+    m = p1 / k
+    c2 = p2 / k - m * m
+    if c2 <= 0:
+        return k, _f(m), 0.0, None
+    c4 = p4 / k - 4 * m * p3 / k + 6 * m * m * p2 / k - 3 * m ** 4
+    return k, _f(m), _f(math.sqrt(c2)), _f(c4 / (c2 * c2) - 3.0)
+
+
+def nonzero_counts(s: Summary) -> np.ndarray:
+    """Magnitude histogram without the zero bin."""
+    c = bins.abs_counts(s.hist).copy()
+    c[0] = 0
+    return c
+
+
+def smallest_nonzero(s: Summary) -> float | None:
+    """Lower edge of the lowest occupied nonzero magnitude bin (within 2^-7 relative of the true min)."""
+    c = nonzero_counts(s)
+    nz = np.flatnonzero(c[:0x7F80])
+    if nz.size == 0:
+        return None
+    lo, _, _ = bins.abs_tables()
+    return float(lo[nz[0]])
+
+
 def compute(s: Summary, nz: NearZero) -> dict[str, float | int | None]:
     n = s.n
     out: dict[str, float | int | None] = {k: None for k in METRICS}
@@ -110,9 +175,13 @@ def compute(s: Summary, nz: NearZero) -> dict[str, float | int | None]:
         mean=_f(s.mean), std=_f(math.sqrt(var)), min=_f(s.min), max=_f(s.max), abs_mean=_f(s.l1 / n),
         rms=_f(math.sqrt(s.sumsq / n)), l2_norm=_f(math.sqrt(s.sumsq)),
     )
-    t = nz.threshold(max_abs)
-    out["near_zero_threshold"] = _f(t)
-    out["near_zero_fraction"] = count_at_most(counts, t, s.exact_bins) / s.numel
+    if pooled(s):  # each tensor at its own threshold (one number for an absolute threshold)
+        out["near_zero_threshold"] = nz.abs
+        out["near_zero_fraction"] = s.near_zero / s.numel
+    else:
+        t = nz.threshold(max_abs)
+        out["near_zero_threshold"] = _f(t)
+        out["near_zero_fraction"] = count_at_most(counts, t, s.exact_bins) / s.numel
     for name, q in QUANTILES.items():
         out[name] = _f(abs_quantile(counts, n, q, s.exact_bins))
     out["gini"] = gini(counts, n, s.exact_bins)

@@ -14,6 +14,7 @@ from wdist.analyzers import histogram, metrics
 from wdist.analyzers.engine import unpack
 from wdist.analyzers.histogram import Histogram
 from wdist.analyzers.inspect import Options, analyse
+from wdist.analyzers.report import ReportMixin, jsonable
 from wdist.analyzers.summary import Summary
 from wdist.loaders.errors import UsageError, WdistError
 from wdist.loaders.registry import EXTENSIONS, find_in_dir, open_checkpoint
@@ -93,7 +94,7 @@ class LayerTrend:
 
 
 @dataclass
-class TrendReport:
+class TrendReport(ReportMixin):
     checkpoints: list[TrendPoint]
     order: str
     metrics: list[str]
@@ -102,6 +103,34 @@ class TrendReport:
     model: dict[str, list[float | None]]
     notes: list[str]
     errors: int
+
+    SCHEMA = "wdist/trend/1"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.SCHEMA, "order": self.order, "metrics": list(self.metrics),
+                "checkpoints": [jsonable(p) for p in self.checkpoints],
+                "layers": [{"name": lt.name, "series": jsonable(lt.series), "change_first": jsonable(lt.change_first),
+                            "change_prev": jsonable(lt.change_prev), "notes": list(lt.notes)} for lt in self.layers],
+                "tensors": [{"name": n, "series": jsonable(s)} for n, s in self.tensors.items()],
+                "model": {"series": jsonable(self.model)}, "notes": list(self.notes)}
+
+    def rows(self, level: str | None = None) -> list[dict[str, Any]]:
+        """Long format: one row per layer (or tensor, level="tensor") and checkpoint."""
+        series = ({n: s for n, s in self.tensors.items()} if level == "tensor"
+                  else {lt.name: lt.series for lt in self.layers})
+        out = []
+        for name, s in series.items():
+            for i, p in enumerate(self.checkpoints):
+                out.append({"name": name, "checkpoint": p.label, "step": p.step, "error": p.error,
+                            **{m: jsonable(s[m][i]) for m in self.metrics}})
+        return out
+
+    def _html_title(self) -> str:
+        n = len(self.checkpoints)
+        return f"{n} checkpoint{'s' if n != 1 else ''}, ordered {self.order}"
+
+    def _html_notes(self) -> list[str]:
+        return list(self.notes)
 
 
 def order_points(paths: list[str], given: bool) -> tuple[list[TrendPoint], str]:
@@ -116,6 +145,19 @@ def order_points(paths: list[str], given: bool) -> tuple[list[TrendPoint], str]:
         return pts, f"by {pts[0].step_source} number in the names"
     pts.sort(key=lambda p: natural_key(p.label))
     return pts, "natural order of the names"
+
+
+# signed shape metrics change by absolute difference: a percent of a number near zero means nothing
+SIGNED = frozenset({"kurtosis", "skewness", "mean", "min", "max"})
+SETTLED = 0.005  # every tensor's L2 norm moved less than 0.5% over the last interval
+MOVING = 0.02  # some tensor's L2 norm moved more than 2%
+
+
+def change(metric: str, a: float | None, b: float | None) -> float | None:
+    """How `metric` changed from a to b: b - a for signed shape metrics, else (b - a) / |a|."""
+    if metric in SIGNED:
+        return None if a is None or b is None else b - a
+    return _rel(a, b)
 
 
 def _rel(a: float | None, b: float | None) -> float | None:
@@ -137,6 +179,8 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
     tensor_series: dict[str, dict[str, list[float | None]]] = {}
     model_series: dict[str, list[float | None]] = {m: [] for m in chosen}
     layer_summ: dict[str, list[Summary | None]] = {}
+    tensor_l2: dict[str, list[float | None]] = {}  # every tensor's own L2 norm, for moving / settled
+    tensor_layer: dict[str, str] = {}
     errors = 0
     for i, pt in enumerate(points):
         try:
@@ -160,6 +204,10 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
                 layer_series[name][m].append(lr.stats.get(m) if lr else None)
             layer_summ[name].append(lr.summary if lr else None)  # packed: small
         seen_t = {t.name: t for t in rep.tensors} if rep else {}
+        for name in list(tensor_l2) + [n for n in seen_t if n not in tensor_l2]:
+            tensor_l2.setdefault(name, [None] * i).append(seen_t[name].stats.get("l2_norm") if name in seen_t else None)
+            if name in seen_t:
+                tensor_layer.setdefault(name, seen_t[name].layer)
         for name in list(tensor_series) + [n for n in seen_t if n not in tensor_series]:
             if name not in tensor_series:
                 tensor_series[name] = {m: [None] * i for m in chosen}
@@ -171,16 +219,31 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
         if progress:
             progress(i + 1, len(points))
     layers = []
+    readable = [i for i, p in enumerate(points) if not p.error]
     for name, series in layer_series.items():
-        first = {m: _rel(next((v for v in s if v is not None), None), s[-1]) for m, s in series.items()}
-        prev = {m: _rel(s[-2], s[-1]) if len(s) > 1 else None for m, s in series.items()}
+        first, prev = _changes(series, readable)
         lt = LayerTrend(name, series, first, prev)
         if ridgeline:
             lt.ridgeline = _ridge(layer_summ[name], opts.bins)
-        lt.notes = _layer_notes(lt, points)
+        moves = [(t, _last_move(v)) for t, v in tensor_l2.items() if tensor_layer.get(t) == name]
+        lt.notes = _layer_notes(lt, points, moves)
         layers.append(lt)
     return TrendReport(points, order, list(chosen), layers, tensor_series, model_series,
                        _run_notes(layers, points), errors)
+
+
+def _changes(series: dict[str, list[float | None]], readable: list[int]
+             ) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """Change of each metric against the first and the previous *readable* checkpoint, so one unreadable
+    checkpoint (even the last) does not blank every change."""
+    first: dict[str, float | None] = {}
+    prev: dict[str, float | None] = {}
+    for m, s in series.items():
+        vals = [s[i] for i in readable if i < len(s)]
+        last = vals[-1] if vals else None
+        first[m] = change(m, next((v for v in vals if v is not None), None), last)
+        prev[m] = change(m, vals[-2], last) if len(vals) > 1 else None
+    return first, prev
 
 
 def _ridge(summ: list[Summary | None], bins: int) -> list[Histogram | None]:
@@ -196,17 +259,25 @@ def _label(points: list[TrendPoint], i: int) -> str:
     return points[i].display
 
 
-def _layer_notes(lt: LayerTrend, points: list[TrendPoint]) -> list[str]:
+def _last_move(vals: list[float | None]) -> float | None:
+    if len(vals) >= 2 and vals[-1] is not None and vals[-2] is not None:
+        return _rel(vals[-2], vals[-1])
+    return None
+
+
+def _layer_notes(lt: LayerTrend, points: list[TrendPoint], moves: list[tuple[str, float | None]]) -> list[str]:
+    """Moving / settled from each tensor's own L2 change (the largest over the layer's tensors), so a
+    norm layer's gamma ~ 1 cannot hide its beta moving."""
     out = []
     s = lt.series
-    if "l2_norm" in s:
-        vals = s["l2_norm"]
-        if len(vals) >= 2 and vals[-1] is not None and vals[-2] is not None:
-            r = _rel(vals[-2], vals[-1])
-            if r is not None and abs(r) < 0.005:
-                out.append("settled: L2 norm changed <0.5% over the last interval")
-            elif r is not None and abs(r) > 0.02:
-                out.append(f"still moving: L2 norm changed {r:+.1%} over the last interval")
+    known = [(t, r) for t, r in moves if r is not None and math.isfinite(r)]
+    if known and len(known) == len(moves):
+        t, r = max(known, key=lambda tr: abs(tr[1]))
+        if abs(r) < SETTLED:
+            out.append("settled: every tensor's L2 norm changed <0.5% over the last interval")
+        elif abs(r) > MOVING:
+            who = f" ({t})" if len(known) > 1 else ""
+            out.append(f"still moving: L2 norm changed {r:+.1%}{who} over the last interval")
     if "kurtosis" in s:
         ks = s["kurtosis"]
         start = next((v for v in ks if v is not None), None)
@@ -238,13 +309,18 @@ def _run_notes(layers: list[LayerTrend], points: list[TrendPoint]) -> list[str]:
     settled = [lt.name for lt in layers if any(n.startswith("settled") for n in lt.notes)]
     heavy = [lt.name for lt in layers if any(n.startswith("grew a heavy tail") for n in lt.notes)]
     if moving:
-        out.append(f"still moving at the last checkpoint: {', '.join(moving[:8])}")
+        out.append(f"still moving at the last checkpoint: {_names(moving)}")
     if settled:
-        out.append(f"settled: {', '.join(settled[:8])}")
+        out.append(f"settled: {_names(settled)}")
     if heavy:
-        out.append(f"grew heavy tails during training: {', '.join(heavy[:8])} — expected as trained weights "
+        out.append(f"grew heavy tails during training: {_names(heavy)} — expected as trained weights "
                    "specialise; a concern only with NaN/Inf, exploding norms or dead units")
     bad = [p for p in points if p.error]
     if bad:
         out.append(f"{len(bad)} checkpoint(s) could not be read: " + "; ".join(f"{p.label}: {p.error}" for p in bad[:5]))
     return out
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{len(names)} layer(s): " + ", ".join(names[:limit]) + more

@@ -131,3 +131,34 @@ def _no_marker():
         os.remove(MARKER)
     yield
     assert not os.path.exists(MARKER)
+
+
+def _numpy_pickle() -> bytes:
+    import pickle
+
+    return pickle.dumps({"blobs": {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2)}}, protocol=2)
+
+
+NUMPY_PKL = _numpy_pickle()
+
+
+@FUZZ
+@given(edits, st.integers(0, len(NUMPY_PKL)))
+def test_numpy_pickle_streams(tmp_path, e, cut):
+    """The pure-Python pickle VM on numpy reconstruction (_reconstruct, dtype BUILD, _codecs.encode)."""
+    data = mutate(NUMPY_PKL, e)
+    outcome(data[: max(1, cut)] if cut % 3 == 0 else data, tmp_path, "n.pkl")
+
+
+opcode_soup = st.lists(st.sampled_from([b"(", b"t", b"\x85", b"\x86", b"\x87", b")", b"]", b"}", b"a", b"e", b"s",
+                                        b"u", b"b", b"R", b"N", b"K\x01", b"h\x00", b"q\x00", b"\x94", b"0", b"1",
+                                        b"2", b"l", b"d", b"\x88", b"X\x01\x00\x00\x00a",
+                                        b"ctorch._utils\n_rebuild_tensor_v2\n", b"ctorch\nFloatStorage\n",
+                                        b"cnumpy\ndtype\n", b"cposix\nsystem\n", b"Q"]), max_size=60)
+
+
+@FUZZ
+@given(opcode_soup)
+def test_generated_opcode_sequences(tmp_path, ops):
+    """Random opcode sequences over the VM's stand-ins (BUILD/SETITEM/APPEND/REDUCE on anything)."""
+    outcome(b"\x80\x02" + b"".join(ops) + b".", tmp_path, "s.pkl")

@@ -1,0 +1,502 @@
+"""The verdict: a machine-readable reading of every tensor, layer and the model, from the one streaming pass.
+
+Shapes are judged on standardised values (each tensor's own moments; pooled readings pool per-tensor
+standardised moment sums), and only for weights and embeddings; biases, norm scales (gamma) and norm
+shifts (beta) are judged for what they are. Every rule is written down in the README ("The reading")."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from wdist.analyzers import inits, metrics
+from wdist.analyzers.summary import Summary
+
+Stats = Mapping[str, Any]
+
+SHAPES = ("uniform", "gaussian", "laplace", "heavy_tailed", "sparse", "constant", "all_zero", "too_small", "other")
+FLAGS = ("heavy_tailed", "sparse", "mostly_small", "outliers", "dead_units", "non_finite", "at_init")
+STATES = ("initialised", "trained", "unknown")
+GROUPS = ("weight", "embedding", "bias", "norm_scale", "norm_shift", "running_stat", "optimizer_moment",
+          "optimizer_scalar", "other")
+WEIGHTY = ("weight", "embedding")  # shape and sparsity verdicts are for these groups only
+SHAPE_MIN = 64  # below this many values the shape is `too_small`
+SPARSE = 0.5  # zero_fraction for the `sparse` shape and flag
+PARTLY_SPARSE = 0.1
+MOSTLY_SMALL = 0.5
+OUTLIER_RATIO = 10.0  # max|w| >= 10 x abs_p999 ...
+OUTLIER_MIN = 1000  # ... on tensors of at least this many values
+GAP_RATIO = 0.25  # magnitude pruning: smallest nonzero |w| >= 0.25 x median nonzero |w|
+INIT_SHARE = 0.5  # `initialised`: at least this share of weight parameters at an init signature
+TRAINED_SHARE = 0.1  # `trained` (with no record): below this share
+
+_NORM_SHIFT = {"bias", "beta"}
+_OPT_SCALAR = {"step", "iterations", "iteration", "epoch", "global_step", "lr", "learning_rate", "count"}
+_LABEL = {"uniform": "uniform-like", "gaussian": "Gaussian-like", "laplace": "Laplace-like",
+          "heavy_tailed": "heavy-tailed", "other": "not close to a reference shape"}
+
+
+@dataclass
+class Reading:
+    """A tensor's or a layer's verdict."""
+
+    shape: str
+    flags: list[str]
+    group: str = "weight"
+    kurtosis: float | None = None  # the (standardised) excess kurtosis the shape was judged on
+    nonzero_shape: str | None = None  # sparse tensors: the shape of the non-zero values
+    nonzero_kurtosis: float | None = None
+    pruning_gap: float | None = None  # magnitude pruning: no nonzero |w| below this
+    init: str | None = None  # the matched initialiser, e.g. "Kaiming normal, fan_out"
+    init_detail: str | None = None  # "std 0.0589 = √(2/576): Kaiming normal, fan_out"
+
+
+@dataclass
+class ModelReading:
+    state: str
+    shape: str
+    flags: list[str]
+    evidence: list[str]
+    kurtosis: float | None = None
+    at_init_share: float | None = None  # share of judged weight parameters at an init signature
+    init_schemes: dict[str, int] = field(default_factory=dict)  # scheme -> tensors matching it
+
+
+def param_name(name: str) -> str:
+    """Last component of a tensor name: 'bn1.weight' -> 'weight', 'dense/kernel:0' -> 'kernel'."""
+    base = name.split(":")[0]
+    for sep in ("/", "."):
+        base = base.rsplit(sep, 1)[-1]
+    return base.lower()
+
+
+def group_of(name: str, role: str, numel: int) -> str:
+    """The judgement group: roles, with norm split into scale (gamma) and shift (beta), and optimizer state
+    split into moments and scalar entries (step counters, learning rates)."""
+    p = param_name(name)
+    if role == "norm":
+        return "norm_shift" if p in _NORM_SHIFT or p.endswith("bias") else "norm_scale"
+    if role == "optimizer_state":
+        return "optimizer_scalar" if numel <= 1 or p in _OPT_SCALAR else "optimizer_moment"
+    if role in GROUPS:
+        return role
+    return "optimizer_scalar" if numel <= 1 else "other"
+
+
+def classify(k: float | None, g: float | None, top: float | None) -> str:
+    """Reference shapes (excess kurtosis, Gini of |w|): uniform -1.2 / 0.333, normal 0 / 0.414,
+    Laplace 3 / 0.5; a normal's top 1% holds ~8.5% of sum w^2."""
+    if k is None or g is None:
+        return "other"
+    if k > 5 or (top is not None and top > 0.25):
+        return "heavy_tailed"
+    if -1.35 <= k <= -1.0 and 0.30 <= g <= 0.36:
+        return "uniform"
+    if abs(k) <= 0.5 and 0.38 <= g <= 0.44:
+        return "gaussian"
+    if 1.5 < k <= 5 and 0.45 <= g <= 0.56:
+        return "laplace"
+    return "other"
+
+
+def kurtosis_band(k: float | None) -> str:
+    """Shape from the excess kurtosis alone (pooled readings)."""
+    if k is None:
+        return "other"
+    if k > 5:
+        return "heavy_tailed"
+    if -1.35 <= k <= -1.0:
+        return "uniform"
+    if abs(k) <= 0.5:
+        return "gaussian"
+    if 1.5 < k <= 5:
+        return "laplace"
+    return "other"
+
+
+def _max_abs(m: Stats) -> float:
+    return max(abs(m.get("max") or 0.0), abs(m.get("min") or 0.0))
+
+
+def _base_shape(s: Summary, m: Stats) -> str | None:
+    n = s.n
+    if n == 0:
+        return "too_small"
+    if s.zeros == n:
+        return "all_zero"
+    if n > 1 and s.m2 <= 0:
+        return "constant"
+    if n < SHAPE_MIN:
+        return "too_small"
+    if (m.get("zero_fraction") or 0.0) >= SPARSE:
+        return "sparse"
+    return None
+
+
+def _nonzero(s: Summary, r: Reading) -> None:
+    """Shape of the non-zero values and the magnitude-pruning gap, for tensors with >= 10% zeros."""
+    k, _, _, kz = metrics.nonzero_moments(s)
+    if k <= 0:
+        return
+    counts = metrics.nonzero_counts(s)
+    if r.shape == "sparse":
+        r.nonzero_kurtosis = kz
+        if k < SHAPE_MIN:
+            r.nonzero_shape = "too_small"
+        else:
+            r.nonzero_shape = classify(kz, metrics.gini(counts, k, s.exact_bins),
+                                       metrics.top_mass(counts, k, s.exact_bins))
+    t = metrics.smallest_nonzero(s)
+    med = metrics.abs_quantile(counts[1:], k, 0.5, s.exact_bins) if k >= SHAPE_MIN else None
+    if t is not None and med and t >= GAP_RATIO * med:
+        r.pruning_gap = t
+
+
+def judge_tensor(name: str, role: str, shape: Sequence[int], s: Summary, m: Stats, keras: bool = False,
+                 bias_fan_in: int | None = None) -> Reading:
+    grp = group_of(name, role, int(m.get("numel") or 0))
+    base = _base_shape(s, m)
+    k = m.get("kurtosis")
+    shp = base or classify(k, m.get("gini"), m.get("top1pct_l2_mass"))
+    r = Reading(shp, [], grp, kurtosis=k)
+    flags: set[str] = set()
+    if (m.get("nan_count") or 0) + (m.get("inf_count") or 0):
+        flags.add("non_finite")
+    zf = m.get("zero_fraction") or 0.0
+    if s.n >= SHAPE_MIN and zf >= PARTLY_SPARSE and shp != "all_zero":
+        _nonzero(s, r)
+    if grp in WEIGHTY:
+        if shp == "heavy_tailed" or r.nonzero_shape == "heavy_tailed":
+            flags.add("heavy_tailed")
+        if zf >= SPARSE:
+            flags.add("sparse")
+        nzf = m.get("near_zero_fraction")
+        if nzf is not None and nzf >= MOSTLY_SMALL and zf < PARTLY_SPARSE:
+            flags.add("mostly_small")
+        p999 = m.get("abs_p999")
+        if p999 and s.n >= OUTLIER_MIN and _max_abs(m) >= OUTLIER_RATIO * p999:
+            flags.add("outliers")
+        if m.get("dead_units"):
+            flags.add("dead_units")
+        if zf < PARTLY_SPARSE and m.get("std"):
+            hit = inits.match(tuple(shape), keras, grp, s.n, m.get("mean") or 0.0, m["std"], k, _max_abs(m))
+            if hit is not None:
+                flags.add("at_init")
+                r.init = hit.scheme
+                r.init_detail = hit.describe(_max_abs(m) if hit.family == "uniform" else None)
+    elif s.n and not flags:
+        at_init, what = _non_weight_at_init(grp, name, s, m, bias_fan_in)
+        if at_init:
+            flags.add("at_init")
+            r.init, r.init_detail = what, what
+    r.flags = [f for f in FLAGS if f in flags]
+    return r
+
+
+def _non_weight_at_init(grp: str, name: str, s: Summary, m: Stats, bias_fan_in: int | None) -> tuple[bool, str]:
+    zero = s.zeros == s.n
+    ones = s.min == 1.0 and s.max == 1.0
+    p = param_name(name)
+    if grp in ("bias", "norm_shift") and zero:
+        return True, "all zero (the usual initial value)"
+    if grp == "norm_scale" and ones:
+        return True, "all one (the usual initial value of a norm scale)"
+    if grp == "running_stat" and ((p.endswith("mean") and zero) or (p.endswith(("var", "variance")) and ones)):
+        return True, "running statistics at their initial values"
+    if grp == "bias" and bias_fan_in and s.n >= 16:
+        bound = 1.0 / math.sqrt(bias_fan_in)
+        mx, std = _max_abs(m), m.get("std") or 0.0
+        if 0.5 * bound <= mx <= bound * (1 + 2.0 ** -7) and 0.7 <= std * math.sqrt(3) / bound <= 1.3:
+            return True, f"within PyTorch's default bias range ±1/√{bias_fan_in}"
+    return False, ""
+
+
+def _majority(members: Sequence[tuple[Reading, int]]) -> str | None:
+    weight: dict[str, int] = {}
+    total = 0
+    for r, n in members:
+        if r.shape == "too_small":
+            continue
+        weight[r.shape] = weight.get(r.shape, 0) + n
+        total += n
+    if not total:
+        return None
+    shape, w = max(weight.items(), key=lambda kv: kv[1])
+    return shape if 2 * w >= total else None
+
+
+def judge_pool(members: Sequence[tuple[Reading, int]], shape_members: Sequence[tuple[Reading, int]],
+               s: Summary, m: Stats, group: str) -> Reading:
+    """A layer's (or the model's) reading. `s`/`m` pool the shape group only (`shape_members`); flags for
+    problems (non_finite, outliers, dead_units) are the union over all members; `at_init` needs all."""
+    k, _ = metrics.standardised(s)
+    base = _base_shape(s, m)
+    if base is None and shape_members and all(r.shape == "constant" for r, _ in shape_members):
+        base = "constant"
+    maj = _majority(shape_members)
+    if base is not None:
+        shp = base
+    elif k is not None and k > 5:
+        shp = "heavy_tailed"
+    elif maj in ("uniform", "gaussian", "laplace", "heavy_tailed"):
+        shp = maj
+    else:
+        shp = kurtosis_band(k)
+    r = Reading(shp, [], group, kurtosis=k)
+    if shp == "sparse":
+        nz = _majority([(Reading(x.nonzero_shape or "too_small", []), n) for x, n in shape_members])
+        r.nonzero_shape = nz
+        gaps = [x.pruning_gap for x, _ in shape_members if x.pruning_gap is not None]
+        if gaps and len(gaps) * 2 >= len(shape_members):
+            r.pruning_gap = min(gaps)
+    flags: set[str] = set()
+    for x, _ in members:
+        flags.update(f for f in x.flags if f in ("non_finite", "outliers", "dead_units"))
+    if group in WEIGHTY:
+        zf = m.get("zero_fraction") or 0.0
+        if shp == "heavy_tailed" or r.nonzero_shape == "heavy_tailed":
+            flags.add("heavy_tailed")
+        if zf >= SPARSE:
+            flags.add("sparse")
+        nzf = m.get("near_zero_fraction")
+        if nzf is not None and nzf >= MOSTLY_SMALL and zf < PARTLY_SPARSE:
+            flags.add("mostly_small")
+    if members and all("at_init" in x.flags for x, _ in members):
+        flags.add("at_init")
+        inits_seen = list(dict.fromkeys(x.init for x, _ in shape_members if x.init))
+        r.init = "; ".join(inits_seen) if inits_seen else None
+    r.flags = [f for f in FLAGS if f in flags]
+    return r
+
+
+def judge_model(tensors: Sequence[tuple[Reading, int]], shape_reading: Reading, step: tuple[str, int] | None,
+                optimizer_tensors: int) -> ModelReading:
+    """State: `trained` when a step/epoch > 0 or optimizer state is recorded, or fewer than 10% of the judged
+    weight parameters sit at an init signature; `initialised` when at least half do and nothing records
+    training; else `unknown`."""
+    judged = [(r, n) for r, n in tensors if r.group in WEIGHTY and r.shape not in ("too_small", "all_zero")]
+    total = sum(n for _, n in judged)
+    at = sum(n for r, n in judged if "at_init" in r.flags)
+    share = at / total if total else None
+    schemes: dict[str, int] = {}
+    for r, _ in judged:
+        if r.init:
+            schemes[r.init] = schemes.get(r.init, 0) + 1
+    evidence: list[str] = []
+    record = False
+    if step is not None:
+        key, val = step
+        evidence.append(f"{key} {val} recorded in the checkpoint")
+        record = val > 0
+    if optimizer_tensors:
+        evidence.append(f"optimizer state recorded ({optimizer_tensors} tensors)")
+        record = True
+    if share is not None:
+        n_at = sum(1 for r, _ in judged if "at_init" in r.flags)
+        evidence.append(f"{n_at} of {len(judged)} weight tensors ({100 * share:.0f}% of weight parameters) match an "
+                        "initialisation signature" + (": " + ", ".join(schemes) if schemes else ""))
+    else:
+        evidence.append("no weight tensor large enough to compare with initialisation signatures")
+    if record:
+        state = "trained"
+    elif share is not None and share >= INIT_SHARE:
+        state = "initialised"
+    elif share is not None and share < TRAINED_SHARE:
+        state = "trained"
+    else:
+        state = "unknown"
+    flags = set(shape_reading.flags) - {"at_init"}
+    for r, _ in tensors:
+        flags.update(f for f in r.flags if f in ("non_finite", "outliers", "dead_units"))
+    if state == "initialised":
+        flags.add("at_init")
+    return ModelReading(state, shape_reading.shape, [f for f in FLAGS if f in flags], evidence,
+                        shape_reading.kurtosis, share, schemes)
+
+
+# ---- text, rendered from the verdict: one function per note kind ------------------------------------------
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%" if x < 0.995 or x == 1 else f"{100 * x:.2f}%"
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _kurt(r: Reading, pooled: bool) -> str:
+    if r.kurtosis is None:
+        return ""
+    return f"{'standardised ' if pooled else ''}kurtosis {r.kurtosis:.2f}"
+
+
+def note_non_finite(r: Reading, m: Stats) -> str | None:
+    if "non_finite" not in r.flags:
+        return None
+    return (f"non-finite values: {m.get('nan_count') or 0} NaN and {m.get('inf_count') or 0} Inf; moments are over the "
+            f"{m.get('finite_count')} finite values. NaN/Inf in weights usually means training diverged")
+
+
+def note_degenerate(r: Reading, m: Stats) -> str | None:
+    if r.shape == "all_zero":
+        if "at_init" in r.flags:
+            return f"all zero: {r.group.replace('_', ' ')} at its usual initial value, not sparsity"
+        return "all zeros: never trained, pruned away entirely, or zero-initialised"
+    if r.shape == "constant":
+        if "at_init" in r.flags:
+            return f"every value is {_g(m['mean'])}: {r.group.replace('_', ' ')} at its usual initial value"
+        return f"constant: every value is {_g(m['mean'])} (an initialisation that has not moved?)"
+    return None
+
+
+def note_dead_units(r: Reading, m: Stats) -> str | None:
+    if "dead_units" not in r.flags:
+        return None
+    return f"dead units: {m.get('dead_units')} of {m.get('units')} output units are entirely zero"
+
+
+def _nonzero_text(r: Reading) -> str:
+    parts = []
+    if r.nonzero_shape and r.nonzero_shape != "too_small":
+        k = f" (kurtosis {r.nonzero_kurtosis:.2f})" if r.nonzero_kurtosis is not None else ""
+        parts.append(f"the non-zeros are {_LABEL[r.nonzero_shape]}{k}")
+    if r.pruning_gap is not None:
+        parts.append(f"{'with ' if parts else 'the non-zeros have '}nothing below |w| = {_g(r.pruning_gap)}: "
+                     "magnitude pruning")
+    return " ".join(parts)
+
+
+def note_sparse(r: Reading, m: Stats) -> str | None:
+    zf = m.get("zero_fraction") or 0.0
+    if r.shape == "sparse" and r.group in WEIGHTY:
+        rest = _nonzero_text(r)
+        return f"{_pct(zf)} zeros" + (f"; {rest}" if rest else ": genuinely sparse")
+    if r.group in WEIGHTY and PARTLY_SPARSE <= zf < SPARSE and r.shape not in ("all_zero", "constant"):
+        rest = "" if r.pruning_gap is None else f"; the non-zeros have nothing below |w| = {_g(r.pruning_gap)}: " \
+                                                  "magnitude pruning"
+        return f"partly sparse: {_pct(zf)} of values are exactly zero{rest}"
+    return None
+
+
+def note_shape(r: Reading, m: Stats, pooled: bool = False) -> str | None:
+    if r.group not in WEIGHTY or r.shape not in ("uniform", "gaussian", "laplace", "heavy_tailed"):
+        return None
+    k = _kurt(r, pooled)
+    g = m.get("gini")
+    gtxt = f", Gini {g:.3f}" if g is not None and not pooled else ""
+    if r.shape == "uniform":
+        tail = ("at its initialisation" if "at_init" in r.flags else
+                "still at its initialisation shape; a layer that has trained for long rarely stays this flat")
+        return f"uniform-like ({k}{gtxt}; a uniform gives -1.2 and 0.333): {tail}"
+    if r.shape == "gaussian":
+        tail = ("at its initialisation" if "at_init" in r.flags else
+                "a normal initialisation or small, diffuse updates")
+        return f"Gaussian-like ({k}{gtxt}; a normal gives 0 and 0.414): {tail}"
+    if r.shape == "laplace":
+        return f"Laplace-like ({k}{gtxt}; a Laplace gives 3 and 0.5): the usual shape of trained weights"
+    top = m.get("top1pct_l2_mass")
+    toptxt = f"; the top 1% of weights hold {_pct(top)} of sum w^2, a normal ~8.5%" if top is not None and not pooled else ""
+    return f"heavy-tailed ({k}{toptxt}): a few large weights carry much of the {'layer' if pooled else 'tensor'}"
+
+
+def note_init(r: Reading, m: Stats, pooled: bool = False) -> str | None:
+    if "at_init" not in r.flags or r.shape in ("all_zero", "constant"):
+        return None
+    if pooled:
+        return f"at initialisation: {r.init}" if r.init else "at initialisation"
+    return f"at initialisation: {r.init_detail}" if r.init_detail else None
+
+
+def note_outliers(r: Reading, m: Stats) -> str | None:
+    if "outliers" not in r.flags or not m.get("abs_p999"):
+        return None
+    big, p999 = _max_abs(m), m["abs_p999"]
+    return f"outlier weights: max|w| {_g(big)} is {big / p999:.0f}x the 99.9th percentile of |w| ({_g(p999)})"
+
+
+def note_mostly_small(r: Reading, m: Stats) -> str | None:
+    if "mostly_small" not in r.flags:
+        return None
+    t = m.get("near_zero_threshold")
+    where = f"|w| <= {_g(t)}" if t is not None else "|w| <= the near-zero threshold of each tensor"
+    return f"mostly small: {_pct(m.get('near_zero_fraction') or 0.0)} of values have {where} (near zero) but few " \
+           "are exactly zero"
+
+
+def notes(r: Reading, m: Stats, pooled: bool = False) -> list[str]:
+    """The text notes, each rendered from the verdict `r` (and the numbers in `m` that justify it)."""
+    if (m.get("numel") or 0) == 0:
+        return ["empty tensor (0 elements)"]
+    out = [note_non_finite(r, m), note_degenerate(r, m)]
+    if r.shape not in ("all_zero", "constant"):
+        out += [note_dead_units(r, m), note_sparse(r, m), note_shape(r, m, pooled), note_init(r, m, pooled),
+                note_outliers(r, m), note_mostly_small(r, m)]
+    return [n for n in out if n]
+
+
+def summary_paragraph(v: ModelReading, r: Reading, w: Stats, model: Stats, nz_rel: float | None,
+                      layers: Sequence[tuple[str, Reading, Stats]]) -> str:
+    """Answers: "most weights are near zero and a few are very large — is that expected?" """
+    if not w.get("finite_count"):
+        return "No finite floating-point weights were analysed."
+    parts: list[str] = []
+    p50 = w.get("abs_p50") or 0.0
+    big = _max_abs(w)
+    nzf = model.get("near_zero_fraction") or 0.0
+    th = model.get("near_zero_threshold")
+    where = f"|w| <= {_g(th)}" if th is not None else (
+        f"|w| <= {_g(nz_rel or 0.01)} x each tensor's own max|w|")
+    if p50 > 0:
+        parts.append(f"Median |w| of the weights is {_g(p50)} and the largest is {_g(big)} ({big / p50:.0f}x the "
+                     f"median); {_pct(nzf)} of analysed values are near zero ({where}).")
+    else:
+        parts.append(f"At least half the weights are exactly zero; the largest |w| is {_g(big)}; {_pct(nzf)} of "
+                     f"analysed values are near zero ({where}).")
+    k = v.kurtosis
+    ktxt = f"standardised kurtosis {k:.2f}" if k is not None else "kurtosis undefined"
+    label = _LABEL.get(v.shape, v.shape.replace("_", " "))
+    if v.state == "initialised":
+        schemes = ", ".join(v.init_schemes) or "a common initialiser"
+        parts.append(f"This checkpoint is at initialisation: {100 * (v.at_init_share or 0):.0f}% of the weight "
+                     f"parameters match an initialiser's signature ({schemes}) and nothing records training. "
+                     f"The few large weights are the spread of that initialisation (per tensor {label}, {ktxt}), "
+                     "not learned structure; different init scales per layer are not a heavy tail.")
+    elif v.shape == "sparse":
+        zf = w.get("zero_fraction") or 0.0
+        rest = _nonzero_text(r)
+        parts.append(f"{_pct(zf)} of the weights are exactly zero" + (f"; {rest}." if rest else ".")
+                     + " The near-zero mass is the sparsity itself, expected for a pruned or sparse model.")
+    elif v.shape in ("heavy_tailed", "laplace"):
+        parts.append(f"Most weights near zero with a few large ones is expected for trained weights: standardised per "
+                     f"tensor, the weights are {label} ({ktxt}; a normal gives 0, a Laplace 3). Training grows a "
+                     "minority of important weights while weight decay and normalisation keep the rest small.")
+    elif v.shape == "gaussian":
+        parts.append(f"Standardised per tensor the weights are Gaussian-like ({ktxt}): no heavy tail, so the large "
+                     "weights are the ordinary edges of a bell-shaped spread, not a few dominant ones"
+                     + ("; typical early in training or with strong regularisation." if v.state == "trained" else "."))
+    elif v.shape == "uniform":
+        parts.append(f"Standardised per tensor the weights are uniform-like ({ktxt}): shaped like a uniform "
+                     "initialisation, with no heavy tail.")
+    else:
+        parts.append(f"Standardised per tensor the weights are {label} ({ktxt}).")
+    if v.state == "trained":
+        parts.append(f"State: trained ({v.evidence[0]}).")
+    elif v.state == "unknown":
+        parts.append("Whether it has trained is unclear: " + "; ".join(v.evidence) + ".")
+    concerns: list[str] = []
+    bad = [n for n, r, _ in layers if "non_finite" in r.flags]
+    if bad:
+        concerns.append(f"non-finite values in {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else ""))
+    dead = [(n, m) for n, r, m in layers if "dead_units" in r.flags]
+    if dead:
+        concerns.append("dead units in " + ", ".join(f"{n} ({m['dead_units']}/{m['units']})" for n, m in dead[:5]))
+    outl = [n for n, r, _ in layers if "outliers" in r.flags]
+    if outl:
+        concerns.append("outlier weights in " + ", ".join(outl[:5]))
+    if concerns:
+        parts.append("Worth a look: " + "; ".join(concerns) + ".")
+    elif v.state != "initialised":
+        parts.append("Nothing here suggests a problem: no NaN/Inf, no dead units, no extreme outliers.")
+    return " ".join(parts)

@@ -1,0 +1,241 @@
+"""Where the bytes come from: local paths, or URLs through fsspec (`s3://`, `gs://`, `hf://`, `https://`,
+`file://` ...). Every read is a bounded range: remote data is fetched with ranged requests into buffers of
+at most one chunk, never downloaded whole to disk or held whole in memory.
+
+Readers call `pread(path, offset, n)` and `open_binary(path)`; detection and folders call `stat`, `isdir`,
+`listdir`. fsspec and the back-ends are optional extras; a URL whose back-end is missing gets an error
+naming the extra to install. Credentials come from the back-ends' usual places (environment variables,
+profiles) and never appear in messages."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat as stat_mod
+import threading
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from wdist.loaders.errors import CorruptCheckpointError, MissingDependencyError, WdistError
+
+_URL = re.compile(r"^(?P<proto>[A-Za-z][A-Za-z0-9+.-]*)://")
+# protocol -> (extra, packages it needs)
+EXTRAS = {
+    "s3": ("s3", "s3fs"), "s3a": ("s3", "s3fs"), "gs": ("gcs", "gcsfs"), "gcs": ("gcs", "gcsfs"),
+    "hf": ("hf", "huggingface_hub"), "http": ("remote", "fsspec aiohttp"), "https": ("remote", "fsspec aiohttp"),
+}
+REMOTE_BLOCK = 1 << 20  # read-ahead of remote file objects (headers, zip directories, HDF5 metadata)
+
+
+def is_url(path: str) -> bool:
+    m = _URL.match(path)
+    return m is not None and m.group("proto").lower() != "file"
+
+
+def local_path(path: str) -> str:
+    """file:// URLs are local paths."""
+    return path[len("file://"):] if path.lower().startswith("file://") else path
+
+
+def redact(url: str) -> str:
+    """A URL without credentials (user:password@ or query-string tokens), for messages."""
+    url = re.sub(r"//[^/@]*@", "//", url)
+    return re.sub(r"([?&](?:token|sig|signature|x-amz-[a-z-]+|access_key|secret)[^&]*)", "", url, flags=re.I)
+
+
+@cache
+def _filesystem(proto: str) -> Any:
+    try:
+        import fsspec
+    except ImportError:
+        extra = EXTRAS.get(proto, ("remote", "fsspec"))[0]
+        raise MissingDependencyError(None, f"reading {proto}:// URLs needs fsspec (pip install 'wdist[{extra}]')") from None
+    try:
+        return fsspec.filesystem(proto)
+    except (ImportError, ValueError) as e:
+        extra, pkgs = EXTRAS.get(proto, ("remote", "fsspec"))
+        raise MissingDependencyError(None, f"reading {proto}:// URLs needs {pkgs} (pip install 'wdist[{extra}]'): "
+                                     f"{str(e)[:80]}") from None
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """(fsspec file system, path inside it) for a URL."""
+    m = _URL.match(url)
+    assert m
+    proto = m.group("proto").lower()
+    fs = _filesystem(proto)
+    return fs, fs._strip_protocol(url) if proto not in ("http", "https") else url
+
+
+def _remote_error(url: str, e: BaseException) -> WdistError:
+    if isinstance(e, WdistError):
+        return e
+    if isinstance(e, FileNotFoundError):
+        return WdistError(redact(url), "no such object")
+    if isinstance(e, PermissionError):
+        return WdistError(redact(url), "access denied (check credentials)")
+    return WdistError(redact(url), f"cannot be read ({type(e).__name__}: {redact(str(e))[:100]})")
+
+
+@dataclass(frozen=True)
+class Stat:
+    size: int
+    is_dir: bool
+    is_file: bool  # a regular file (local) or an object (remote)
+    version: str  # what changes when the bytes change: mtime_ns:inode locally, ETag / version id remotely
+
+
+def stat(path: str) -> Stat:
+    if not is_url(path):
+        p = local_path(path)
+        st = os.stat(p)
+        return Stat(st.st_size, stat_mod.S_ISDIR(st.st_mode), stat_mod.S_ISREG(st.st_mode),
+                    f"{st.st_mtime_ns}:{st.st_ino}")
+    fs, p = filesystem(path)
+    try:
+        info = fs.info(p)
+    except Exception as e:
+        raise _remote_error(path, e) from None
+    is_dir = info.get("type") == "directory"
+    version = str(info.get("VersionId") or info.get("ETag") or info.get("etag") or info.get("mtime")
+                  or info.get("LastModified") or "")
+    return Stat(int(info.get("size") or 0), is_dir, not is_dir, version)
+
+
+def exists(path: str) -> bool:
+    if not is_url(path):
+        return os.path.lexists(local_path(path))
+    try:
+        stat(path)
+        return True
+    except WdistError:
+        return False
+
+
+def isdir(path: str) -> bool:
+    try:
+        return stat(path).is_dir
+    except (OSError, WdistError):
+        return False
+
+
+def listdir(path: str) -> list[str]:
+    """Full paths (or URLs) of a folder's entries, sorted."""
+    if not is_url(path):
+        p = local_path(path)
+        return sorted(os.path.join(p, e) for e in os.listdir(p))
+    fs, p = filesystem(path)
+    proto = _URL.match(path).group("proto")  # type: ignore[union-attr]
+    try:
+        names = fs.ls(p, detail=False)
+    except Exception as e:
+        raise _remote_error(path, e) from None
+    return sorted(n if _URL.match(n) else f"{proto}://{n.lstrip('/')}" for n in names)
+
+
+def join(base: str, name: str) -> str:
+    if not is_url(base):
+        return os.path.join(local_path(base), name)
+    return base.rstrip("/") + "/" + name
+
+
+def dirname(path: str) -> str:
+    if not is_url(path):
+        return os.path.dirname(local_path(path))
+    return path.rstrip("/").rsplit("/", 1)[0]
+
+
+def basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1] if is_url(path) else os.path.basename(os.path.normpath(path))
+
+
+def canonical(path: str) -> str:
+    return redact(path) if is_url(path) else os.path.realpath(local_path(path))
+
+
+def pread(path: str, offset: int, n: int) -> bytes:
+    """Bytes [offset, offset+n) of a file (fewer only at its end)."""
+    if n <= 0:
+        return b""
+    if not is_url(path):
+        fd = os.open(local_path(path), os.O_RDONLY)
+        try:
+            return os.pread(fd, n, offset)
+        finally:
+            os.close(fd)
+    fs, p = filesystem(path)
+    try:
+        return bytes(fs.cat_file(p, start=offset, end=offset + n))
+    except Exception as e:
+        raise _remote_error(path, e) from None
+
+
+def pread_into(path: str, offset: int, view: memoryview) -> int:
+    """Fill `view` from `offset`; returns the bytes read (fewer only at the end of the file)."""
+    if not is_url(path):
+        fd = os.open(local_path(path), os.O_RDONLY)
+        try:
+            got = 0
+            while got < len(view):
+                k = os.preadv(fd, [view[got:]], offset + got)
+                if k <= 0:
+                    break
+                got += k
+            return got
+        finally:
+            os.close(fd)
+    data = pread(path, offset, len(view))
+    view[: len(data)] = data
+    return len(data)
+
+
+class RemoteFile(io.RawIOBase):
+    """A seekable read-only file over a URL: each read is one ranged request (with a small read-ahead
+    buffer for the many tiny reads of zip directories, pickles and HDF5 metadata)."""
+
+    def __init__(self, url: str, size: int | None = None) -> None:
+        super().__init__()
+        self.url = url
+        self._size = stat(url).size if size is None else size
+        self._pos = 0
+        self._buf_start, self._buf = 0, b""
+        self._lock = threading.Lock()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, b: Any) -> int:
+        with self._lock:
+            n = max(0, min(len(b), self._size - self._pos))
+            if n == 0:
+                return 0
+            lo, hi = self._buf_start, self._buf_start + len(self._buf)
+            if not (lo <= self._pos and self._pos + n <= hi):
+                want = max(n, REMOTE_BLOCK) if n < REMOTE_BLOCK else n
+                self._buf_start, self._buf = self._pos, pread(self.url, self._pos, min(want, self._size - self._pos))
+                if len(self._buf) < n:
+                    raise CorruptCheckpointError(redact(self.url), "object is shorter than its listed size")
+            a = self._pos - self._buf_start
+            b[:n] = self._buf[a:a + n]
+            self._pos += n
+            return n
+
+
+def open_binary(path: str) -> Any:
+    """A seekable binary file object: the local file, or a RemoteFile for a URL."""
+    if not is_url(path):
+        return open(local_path(path), "rb")  # noqa: SIM115 - the caller closes it
+    return io.BufferedReader(RemoteFile(path), buffer_size=64 << 10)

@@ -1,0 +1,83 @@
+"""In-memory inputs: a live nn.Module, a state dict and a dict of arrays give the same numbers as the file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from wdist.analyzers.inspect import Options, analyse
+from wdist.loaders import Role, open_checkpoint
+from wdist.loaders.errors import UsageError
+from wdist.loaders.memory import from_object
+
+
+class Gpt2Conv1D(torch.nn.Module):
+    """The shape of Hugging Face's GPT-2 Conv1D: weight stored [in, out]."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.weight = torch.nn.Parameter(torch.randn(nx, nf))
+        self.bias = torch.nn.Parameter(torch.zeros(nf))
+
+
+Gpt2Conv1D.__name__ = "Conv1D"
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 8),
+                            torch.nn.BatchNorm1d(8))
+    with torch.no_grad():
+        m[2].weight[3].zero_()
+    return m
+
+
+def _stats(ck):
+    return {t.name: t.stats for t in analyse(ck, Options(jobs=1)).tensors}
+
+
+def test_module_state_dict_and_arrays_match_the_file(tmp_path):
+    m = _model()
+    p = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(p))
+    ref = _stats(open_checkpoint(str(p)))
+    for obj in (m, m.state_dict(), {k: v.numpy() for k, v in m.state_dict().items()}):
+        got = _stats(from_object(obj))
+        assert got.keys() == ref.keys()
+        for name in ref:
+            assert got[name] == ref[name], name
+
+
+def test_module_classes_give_roles_and_unit_axes():
+    m = torch.nn.ModuleDict({"emb": torch.nn.Embedding(10, 4), "ln": torch.nn.LayerNorm(4),
+                             "proj": Gpt2Conv1D(12, 4)})
+    ck = from_object(m)
+    by = {t.name: t for t in ck.tensors}
+    assert by["emb.weight"].role is Role.EMBEDDING
+    assert by["ln.weight"].role is Role.NORM and by["ln.bias"].role is Role.NORM
+    assert by["proj.weight"].role is Role.WEIGHT and by["proj.weight"].unit_axis == 1
+
+
+def test_bf16_and_tied_weights():
+    lin = torch.nn.Linear(8, 8).to(torch.bfloat16)
+    sd = {"a.weight": lin.weight, "b.weight": lin.weight}  # the same tensor twice: tied
+    ck = from_object(sd)
+    assert len(ck.tensors) == 1 and ck.tensors[0].aliases == ["b.weight"]
+    np.testing.assert_array_equal(ck.tensors[0].read(), lin.weight.detach().float().numpy())
+
+
+def test_in_memory_work_stays_in_process():
+    # a large in-memory tensor with jobs=2 must not be pickled into worker processes
+    sd = {"w.weight": torch.randn(4096, 2048)}
+    rep = analyse(from_object(sd), Options(jobs=2))
+    assert rep.tensors[0].stats["numel"] == 4096 * 2048
+
+
+def test_unsupported_objects_are_a_usage_error():
+    with pytest.raises(UsageError):
+        from_object(42)
+    with pytest.raises(UsageError):
+        from_object({"a": torch.zeros(2), "b": np.zeros(2)})
