@@ -6,7 +6,7 @@ import glob
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +16,9 @@ from wdist.analyzers.histogram import Histogram
 from wdist.analyzers.inspect import Options, analyse
 from wdist.analyzers.report import ReportMixin, jsonable
 from wdist.analyzers.summary import Summary
+from wdist.loaders import fs
 from wdist.loaders.errors import UsageError, WdistError
-from wdist.loaders.registry import EXTENSIONS, find_in_dir, open_checkpoint
+from wdist.loaders.registry import EXTENSIONS, find_in_dir, is_model_dir, open_checkpoint
 
 DEFAULT_METRICS = ("l2_norm", "std", "kurtosis", "near_zero_fraction", "zero_fraction", "top1pct_l2_mass")
 _STEP_PATTERNS = (
@@ -47,15 +48,15 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     """CKPT... | DIR | GLOB -> checkpoint paths (files and model directories)."""
     out: list[str] = []
     for item in inputs:
-        if any(c in item for c in "*?[") and not os.path.exists(item):
+        if any(c in item for c in "*?[") and not fs.is_url(item) and not os.path.exists(item):
             hits = sorted(glob.glob(item))
             if not hits:
                 raise UsageError(item, "glob matches no file")
             out += hits
-        elif os.path.isdir(item) and not find_in_dir(item):
-            entries = sorted(os.path.join(item, e) for e in os.listdir(item))
-            found = [e for e in entries if (os.path.isfile(e) and _is_ckpt_name(e)) or
-                     (os.path.isdir(e) and find_in_dir(e))]
+        elif fs.isdir(item) and not is_model_dir(item):
+            entries = fs.listdir(item)
+            found = [e for e in entries if (not fs.isdir(e) and _is_ckpt_name(e)) or
+                     (fs.isdir(e) and is_model_dir(e))]
             if not found:
                 raise UsageError(item, "directory holds no checkpoints")
             out += found
@@ -324,3 +325,62 @@ def _run_notes(layers: list[LayerTrend], points: list[TrendPoint]) -> list[str]:
 def _names(names: list[str], limit: int = 8) -> str:
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return f"{len(names)} layer(s): " + ", ".join(names[:limit]) + more
+
+
+def _fingerprint(path: str) -> tuple | None:
+    """(size, mtime) of a checkpoint file, or of every file of a model folder; None while it is incomplete
+    (a sharded index naming a shard that is not there yet)."""
+    try:
+        if os.path.isdir(path):
+            files = find_in_dir(path)
+            if not files:
+                return None
+            if files[0].endswith(".index.json"):
+                import json
+
+                with open(files[0], encoding="utf-8") as f:
+                    names = set(json.load(f).get("weight_map", {}).values())
+                files = files + [os.path.join(path, str(n)) for n in sorted(names)]
+            return tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files)
+        st = os.stat(path)
+        return ((path, st.st_size, st.st_mtime_ns),)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def watch(source: str, poll: float = 5.0, settle: float = 2.0, stop: Callable[[], bool] | None = None,
+          sleep: Callable[[float], None] | None = None, clock: Callable[[], float] | None = None
+          ) -> Iterator[list[str]]:
+    """Follow a training run: yield the list of complete checkpoints of `source` (a folder or glob) each
+    time a new one is complete. A checkpoint counts as complete when its size and mtime (every shard's, for a
+    sharded index) have not changed for `settle` seconds, so a file still being written is never read.
+    Stops when `stop()` is true (and on KeyboardInterrupt, which the caller handles)."""
+    import time
+
+    sleep = sleep or time.sleep
+    clock = clock or time.monotonic
+    stable: dict[str, tuple[tuple, float]] = {}  # path -> (fingerprint, since when unchanged)
+    done: list[str] = []
+    while not (stop and stop()):
+        try:
+            paths = expand_inputs([source])
+        except UsageError:
+            paths = []  # nothing there yet
+        now = clock()
+        new = False
+        for p in paths:
+            if p in done:
+                continue
+            fp = _fingerprint(p)
+            if fp is None:
+                stable.pop(p, None)
+                continue
+            old = stable.get(p)
+            if old is None or old[0] != fp:
+                stable[p] = (fp, now)
+            elif now - old[1] >= settle:
+                done.append(p)
+                new = True
+        if new:
+            yield list(done)
+        sleep(poll)

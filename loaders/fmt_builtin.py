@@ -4,9 +4,6 @@ recognise each one, so that detection, `--input-format` and `wdist formats` come
 
 from __future__ import annotations
 
-import os
-import zipfile
-
 from wdist.loaders.model import Checkpoint, Format
 from wdist.loaders.plugin import FormatPlugin
 
@@ -14,12 +11,13 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 def _zip_names(path: str) -> list[str]:
-    from wdist.loaders.fileio import ZIP_ERRORS
+    from wdist.loaders.errors import WdistError
+    from wdist.loaders.fileio import ZIP_ERRORS, open_zip
 
     try:
-        with zipfile.ZipFile(path) as z:
+        with open_zip(path) as z:
             return z.namelist()
-    except ZIP_ERRORS:
+    except (*ZIP_ERRORS, WdistError):
         return []
 
 
@@ -53,15 +51,16 @@ def sniff_hdf5(head: bytes, path: str) -> bool:
         if head[off:off + 8] == HDF5_MAGIC:
             return True
         off *= 2
+    from wdist.loaders import fs
+    from wdist.loaders.errors import WdistError
+
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            while off + 8 <= size and off <= 1 << 20:
-                f.seek(off)
-                if f.read(8) == HDF5_MAGIC:
-                    return True
-                off *= 2
-    except OSError:
+        size = fs.size(path)
+        while off + 8 <= size and off <= 1 << 20:
+            if fs.pread(path, off, 8) == HDF5_MAGIC:
+                return True
+            off *= 2
+    except (OSError, WdistError):
         return False
     return False
 

@@ -15,7 +15,6 @@ import re
 import stat as stat_mod
 import threading
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 from wdist.loaders.errors import CorruptCheckpointError, MissingDependencyError, WdistError
@@ -45,8 +44,8 @@ def redact(url: str) -> str:
     return re.sub(r"([?&](?:token|sig|signature|x-amz-[a-z-]+|access_key|secret)[^&]*)", "", url, flags=re.I)
 
 
-@cache
 def _filesystem(proto: str) -> Any:
+    # fsspec keeps one instance per protocol and options itself; wdist holds none
     try:
         import fsspec
     except ImportError:
@@ -110,6 +109,8 @@ def exists(path: str) -> bool:
     try:
         stat(path)
         return True
+    except MissingDependencyError as e:
+        raise MissingDependencyError(redact(path), e.reason) from None
     except WdistError:
         return False
 
@@ -239,3 +240,52 @@ def open_binary(path: str) -> Any:
     if not is_url(path):
         return open(local_path(path), "rb")  # noqa: SIM115 - the caller closes it
     return io.BufferedReader(RemoteFile(path), buffer_size=64 << 10)
+
+
+class LocalSource:
+    """A local file opened once for a series of positioned reads (pread: no shared file offset, so safe
+    under threads)."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(local_path(path), os.O_RDONLY)
+
+    def readinto_at(self, view: memoryview, pos: int) -> int:
+        return os.preadv(self.fd, [view], pos)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> LocalSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RemoteSource:
+    """Positioned reads of a URL, each one ranged request for exactly the bytes asked."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def readinto_at(self, view: memoryview, pos: int) -> int:
+        data = pread(self.url, pos, len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> RemoteSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def source(path: str) -> LocalSource | RemoteSource:
+    return RemoteSource(path) if is_url(path) else LocalSource(path)
+
+
+def size(path: str) -> int:
+    return stat(path).size

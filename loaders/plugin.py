@@ -29,6 +29,8 @@ class FormatPlugin:
     order:      detection order; lower sniffs first.
     fallback_by_extension: when no sniffer claims a file, one with this format's extension is still handed
                 to this reader, so a damaged file gets the reader's own explanation.
+    sniff_dir:  path -> True when a folder is one checkpoint of this format (a DCP folder, a SavedModel);
+                must not raise. Such a folder is then handed to `load` whole.
     """
 
     name: str
@@ -41,6 +43,7 @@ class FormatPlugin:
     variants: str = ""
     order: int = 100
     fallback_by_extension: bool = False
+    sniff_dir: Callable[[str], bool] | None = None
 
     def available(self) -> bool:
         """Whether the optional dependency is importable (without importing it)."""

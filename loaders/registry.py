@@ -7,11 +7,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import posixpath
 import re
-import stat
 from collections.abc import Iterator, Mapping
 from functools import cache
 
+from wdist.loaders import fs
 from wdist.loaders.errors import (
     CorruptCheckpointError,
     MissingDependencyError,
@@ -27,6 +28,7 @@ BUILTIN_FORMATS: tuple[str, ...] = (
     "wdist.loaders.fmt_numpy",
     "wdist.loaders.fmt_gguf",
     "wdist.loaders.fmt_onnx",
+    "wdist.loaders.fmt_tf", "wdist.loaders.fmt_dcp", "wdist.loaders.fmt_flax",
 )
 ENTRY_POINT_GROUP = "wdist.formats"
 MAX_INDEX_BYTES = 64 << 20  # a sharded index of 10^6 tensors is ~60 MB of JSON
@@ -127,17 +129,17 @@ def is_checkpoint_name(path: str) -> bool:
     return any(name.endswith(e) for e in EXTENSIONS) or name.endswith(".index.json")
 
 
-def require_regular(path: str) -> os.stat_result:
-    """Only regular files are read: a FIFO, device or socket would block or never end."""
+def require_regular(path: str) -> fs.Stat:
+    """Only regular files (or remote objects) are read: a FIFO, device or socket would block or never end."""
     try:
-        st = os.stat(path)
+        st = fs.stat(path)
     except FileNotFoundError:
         raise WdistError(path, "no such file or directory") from None
     except OSError as e:
         raise WdistError(path, f"cannot be read ({e.strerror or type(e).__name__})") from None
-    if stat.S_ISDIR(st.st_mode):
+    if st.is_dir:
         raise WdistError(path, "is a directory")
-    if not stat.S_ISREG(st.st_mode):
+    if not st.is_file:
         raise UnsupportedFormatError(path, "not a regular file (a FIFO, device or socket is never read)")
     return st
 
@@ -145,8 +147,7 @@ def require_regular(path: str) -> os.stat_result:
 def _head(path: str) -> bytes:
     require_regular(path)
     try:
-        with open(path, "rb") as f:
-            return f.read(SNIFF_BYTES)
+        return fs.pread(path, 0, SNIFF_BYTES)
     except OSError as e:
         raise WdistError(path, f"cannot be read ({e.strerror or type(e).__name__})") from None
 
@@ -224,7 +225,9 @@ def load_file(path: str, fmt: str | None = None) -> Checkpoint:
 def _model_root(folder: str) -> str:
     """The folder a model's files may live in. In a Hugging Face cache (`models--X/snapshots/REV/`) files are
     symlinks into `models--X/blobs/`, so the repository folder is the root there."""
-    real = os.path.realpath(folder)
+    if fs.is_url(folder):
+        return folder.rstrip("/")
+    real = os.path.realpath(fs.local_path(folder))
     parent = os.path.dirname(real)
     if os.path.basename(parent) == "snapshots" and os.path.basename(os.path.dirname(parent)).startswith(
             ("models--", "datasets--")):
@@ -235,33 +238,40 @@ def _model_root(folder: str) -> str:
 def inside_model_folder(path: str, folder: str) -> bool:
     """Whether `path`, with every symlink resolved, stays inside the model folder."""
     root = _model_root(folder)
-    real = os.path.realpath(path)
+    if fs.is_url(path):
+        norm = posixpath.normpath(path.split("://", 1)[1])
+        top = posixpath.normpath(root.split("://", 1)[1]) if "://" in root else root
+        return norm == top or norm.startswith(top + "/")
+    real = os.path.realpath(fs.local_path(path))
     return real == root or real.startswith(root + os.sep)
 
 
 def _load_index(path: str) -> Checkpoint:
     """Hugging Face sharded index: {"weight_map": {tensor: shard file}}."""
     st = require_regular(path)
-    if st.st_size > MAX_INDEX_BYTES:
-        raise CorruptCheckpointError(path, f"sharded index is {st.st_size} bytes, over the {MAX_INDEX_BYTES}-byte limit")
+    if st.size > MAX_INDEX_BYTES:
+        raise CorruptCheckpointError(path, f"sharded index is {st.size} bytes, over the {MAX_INDEX_BYTES}-byte limit")
     try:
-        with open(path, encoding="utf-8") as f:
-            index = json.load(f)
+        index = json.loads(fs.pread(path, 0, st.size).decode("utf-8"))
         weight_map = index["weight_map"]
         shards = list(dict.fromkeys(str(v) for v in weight_map.values()))
     except RecursionError:
         raise CorruptCheckpointError(path, "sharded index JSON is nested too deeply") from None
     except (ValueError, KeyError, TypeError, AttributeError):
         raise CorruptCheckpointError(path, "sharded index is not JSON with a weight_map") from None
-    base = os.path.dirname(os.path.abspath(path))
+    url = fs.is_url(path)
+    base = fs.dirname(path) if url else os.path.dirname(os.path.abspath(path))
+    sep = "/" if url else os.sep
     files = []
     for s in shards:
-        fp = os.path.normpath(os.path.join(base, s))
-        if os.path.isabs(s) or not (fp.startswith(base + os.sep)) or not inside_model_folder(fp, base):
+        fp = fs.join(base, s)
+        fp = fp.split("://", 1)[0] + "://" + posixpath.normpath(fp.split("://", 1)[1]) if url else os.path.normpath(fp)
+        if (s.startswith(("/", "\\")) or os.path.isabs(s) or "://" in s or not fp.startswith(base + sep)
+                or not inside_model_folder(fp, base)):
             raise CorruptCheckpointError(path, f"shard {s!r} points outside the index's folder")
-        if s.endswith(".index.json") or os.path.isdir(fp):
+        if s.endswith(".index.json") or fs.isdir(fp):
             raise CorruptCheckpointError(path, f"shard {s!r} is not a weights file (an index cannot name an index)")
-        if not os.path.lexists(fp):
+        if not fs.exists(fp):
             raise CorruptCheckpointError(path, f"shard {s!r} named in the index is missing")
         require_regular(fp)
         files.append(fp)
@@ -283,7 +293,7 @@ def _load_index(path: str) -> Checkpoint:
         for t in p.tensors:
             if t.name in owner:
                 raise CorruptCheckpointError(path, f"tensor {t.name!r} is in two shards: "
-                                             f"{os.path.basename(owner[t.name])} and {os.path.basename(shard)}")
+                                             f"{fs.basename(owner[t.name])} and {fs.basename(shard)}")
             owner[t.name] = shard
         first.tensors += p.tensors
         first.unsafe_globals += [g for g in p.unsafe_globals if g not in first.unsafe_globals]
@@ -298,7 +308,7 @@ def shard_set(names: list[str]) -> list[str] | None:
     extension and N, and K runs 1..N; else None."""
     groups: dict[tuple[str, str, int], dict[int, str]] = {}
     for n in names:
-        m = SHARD_NAME.match(os.path.basename(n))
+        m = SHARD_NAME.match(fs.basename(n))
         if not m:
             return None
         groups.setdefault((m["stem"], m["ext"], int(m["n"])), {})[int(m["k"])] = n
@@ -313,17 +323,16 @@ def shard_set(names: list[str]) -> list[str] | None:
 def _regular_entries(folder: str, pattern: str | None = None) -> list[str]:
     out = []
     try:
-        names = sorted(os.listdir(folder))
-    except OSError:
+        entries = fs.listdir(folder)
+    except (OSError, WdistError):
         return []
-    for e in names:
-        p = os.path.join(folder, e)
-        if pattern and not e.endswith(pattern):
+    for p in entries:
+        if pattern and not p.endswith(pattern):
             continue
         try:
-            if stat.S_ISREG(os.stat(p).st_mode) and inside_model_folder(p, folder):
+            if fs.stat(p).is_file and inside_model_folder(p, folder):
                 out.append(p)
-        except OSError:
+        except (OSError, WdistError):
             continue
     return out
 
@@ -334,8 +343,8 @@ def find_in_dir(path: str) -> list[str]:
     when the folder holds no checkpoint or several unrelated ones (then each is its own checkpoint:
     `wdist trend DIR` reads them one by one)."""
     for idx in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        p = os.path.join(path, idx)
-        if os.path.isfile(p) and inside_model_folder(p, path):
+        p = fs.join(path, idx)
+        if p in _regular_entries(path, ".index.json"):
             return [p]
     st = _regular_entries(path, ".safetensors")
     if len(st) == 1:
@@ -343,20 +352,41 @@ def find_in_dir(path: str) -> list[str]:
     if st:
         return shard_set(st) or []
     for name in ("pytorch_model.bin", "model.pt", "model.pth", "model.weights.h5", "model.keras", "tf_model.h5"):
-        p = os.path.join(path, name)
+        p = fs.join(path, name)
         if p in _regular_entries(path):
             return [p]
     return []
 
 
+def dir_format(path: str) -> FormatPlugin | None:
+    """The plug-in that reads a whole folder as one checkpoint (see FormatPlugin.sniff_dir), if any."""
+    for p in formats():
+        if p.sniff_dir is None:
+            continue
+        try:
+            if p.sniff_dir(path):
+                return p
+        except Exception:  # a sniffer must not raise; one that does simply does not claim the folder
+            continue
+    return None
+
+
+def is_model_dir(path: str) -> bool:
+    """Whether a folder is one checkpoint (a model folder, a shard set, or a folder-format checkpoint)."""
+    return bool(find_in_dir(path)) or dir_format(path) is not None
+
+
 def open_checkpoint(path: str, fmt: str | None = None) -> Checkpoint:
     """Open a file or model directory as a lazy Checkpoint. Reads headers and metadata only."""
-    if not os.path.lexists(path):
-        raise WdistError(path, "no such file or directory")
-    if os.path.isdir(path):
+    if not fs.exists(path):
+        raise WdistError(fs.redact(path), "no such file or directory")
+    if fs.isdir(path):
         files = find_in_dir(path)
+        plugin = get_format(fmt) if fmt is not None and not files else (None if files else dir_format(path))
+        if not files and plugin is not None:
+            return _run_loader(plugin, path)
         if not files:
-            many = [os.path.basename(e) for e in _regular_entries(path) if is_checkpoint_name(e)]
+            many = [fs.basename(e) for e in _regular_entries(path) if is_checkpoint_name(e)]
             if len(many) > 1:
                 raise UnsupportedFormatError(path, f"directory holds {len(many)} separate checkpoints "
                                              f"({', '.join(many[:4])}{', ...' if len(many) > 4 else ''}); name one, "
@@ -379,6 +409,6 @@ def open_checkpoint(path: str, fmt: str | None = None) -> Checkpoint:
         ck.path = path
         return ck
     require_regular(path)
-    if not os.access(path, os.R_OK):
+    if not fs.is_url(path) and not os.access(fs.local_path(path), os.R_OK):
         raise WdistError(path, "permission denied")
     return load_file(path, fmt)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import io
-import os
 import struct
 from dataclasses import dataclass, field
 from types import FunctionType
@@ -975,9 +974,11 @@ def measure(root: Any, max_nodes: int = MAX_GRAPH, max_depth: int = MAX_DEPTH) -
 
 
 def _opcode_limit(path: str) -> int:
+    from wdist.loaders import fs
+
     try:
-        on_disk = os.stat(path).st_size
-    except (OSError, ValueError, TypeError):
+        on_disk = fs.size(path)
+    except (OSError, ValueError, TypeError, WdistError):
         on_disk = 0
     return min(MAX_OPCODES, on_disk + OPCODE_SLACK)
 

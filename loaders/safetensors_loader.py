@@ -4,9 +4,9 @@ bounded ranges. No torch, no safetensors package needed for reading; every dtype
 from __future__ import annotations
 
 import json
-import os
 import re
 
+from wdist.loaders import fs
 from wdist.loaders.errors import CorruptCheckpointError
 from wdist.loaders.fileio import RangeReader, file_size
 from wdist.loaders.model import Checkpoint, Format, TensorRef, dtype_itemsize
@@ -28,13 +28,12 @@ def read_header(path: str) -> tuple[dict, dict, int]:
     size = file_size(path)
     if size < 8:
         raise CorruptCheckpointError(path, "file too small for a safetensors header")
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if n > MAX_HEADER:
-            raise CorruptCheckpointError(path, f"safetensors header length {n} exceeds the {MAX_HEADER}-byte limit")
-        if 8 + n > size:
-            raise CorruptCheckpointError(path, f"safetensors header length {n} runs past the end of the file")
-        raw = f.read(n)
+    n = int.from_bytes(fs.pread(path, 0, 8), "little")
+    if n > MAX_HEADER:
+        raise CorruptCheckpointError(path, f"safetensors header length {n} exceeds the {MAX_HEADER}-byte limit")
+    if 8 + n > size:
+        raise CorruptCheckpointError(path, f"safetensors header length {n} runs past the end of the file")
+    raw = fs.pread(path, 8, n)  # one ranged read: `ls` of a remote file fetches the header only
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -92,7 +91,7 @@ def load_safetensors_files(path: str, files: list[str], variant: str) -> Checkpo
         for name in header:
             if name in owner:  # the same name in two shards: which one is the model's is undecidable
                 raise CorruptCheckpointError(path, f"tensor {name!r} is in two shards: "
-                                             f"{os.path.basename(owner[name])} and {os.path.basename(fp)}")
+                                             f"{fs.basename(owner[name])} and {fs.basename(fp)}")
             owner[name] = fp
         # writers reorder tensors (by dtype, by name); natural name order puts layers.2 before layers.10
         for name, e in sorted(header.items(), key=lambda kv: _natural(kv[0])):
@@ -103,7 +102,7 @@ def load_safetensors_files(path: str, files: list[str], variant: str) -> Checkpo
             tensors.append(TensorRef(
                 name=name, layer=layer, role=role, shape=shape, dtype=dtype,
                 reader=RangeReader(fp, data_start + e["data_offsets"][0], dtype),
-                unit_axis=default_unit_axis(role, len(shape), keras=False), source=os.path.basename(fp)))
+                unit_axis=default_unit_axis(role, len(shape), keras=False), source=fs.basename(fp)))
     fix_norm_biases(tensors)
     return Checkpoint(path=path, format=Format.SAFETENSORS, variant=variant, tensors=tensors,
                       metadata=metadata, sources=list(files))

@@ -1,0 +1,348 @@
+"""PyTorch Distributed Checkpoint folders written by torch.distributed.checkpoint.save in this process
+(no process group: no_dist=True), read without torch.distributed through the restricted unpickler."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import run
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wdist.analyzers.inspect import Options, analyse
+from wdist.loaders import Role, open_checkpoint
+from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError, WdistError
+from wdist.loaders.fmt_dcp import PLUGIN, ChunkedReader, sniff, sniff_dir
+
+dcp = pytest.importorskip("torch.distributed.checkpoint")
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+MARKER = "/tmp/wdist-dcp-fuzz-marker"
+
+
+def _save(state: dict, path: Path, **kw) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is disabled ... assuming a single process"
+        dcp.save(state, no_dist=True, **kw) if "storage_writer" in kw else dcp.save(state, checkpoint_id=str(path),
+                                                                                      no_dist=True, **kw)
+    return path
+
+
+def _model_and_optim() -> tuple[dict, dict]:
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    m(torch.randn(2, 3, 4, 4)).sum().backward()
+    opt.step()
+    return m.state_dict(), opt.state_dict()
+
+
+@pytest.fixture(scope="module")
+def train_ckpt(tmp_path_factory) -> tuple[Path, dict]:
+    sd, osd = _model_and_optim()
+    state = {"model": sd, "optim": osd, "step": 5, "bf": torch.randn(3, 2).to(torch.bfloat16)}
+    path = _save(state, tmp_path_factory.mktemp("dcp") / "ckpt")
+    flat = {f"model.{k}": v for k, v in sd.items()}
+    flat.update({f"optim.state.{i}.{k}": v for i, s in osd["state"].items() for k, v in s.items()})
+    flat["bf"] = state["bf"]
+    return path, flat
+
+
+def _split_planner(splits: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]):
+    """A SavePlanner that writes the named tensors as several chunks, the way several FSDP/DTensor ranks
+    would: each chunk is its own WriteItem with ChunkStorageMetadata(offsets, sizes)."""
+    import dataclasses
+
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
+    from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, WriteItemType
+
+    class Split(DefaultSavePlanner):
+        def create_local_plan(self):  # type: ignore[no-untyped-def]
+            plan = super().create_local_plan()
+            items = []
+            for it in plan.items:
+                if it.index.fqn not in splits:
+                    items.append(it)
+                    continue
+                for offs, sz in splits[it.index.fqn]:
+                    chunk = ChunkStorageMetadata(torch.Size(offs), torch.Size(sz))
+                    items.append(WriteItem(index=MetadataIndex(it.index.fqn, torch.Size(offs)), type=WriteItemType.SHARD,
+                                           tensor_data=TensorWriteData(chunk=chunk, properties=it.tensor_data.properties,
+                                                                       size=it.tensor_data.size)))
+            self.plan = dataclasses.replace(plan, items=items)
+            return self.plan
+
+        def resolve_data(self, wi):  # type: ignore[no-untyped-def]
+            if wi.index.fqn not in splits:
+                return super().resolve_data(wi)
+            t = self.state_dict[wi.index.fqn]
+            for d, (o, s) in enumerate(zip(wi.tensor_data.chunk.offsets, wi.tensor_data.chunk.sizes)):
+                t = t.narrow(d, o, s)
+            return t.contiguous()
+
+    return Split()
+
+
+SPLITS: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {
+    "rows": [((0, 0), (3, 6)), ((3, 0), (5, 6))],  # FSDP-like Shard(0)
+    "grid": [((0, 0), (2, 3)), ((0, 3), (2, 4)), ((2, 0), (3, 7))],  # 2-D: column and row pieces
+    "cube": [((0, 0, 0), (2, 3, 2)), ((0, 0, 2), (2, 3, 2)), ((2, 0, 0), (1, 3, 4))],
+}
+
+
+@pytest.fixture(scope="module")
+def sharded_ckpt(tmp_path_factory) -> tuple[Path, dict]:
+    state = {"rows": torch.arange(48.0).reshape(8, 6), "grid": torch.randn(5, 7), "cube": torch.randn(3, 3, 4),
+             "replicated": torch.randn(4)}
+    path = _save(state, tmp_path_factory.mktemp("dcps") / "ckpt", planner=_split_planner(SPLITS))
+    return path, state
+
+
+def test_plain_training_state(train_ckpt):
+    path, flat = train_ckpt
+    ck = PLUGIN.load(str(path))
+    assert ck.format == "torch-dcp" and ck.variant == "single-chunk"
+    assert ck.metadata.get("step") == 5
+    assert ck.unsafe_globals == [] and ck.warnings == []
+    by = {t.name: t for t in ck.tensors}
+    assert set(flat) <= set(by)
+    for name, v in flat.items():
+        np.testing.assert_array_equal(by[name].read(), v.float().numpy(), err_msg=name)
+    assert by["bf"].dtype == "bfloat16" and by["model.0.weight"].dtype == "float32"
+    assert by["model.1.num_batches_tracked"].dtype == "int64"
+    assert by["model.0.weight"].role is Role.WEIGHT and by["model.0.weight"].unit_axis == 0
+    assert by["model.0.bias"].role is Role.BIAS
+    assert by["model.1.weight"].role is Role.NORM and by["model.1.bias"].role is Role.NORM
+    assert by["model.1.running_mean"].role is Role.RUNNING_STAT
+    assert by["optim.state.0.exp_avg"].role is Role.OPTIMIZER_STATE
+    assert by["model.3.weight"].layer == "model.3"
+
+
+def test_sharded_tensors_assembled_from_chunks(sharded_ckpt):
+    path, state = sharded_ckpt
+    ck = PLUGIN.load(str(path))
+    assert ck.variant == "sharded"
+    by = {t.name: t for t in ck.tensors}
+    for name, v in state.items():
+        np.testing.assert_array_equal(by[name].read(), v.numpy(), err_msg=name)
+        # chunk boundaries never line up with the read boundaries here
+        for step in (1, 5, 11):
+            got = np.concatenate([c.copy() for _, c in by[name].chunks(max_elems=step)])
+            np.testing.assert_array_equal(got, v.numpy().ravel(), err_msg=f"{name} step {step}")
+    assert isinstance(by["grid"].reader, ChunkedReader) and len(by["grid"].reader.chunks) == 3
+    assert not isinstance(by["replicated"].reader, ChunkedReader)
+
+
+def test_several_storage_files(tmp_path):
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    state = {f"l{i}.weight": torch.randn(3, 2) for i in range(4)}
+    _save(state, tmp_path, storage_writer=FileSystemWriter(str(tmp_path / "ck"), thread_count=2))
+    files = sorted(n for n in os.listdir(tmp_path / "ck") if n.endswith(".distcp"))
+    assert len(files) == 2
+    ck = PLUGIN.load(str(tmp_path / "ck"))
+    assert {t.source for t in ck.tensors} == set(files)
+    for t in ck.tensors:
+        np.testing.assert_array_equal(t.read(), state[t.name].numpy())
+
+
+def test_detection_and_path_forms(train_ckpt, tmp_path):
+    path, _ = train_ckpt
+    meta = path / ".metadata"
+    assert sniff(meta.read_bytes()[:4096], str(meta))
+    assert sniff_dir(str(path)) and not sniff_dir(str(tmp_path))
+    assert open_checkpoint(str(meta)).format == "torch-dcp"  # the .metadata file names the folder
+    shard = next(p for p in path.iterdir() if p.suffix == ".distcp")
+    assert open_checkpoint(str(shard)).format == "torch-dcp"
+    with pytest.raises(UnsupportedFormatError):
+        PLUGIN.load(str(tmp_path))
+
+
+def _rewrite_metadata(src: Path, dst: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+    """A copy of the folder whose Metadata object (unpickled here by the test, which trusts it) was edited."""
+    shutil.copytree(src, dst)
+    with open(dst / ".metadata", "rb") as f:
+        md = pickle.load(f)
+    edit(md)
+    with open(dst / ".metadata", "wb") as f:
+        pickle.dump(md, f)
+    return dst
+
+
+def test_hostile_metadata_is_refused(sharded_ckpt, tmp_path):
+    path, _ = sharded_ckpt
+
+    def storage(md):  # type: ignore[no-untyped-def]
+        return next(v for k, v in md.storage_data.items() if k.fqn == "replicated")
+
+    def traversal(md):  # type: ignore[no-untyped-def]
+        storage(md).relative_path = "../../etc/passwd.distcp"
+
+    def past_end(md):  # type: ignore[no-untyped-def]
+        storage(md).offset = 10 ** 9
+
+    def overlap(md):  # type: ignore[no-untyped-def]
+        md.state_dict_metadata["grid"].chunks[1].offsets = torch.Size((0, 2))
+
+    def outside(md):  # type: ignore[no-untyped-def]
+        md.state_dict_metadata["rows"].chunks[1].sizes = torch.Size((9, 6))
+
+    def wrong_dtype(md):  # type: ignore[no-untyped-def]
+        md.state_dict_metadata["replicated"].properties.dtype = torch.float16
+
+    def transforms(md):  # type: ignore[no-untyped-def]
+        storage(md).transform_descriptors = ["zstd"]
+
+    for edit, match in ((traversal, "not a .distcp file of this folder"), (past_end, "outside"),
+                        (overlap, "overlap|elements"), (outside, "outside its shape"), (wrong_dtype, "dtype"),
+                        (transforms, "transforms")):
+        d = _rewrite_metadata(path, tmp_path / edit.__name__, edit)
+        with pytest.raises(CorruptCheckpointError, match=match):
+            PLUGIN.load(str(d))
+    shutil.copytree(path, tmp_path / "trunc")
+    f = next(p for p in (tmp_path / "trunc").iterdir() if p.suffix == ".distcp")
+    f.write_bytes(f.read_bytes()[:300])
+    with pytest.raises(CorruptCheckpointError):
+        PLUGIN.load(str(tmp_path / "trunc"))
+    (tmp_path / "trunc" / ".metadata").write_bytes(b"\x80\x04K\x05.")
+    with pytest.raises(CorruptCheckpointError, match="Metadata"):
+        PLUGIN.load(str(tmp_path / "trunc"))
+
+
+class Payload:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {MARKER}",))
+
+
+def test_payload_in_metadata_never_runs(train_ckpt, tmp_path):
+    path, _ = train_ckpt
+
+    def evil(md):  # type: ignore[no-untyped-def]
+        md.planner_data = Payload()
+
+    d = _rewrite_metadata(path, tmp_path / "evil", evil)
+    ck = PLUGIN.load(str(d))
+    assert not os.path.exists(MARKER)
+    assert "posix.system" in ck.unsafe_globals and ck.warnings
+    assert len(ck.tensors) > 0
+
+
+def test_cli_ls_inspect_diff_check(train_ckpt, tmp_path):
+    path, flat = train_ckpt
+    r = run("ls", str(path / ".metadata"), "--format", "json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["checkpoint"]["format"] == "torch-dcp"
+    assert {t["name"] for t in doc["tensors"]} >= set(flat)
+    r = run("inspect", str(path / ".metadata"), "--format", "json", "-j", "1")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    w = next(t for t in doc["tensors"] if t["name"] == "model.0.weight")
+    assert w["stats"]["l2_norm"] == pytest.approx(float(flat["model.0.weight"].double().norm()), rel=1e-6)
+    # the same weights as a torch.save file: every model tensor matches (the "model." prefix is a wrapper)
+    sd = {k[len("model."):]: v for k, v in flat.items() if k.startswith("model.")}
+    torch.save(sd, tmp_path / "same.pt")
+    r = run("diff", str(tmp_path / "same.pt"), str(path / ".metadata"), "--format", "json", "-j", "1")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    matched = [t for t in d["tensors"] if t["status"] == "matched"]
+    assert len(matched) == 6 and all(t["change"]["rel_l2_change"] == 0 for t in matched)
+    r = run("check", str(path / ".metadata"), "--rule", "model: nan_count == 0", "--no-config", "-j", "1")
+    assert r.exit_code == 0, r.output
+
+
+def _folder_bytes(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in path.iterdir()}
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=6),
+       which=st.sampled_from([".metadata", "__0_0.distcp"]))
+def test_fuzz_metadata_and_storage(sharded_ckpt, tmp_path_factory, edits, which):
+    path, _ = sharded_ckpt
+    d = tmp_path_factory.mktemp("fz")
+    for name, data in _folder_bytes(path).items():
+        b = bytearray(data)
+        if name == which:
+            for pos, val in edits:
+                b[pos % len(b)] = val
+        (d / name).write_bytes(bytes(b))
+    try:
+        ck = open_checkpoint(str(d / ".metadata"))
+        analyse(ck, Options(jobs=1, roles=tuple(Role)))
+    except WdistError:
+        pass
+    assert not os.path.exists(MARKER)
+
+
+def test_reads_are_bounded_to_the_needed_chunk_bytes(sharded_ckpt, monkeypatch):
+    """A read of a few elements touches only the chunks holding them, never whole chunks."""
+    path, state = sharded_ckpt
+    ck = PLUGIN.load(str(path))
+    grid = next(t for t in ck.tensors if t.name == "grid")
+    seen: list[int] = []
+    real = os.preadv
+
+    def spy(fd, bufs, pos):  # type: ignore[no-untyped-def]
+        seen.append(sum(len(b) for b in bufs))
+        return real(fd, bufs, pos)
+
+    monkeypatch.setattr(os, "preadv", spy)
+    got = grid.reader.read_raw(3, 2)  # row 0, cols 3..4: only chunk 2 (offsets (0, 3))
+    np.testing.assert_array_equal(got, state["grid"].numpy().ravel()[3:5])
+    assert seen == [8]
+
+
+_TWO_RANKS = '''
+import os, sys, warnings
+import torch, torch.distributed as dist, torch.multiprocessing as mp
+
+def worker(rank, out, port):
+    warnings.simplefilter("ignore")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    import torch.distributed.checkpoint as dcp
+    mesh = init_device_mesh("cpu", (2,))
+    full = {"w0": torch.arange(35.).reshape(7, 5), "w1": torch.arange(24.).reshape(4, 6), "rep": torch.ones(3)}
+    sd = {"w0": distribute_tensor(full["w0"], mesh, [Shard(0)]), "w1": distribute_tensor(full["w1"], mesh, [Shard(1)]),
+          "rep": distribute_tensor(full["rep"], mesh, [Replicate()])}
+    dcp.save(sd, checkpoint_id=out)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(sys.argv[1], sys.argv[2]), nprocs=2)
+'''
+
+
+@pytest.mark.slow
+def test_two_rank_dtensor_checkpoint(tmp_path):
+    """Two real gloo ranks save DTensors sharded on dim 0 and dim 1 plus a replicated one (~30 s)."""
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "two_ranks.py"
+    script.write_text(_TWO_RANKS)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    subprocess.run([sys.executable, str(script), str(tmp_path / "ck"), port], check=True, timeout=300,
+                   capture_output=True)
+    assert sorted(n for n in os.listdir(tmp_path / "ck") if n.endswith(".distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    ck = open_checkpoint(str(tmp_path / "ck" / ".metadata"))
+    by = {t.name: t for t in ck.tensors}
+    assert ck.variant == "sharded"
+    np.testing.assert_array_equal(by["w0"].read(), np.arange(35.0).reshape(7, 5))
+    np.testing.assert_array_equal(by["w1"].read(), np.arange(24.0).reshape(4, 6))
+    np.testing.assert_array_equal(by["rep"].read(), np.ones(3))
+    assert len(by["w1"].reader.chunks) == 2 and by["w1"].source == "__0_0.distcp,__1_0.distcp"

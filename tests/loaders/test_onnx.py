@@ -1,0 +1,437 @@
+"""ONNX: models written by onnx.helper / onnx.save_model (single file and external data) and by
+torch.onnx.export, read by wdist's own protobuf reader without the onnx package."""
+
+from __future__ import annotations
+
+import json
+import os
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wdist.analyzers.inspect import Options, analyse
+from wdist.cli.main import cli
+from wdist.loaders import Role, open_checkpoint
+from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError, WdistError
+from wdist.loaders.fileio import RangeReader
+from wdist.loaders.fmt_onnx import PLUGIN, TypedReader, load_onnx
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto as TP  # noqa: E402
+from onnx import helper  # noqa: E402
+from onnx import numpy_helper as nh  # noqa: E402
+
+RNG = np.random.default_rng(0)
+
+
+def arr(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+INITS: dict[str, np.ndarray] = {
+    "fc1.weight": arr(8, 16), "fc1.bias": arr(8),                  # Gemm transB=1: (out, in)
+    "fc2_w": arr(8, 4), "fc2_b": arr(4),                           # Gemm transB=0: (in, out)
+    "proj": arr(4, 6), "proj_bias": arr(6),                        # MatMul + Add
+    "conv.weight": arr(5, 3, 3, 3), "conv.bias": arr(5),           # Conv
+    "up_w": arr(3, 2, 2, 2),                                       # ConvTranspose: (in, out/group, k, k)
+    "bn_scale": arr(5), "bn_b": arr(5), "bn_mean": arr(5), "bn_var": np.abs(arr(5)),
+    "ln_scale": arr(6), "ln_bias": arr(6),
+    "emb_table": arr(10, 16),
+}
+
+
+def graph_model(typed: bool = False) -> Any:
+    """A graph touching every op wdist assigns roles from; typed=True also adds typed-field initializers."""
+    nodes = [
+        helper.make_node("Gather", ["emb_table", "ids"], ["e"], name="/embed/Gather"),
+        helper.make_node("Gemm", ["e", "fc1.weight", "fc1.bias"], ["h1"], transB=1, name="/fc1/Gemm"),
+        helper.make_node("Gemm", ["h1", "fc2_w", "fc2_b"], ["h2"], name="/fc2/Gemm"),
+        helper.make_node("MatMul", ["h2", "proj"], ["h3"], name="/proj/MatMul"),
+        helper.make_node("Add", ["h3", "proj_bias"], ["h4"], name="/proj/Add"),
+        helper.make_node("LayerNormalization", ["h4", "ln_scale", "ln_bias"], ["y"], name="/ln/LayerNormalization"),
+        helper.make_node("Conv", ["img", "conv.weight", "conv.bias"], ["c"], name="/conv/Conv"),
+        helper.make_node("BatchNormalization", ["c", "bn_scale", "bn_b", "bn_mean", "bn_var"], ["b"],
+                         name="/bn/BatchNormalization"),
+        helper.make_node("ConvTranspose", ["b", "up_w"], ["u"], name="/up/ConvTranspose"),
+    ]
+    inits = [nh.from_array(v, k) for k, v in INITS.items()]
+    if typed:
+        inits += [
+            helper.make_tensor("t_f32", TP.FLOAT, [2, 3], arr(6).tolist()),
+            helper.make_tensor("t_f16", TP.FLOAT16, [4], [1.5, -2.0, 0.25, 65504.0]),
+            helper.make_tensor("t_bf16", TP.BFLOAT16, [3], [1.5, -2.0, 3.0]),
+            helper.make_tensor("t_f8", TP.FLOAT8E4M3FN, [3], [1.5, -2.0, 448.0]),
+            helper.make_tensor("t_f8e5", TP.FLOAT8E5M2, [2], [1.5, -2.0]),
+            helper.make_tensor("t_f64", TP.DOUBLE, [2], [1.25, -7.5]),
+            helper.make_tensor("t_i8", TP.INT8, [3], [-3, 4, -128]),
+            helper.make_tensor("t_i32", TP.INT32, [3], [-(1 << 31), 0, (1 << 31) - 1]),
+            helper.make_tensor("t_i64", TP.INT64, [2], [-5, 1 << 40]),
+            helper.make_tensor("t_u64", TP.UINT64, [2], [1, (1 << 64) - 1]),
+            helper.make_tensor("t_bool", TP.BOOL, [3], [True, False, True]),
+            nh.from_array(np.array([1.5, -2.0], np.float16), "r_f16"),
+            nh.from_array(np.arange(6, dtype=np.int64).reshape(2, 3), "r_i64"),
+            helper.make_tensor("empty", TP.FLOAT, [0, 4], []),
+        ]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TP.INT64, [2]),
+                                       helper.make_tensor_value_info("img", TP.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, None),
+                           helper.make_tensor_value_info("u", TP.FLOAT, None)], initializer=inits)
+    m = helper.make_model(g, producer_name="wdist-test", opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(m, {"author": "tests"})
+    return m
+
+
+def reference(path: Path) -> dict[str, np.ndarray]:
+    m = onnx.load(str(path))  # loads external data too
+    return {t.name: nh.to_array(t) for t in m.graph.initializer}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    onnx.save_model(graph_model(typed=True), str(p))
+    return p
+
+
+@pytest.fixture(scope="module")
+def external(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("onnx_ext") / "model.onnx"
+    onnx.save_model(graph_model(typed=True), str(p), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=128)
+    return p
+
+
+def _check_values(path: Path) -> None:
+    ref = reference(path)
+    with open_checkpoint(str(path)) as ck:
+        by = {t.name: t for t in ck.tensors}
+        assert sorted(by) == sorted(ref)
+        for name, want in ref.items():
+            t = by[name]
+            assert t.shape == want.shape, name
+            assert t.dtype == str(want.dtype), name
+            got = t._raw(0, t.numel)
+            if t.is_float:
+                np.testing.assert_array_equal(t.read(), want.astype(np.float32), err_msg=name)
+            else:
+                np.testing.assert_array_equal(got.reshape(want.shape), want, err_msg=name)
+
+
+def test_single_file_every_initializer_and_dtype(single):
+    _check_values(single)
+    with open_checkpoint(str(single)) as ck:
+        assert (ck.format, ck.variant) == ("onnx", "single file")
+        assert ck.metadata["producer_name"] == "wdist-test" and ck.metadata["opset"] == 17
+        assert ck.metadata["author"] == "tests" and ck.metadata["graph_name"] == "g"
+        by = {t.name: t for t in ck.tensors}
+        assert isinstance(by["fc1.weight"].reader, RangeReader)  # raw_data, read by range
+        assert isinstance(by["t_i8"].reader, TypedReader)  # int32_data varints
+        assert isinstance(by["t_f32"].reader, RangeReader)  # packed float_data is contiguous too
+
+
+def test_external_data(external):
+    d = external.parent
+    assert (d / "model.onnx.data").stat().st_size > 0
+    _check_values(external)
+    with open_checkpoint(str(external)) as ck:
+        assert ck.variant == "external data"
+        assert str(d / "model.onnx.data") in ck.sources
+        by = {t.name: t for t in ck.tensors}
+        assert by["emb_table"].reader.path == str(d / "model.onnx.data")
+        assert by["fc1.bias"].source == "model.onnx"  # under the size threshold: stays inline
+        assert by["t_i8"].source == "model.onnx"  # typed fields are never moved out
+
+
+def test_roles_and_output_axes_from_the_graph(single):
+    with open_checkpoint(str(single)) as ck:
+        by = {t.name: (t.role, t.unit_axis) for t in ck.tensors}
+        layers = {t.name: t.layer for t in ck.tensors}
+    assert by["fc1.weight"] == (Role.WEIGHT, 0)  # Gemm transB=1: (out, in)
+    assert by["fc1.bias"] == (Role.BIAS, None)
+    assert by["fc2_w"] == (Role.WEIGHT, 1)  # Gemm transB=0: (in, out)
+    assert by["fc2_b"] == (Role.BIAS, None)
+    assert by["proj"] == (Role.WEIGHT, 1)  # MatMul x @ W
+    assert by["proj_bias"] == (Role.BIAS, None)  # Add after MatMul
+    assert by["conv.weight"] == (Role.WEIGHT, 0) and by["conv.bias"] == (Role.BIAS, None)
+    assert by["up_w"] == (Role.WEIGHT, 1)  # ConvTranspose: (in, out/group, ...)
+    assert by["bn_scale"] == (Role.NORM, None) and by["bn_b"] == (Role.NORM, None)
+    assert by["bn_mean"] == (Role.RUNNING_STAT, None) and by["bn_var"] == (Role.RUNNING_STAT, None)
+    assert by["ln_scale"] == (Role.NORM, None) and by["ln_bias"] == (Role.NORM, None)
+    assert by["emb_table"] == (Role.EMBEDDING, 0)
+    assert by["t_i64"][0] is Role.OTHER
+    # dotted names keep their own layer; others take the consuming node's (torch.onnx.export naming)
+    assert layers["fc1.weight"] == "fc1" and layers["proj"] == "proj" and layers["bn_scale"] == "bn"
+
+
+@pytest.fixture(scope="module")
+def torch_export(tmp_path_factory) -> tuple[Path, Path, dict]:
+    import torch
+    from safetensors.torch import save_file
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    d = tmp_path_factory.mktemp("torch_onnx")
+    onnx_path = d / "m.onnx"
+    m.train()
+    # the dynamo exporter needs onnxscript (not installed); the TorchScript exporter works offline
+    torch.onnx.export(m, (torch.randn(2, 3, 8, 8),), str(onnx_path), dynamo=False,
+                      training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False)
+    sd = {k: v.detach().clone().contiguous() for k, v in m.state_dict().items() if v.is_floating_point()}
+    st_path = d / "m.safetensors"
+    save_file(sd, str(st_path))
+    return onnx_path, st_path, sd
+
+
+def test_torch_export_matches_safetensors(torch_export):
+    onnx_path, st_path, sd = torch_export
+    opts = Options(jobs=1, roles=tuple(Role))
+    with open_checkpoint(str(onnx_path)) as a, open_checkpoint(str(st_path)) as b:
+        ta = {t.name: t for t in a.tensors}
+        tb = {t.name: t for t in b.tensors}
+        assert set(ta) == set(sd)
+        for name in sd:
+            assert (ta[name].role, ta[name].unit_axis, ta[name].shape) == \
+                (tb[name].role, tb[name].unit_axis, tb[name].shape), name
+            np.testing.assert_array_equal(ta[name].read(), sd[name].numpy())
+        ra, rb = analyse(a, opts), analyse(b, opts)
+    sa = {t.name: t.stats for t in ra.tensors}
+    sb = {t.name: t.stats for t in rb.tensors}
+    assert sa == sb
+    res = CliRunner().invoke(cli, ["diff", str(st_path), str(onnx_path), "--format", "json", "-j", "1", "--role", "all"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["summary"]["statuses"] == {"matched": len(sd)}
+    assert all(t["change"]["max_abs_change"] == 0.0 for t in out["tensors"])
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    r = CliRunner().invoke(cli, list(args))
+    return r.exit_code, r.output
+
+
+def test_cli_on_external_data(external):
+    code, out = _cli("ls", str(external), "--format", "json")
+    assert code == 0, out
+    ls = json.loads(out)
+    assert ls["checkpoint"]["format"] == "onnx" and ls["checkpoint"]["variant"] == "external data"
+    code, out = _cli("inspect", str(external), "--format", "json", "-j", "2", "--tensors")
+    assert code == 0, out
+    tens = {t["name"]: t for t in json.loads(out)["tensors"]}
+    assert tens["emb_table"]["stats"]["max"] == pytest.approx(float(INITS["emb_table"].max()))
+    assert tens["conv.weight"]["stats"]["units"] == 5
+    assert tens["fc2_w"]["stats"]["units"] == 4  # the output axis of a (in, out) Gemm weight
+    code, out = _cli("check", str(external), "--no-config", "--rule", "model: nan_count == 0")
+    assert code == 0, out
+    code, out = _cli("check", str(external), "--no-config", "--rule", "model: zero_fraction >= 0.5")
+    assert code == 1, out
+
+
+def test_large_inline_initializer_is_not_loaded_while_parsing(tmp_path):
+    big = np.ones((2048, 4096), np.float32)  # 32 MiB of raw_data
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TP.FLOAT, [1, 2048])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [1, 4096])], [nh.from_array(big, "w")])
+    p = tmp_path / "big.onnx"
+    onnx.save_model(helper.make_model(g), str(p))
+    tracemalloc.start()
+    try:
+        ck = load_onnx(str(p))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20, f"parsing allocated {peak} bytes"
+    (t,) = ck.tensors
+    assert t.shape == (2048, 4096) and t.unit_axis == 1
+    chunk = next(t.chunks(max_elems=4096))[1]
+    assert chunk.size == 4096 and float(chunk.sum()) == 4096.0
+
+
+# ---- external data that must not be followed ---------------------------------------------------------
+
+def _ext_model(d: Path, location: str, offset: str | None = None, length: str | None = None) -> Path:
+    t = onnx.TensorProto()
+    t.name, t.data_type = "w.weight", TP.FLOAT
+    t.dims.extend([2, 2])
+    t.data_location = TP.EXTERNAL
+    for k, v in (("location", location), ("offset", offset), ("length", length)):
+        if v is not None:
+            e = t.external_data.add()
+            e.key, e.value = k, v
+    g = helper.make_graph([], "g", [], [], [t])
+    p = d / "m.onnx"
+    p.write_bytes(helper.make_model(g).SerializeToString())
+    return p
+
+
+def test_external_data_paths_are_confined(tmp_path):
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "ok.bin").write_bytes(bytes(8) + np.arange(4, dtype=np.float32).tobytes())
+    (d / "link.bin").symlink_to(outside)
+    with open_checkpoint(str(_ext_model(d, "ok.bin", "8", "16"))) as ck:
+        np.testing.assert_array_equal(ck.tensors[0].read(), np.arange(4, dtype=np.float32).reshape(2, 2))
+    cases = {
+        str(outside): "not a relative path",
+        "../secret.bin": "not a relative path",
+        "sub/../../secret.bin": "not a relative path",
+        "link.bin": "resolves outside",
+        "missing.bin": "is missing",
+        "": "not a relative path",
+    }
+    for loc, why in cases.items():
+        with pytest.raises(CorruptCheckpointError, match=why):
+            open_checkpoint(str(_ext_model(d, loc)))
+    for off, length, why in [("16", "16", "runs past the end"), ("0", "12", "needs 16 bytes"),
+                             ("-1", "16", "not a number"), ("1e3", None, "not a number"), ("0x10", None, "not a number")]:
+        with pytest.raises(CorruptCheckpointError, match=why):
+            open_checkpoint(str(_ext_model(d, "ok.bin", off, length)))
+
+
+def test_external_data_in_a_hugging_face_cache(tmp_path, external):
+    # snapshots/REV/ holds symlinks into the repository's blobs/ folder: that is still inside the model
+    repo = tmp_path / "models--org--name"
+    (repo / "blobs").mkdir(parents=True)
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    for i, f in enumerate(("model.onnx", "model.onnx.data")):
+        blob = repo / "blobs" / f"blob{i}"
+        blob.write_bytes((external.parent / f).read_bytes())
+        (snap / f).symlink_to(os.path.relpath(blob, snap))
+    with open_checkpoint(str(snap / "model.onnx")) as ck:
+        by = {t.name: t for t in ck.tensors}
+        np.testing.assert_array_equal(by["emb_table"].read(), INITS["emb_table"])
+
+
+# ---- malformed protobuf ------------------------------------------------------------------------------
+
+def _varint(v: int) -> bytes:
+    out = b""
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out += bytes([b | (0x80 if v else 0)])
+        if not v:
+            return out
+
+
+def _ld(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _model_with(tensor: bytes) -> bytes:
+    return b"\x08\x09" + _ld(7, _ld(5, tensor))
+
+
+def _tensor(dims: list[int], dtype: int, name: bytes = b"t", raw: bytes | None = None, extra: bytes = b"") -> bytes:
+    out = b"".join(b"\x08" + _varint(d & 0xFFFFFFFFFFFFFFFF) for d in dims) + b"\x10" + _varint(dtype)
+    out += _ld(8, name)
+    if raw is not None:
+        out += _ld(9, raw)
+    return out + extra
+
+
+GOOD = _model_with(_tensor([2], 1, b"a.weight", raw=np.array([1, 2], np.float32).tobytes()))
+BAD = {
+    "truncated": (GOOD[:-3], CorruptCheckpointError, "runs past"),
+    "no graph": (b"\x08\x09\x12\x03abc", CorruptCheckpointError, "no graph"),
+    "random": (bytes(RNG.integers(0, 256, 200, dtype=np.uint8)), WdistError, ""),
+    "group wire type": (b"\x08\x09\x3b", CorruptCheckpointError, "wire type"),
+    "huge length": (b"\x08\x09\x3a" + _varint(1 << 60), CorruptCheckpointError, "runs past"),
+    "varint too long": (b"\x08" + b"\xff" * 11, CorruptCheckpointError, "longer than 10"),
+    "field zero": (b"\x08\x09\x02\x00", CorruptCheckpointError, "field number 0"),
+    "raw size mismatch": (_model_with(_tensor([3], 1, raw=bytes(8))), CorruptCheckpointError, "needs 12 bytes"),
+    "negative dim": (_model_with(_tensor([-1], 1, raw=b"")), CorruptCheckpointError, "negative"),
+    "terabyte dims": (_model_with(_tensor([1 << 30, 1 << 30, 1 << 10], 1, raw=bytes(4))), CorruptCheckpointError,
+                      "absurd"),
+    "unknown dtype": (_model_with(_tensor([1], 99, raw=bytes(4))), CorruptCheckpointError, "unknown data type"),
+    "undefined dtype": (_model_with(_tensor([1], 0, raw=bytes(4))), CorruptCheckpointError, "unknown data type"),
+    "no data": (_model_with(_tensor([4], 1)), CorruptCheckpointError, "typed data holds 0"),
+    "typed count short": (_model_with(_tensor([4], 6, extra=_ld(5, b"\x01\x02"))), CorruptCheckpointError,
+                          "cannot hold"),
+    "wrong typed field": (_model_with(_tensor([1], 1, extra=_ld(7, b"\x01"))), CorruptCheckpointError,
+                          "does not fit"),
+    "segment": (_model_with(_tensor([1], 1, raw=bytes(4), extra=_ld(3, b"\x08\x00\x10\x01"))),
+                UnsupportedFormatError, "segments"),
+    "duplicate names": (b"\x08\x09" + _ld(7, _ld(5, _tensor([1], 1, raw=bytes(4))) * 2), CorruptCheckpointError,
+                        "appears twice"),
+    "bad utf8 name": (_model_with(_tensor([1], 1, name=b"\xff\xfe", raw=bytes(4))), CorruptCheckpointError, "UTF-8"),
+    "typed values more than the shape": (_model_with(_tensor([2], 10, extra=_ld(5, b"\x01\x02\x03"))),
+                                         CorruptCheckpointError, "holds 3 values, the shape needs 2"),
+    "varint ends early in typed data": (_model_with(_tensor([1], 10, extra=_ld(5, b"\x81"))), CorruptCheckpointError,
+                                        "cannot be read|inside a varint"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(BAD))
+def test_malformed_files_are_one_typed_error(tmp_path, what):
+    data, exc, match = BAD[what]
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(data)
+    with pytest.raises(exc, match=match) as ei, open_checkpoint(str(p)) as ck:
+        analyse(ck, Options(jobs=1, roles=tuple(Role)))
+    assert ei.value.path == str(p)
+    code, out = _cli("inspect", str(p), "-j", "1", "--role", "all")
+    assert code == 2 and out.startswith("wdist: error:") and out.count("\n") == 1, out
+
+
+def test_hand_built_model_reads(tmp_path):
+    p = tmp_path / "h.onnx"
+    p.write_bytes(GOOD)
+    with open_checkpoint(str(p)) as ck:
+        np.testing.assert_array_equal(ck.tensors[0].read(), [1, 2])
+
+
+def test_sniffed_without_extension(tmp_path, single):
+    p = tmp_path / "weights"
+    p.write_bytes(single.read_bytes())
+    with open_checkpoint(str(p)) as ck:
+        assert ck.format == "onnx"
+    assert PLUGIN.sniff is not None and not PLUGIN.sniff(b"GGUF\x03", "x")
+
+
+def test_onnx_package_not_needed(single, monkeypatch):
+    import sys
+
+    for mod in [m for m in sys.modules if m == "onnx" or m.startswith("onnx.")]:
+        monkeypatch.setitem(sys.modules, mod, None)
+    with open_checkpoint(str(single)) as ck:
+        assert len(ck.tensors) == len(INITS) + 14
+
+
+# ---- fuzz: mutated bytes of a valid model (structure and data alike: ONNX is all protobuf) -----------
+
+SEED = graph_model(typed=True).SerializeToString()
+edits = st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=8)
+
+
+@settings(deadline=10_000, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(edits, st.integers(0, 3))
+def test_fuzz_protobuf_bytes(tmp_path, e, cut):
+    b = bytearray(SEED)
+    for pos, val in e:
+        b[pos % len(b)] = val
+    data = bytes(b) if cut else bytes(b[: len(b) // 2])
+    p = tmp_path / "f.onnx"
+    p.write_bytes(data)
+    # the plug-in itself, not through the registry (which turns any stray exception into a WdistError)
+    try:
+        ck = PLUGIN.load(str(p))
+        for t in ck.tensors:
+            if t.reader is not None and t.numel <= 1 << 22:
+                assert t.reader.read_raw(0, t.numel).size == t.numel
+    except WdistError:
+        pass
+    try:
+        with open_checkpoint(str(p)) as ck:
+            analyse(ck, Options(jobs=1, roles=tuple(Role)))
+    except WdistError:
+        pass
+    assert not os.path.exists(tmp_path / "secret")

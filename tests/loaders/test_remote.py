@@ -1,0 +1,215 @@
+"""Remote checkpoints through fsspec, against real servers started here on 127.0.0.1: a range-capable HTTP
+server that counts the bytes it sends, and moto's S3 server with s3fs."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import run
+from safetensors.torch import save_file
+
+from wdist.analyzers.inspect import Options, analyse
+from wdist.loaders import open_checkpoint
+
+pytest.importorskip("fsspec")
+pytest.importorskip("aiohttp")
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with single-range GETs (RFC 7233) and a byte counter."""
+
+    sent: list[int]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def send_head(self):  # type: ignore[no-untyped-def]
+        path = self.translate_path(self.path)
+        rng = self.headers.get("Range")
+        if os.path.isdir(path) or not rng:
+            return super().send_head()
+        m = re.match(r"bytes=(\d*)-(\d*)$", rng)
+        if not m or not os.path.isfile(path):
+            return super().send_head()
+        size = os.path.getsize(path)
+        start = int(m.group(1)) if m.group(1) else size - int(m.group(2))
+        end = min(size - 1, int(m.group(2))) if m.group(1) and m.group(2) else size - 1
+        f = open(path, "rb")  # noqa: SIM115 - closed by copyfile's caller
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        self._left = end - start + 1
+        return f
+
+    def copyfile(self, source, outputfile):  # type: ignore[no-untyped-def]
+        left = getattr(self, "_left", None)
+        while True:
+            n = 1 << 16 if left is None else min(1 << 16, left)
+            if n == 0:
+                break
+            buf = source.read(n)
+            if not buf:
+                break
+            outputfile.write(buf)
+            self.sent.append(len(buf))
+            if left is not None:
+                left -= len(buf)
+        self._left = None
+
+
+@pytest.fixture
+def http_dir(tmp_path):
+    sent: list[int] = []
+    handler = type("H", (_RangeHandler,), {"sent": sent})
+    root = tmp_path / "www"
+    root.mkdir()
+
+    def factory(*a, **k):
+        return handler(*a, directory=str(root), **k)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), factory)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield root, f"http://127.0.0.1:{srv.server_address[1]}", sent
+    srv.shutdown()
+    srv.server_close()
+
+
+def _stats(ck):
+    return {t.name: t.stats for t in analyse(ck, Options(jobs=1)).tensors}
+
+
+def test_ls_of_a_100_mb_file_fetches_only_the_header(http_dir):
+    root, url, sent = http_dir
+    big = {f"layers.{i}.weight": torch.zeros(1024, 1024) for i in range(24)}  # 24 x 4 MiB
+    save_file(big, str(root / "model.safetensors"))
+    assert (root / "model.safetensors").stat().st_size > 100_000_000
+    r = run("ls", f"{url}/model.safetensors", "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["checkpoint"]["tensors"] == 24
+    assert sum(sent) < 1_000_000, f"ls transferred {sum(sent)} bytes"
+
+
+def test_http_results_equal_the_local_file(http_dir, torch_model_sd):
+    root, url, _ = http_dir
+    save_file({k: v.contiguous() for k, v in torch_model_sd.items()}, str(root / "m.safetensors"))
+    torch.save(torch_model_sd, root / "m.pt")
+    torch.save(torch_model_sd, root / "legacy.pt", _use_new_zipfile_serialization=False)
+    for name in ("m.safetensors", "m.pt", "legacy.pt"):
+        assert _stats(open_checkpoint(f"{url}/{name}")) == _stats(open_checkpoint(str(root / name))), name
+
+
+def test_remote_errors_name_the_url(http_dir):
+    _, url, _ = http_dir
+    r = run("inspect", f"{url}/missing.safetensors")
+    assert r.exit_code == 2 and f"{url}/missing.safetensors" in r.output and "Traceback" not in r.output
+
+
+def test_a_missing_backend_names_its_extra():
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here")
+    r = run("ls", "gs://bucket/model.safetensors")
+    assert r.exit_code == 2 and "wdist[gcs]" in r.output
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    srv.start()
+    host, port = srv.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("ckpts")
+    yield fs
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    fsspec.filesystem("s3").clear_instance_cache()
+    srv.stop()
+
+
+def test_s3_sharded_safetensors_pt_and_keras_equal_local(s3, tmp_path, torch_model_sd):
+    local = tmp_path / "model"
+    local.mkdir()
+    items = list(torch_model_sd.items())
+    half = len(items) // 2
+    shards = {"model-00001-of-00002.safetensors": dict(items[:half]),
+              "model-00002-of-00002.safetensors": dict(items[half:])}
+    for name, sd in shards.items():
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(local / name))
+    (local / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {k: name for name, sd in shards.items() for k in sd}}))
+    torch.save(torch_model_sd, tmp_path / "m.pt")
+    keras = Path(__file__).parent.parent / "data" / "keras" / "keras2_mlp_epoch10.h5"
+    for f in local.iterdir():
+        s3.put_file(str(f), f"ckpts/model/{f.name}")
+    s3.put_file(str(tmp_path / "m.pt"), "ckpts/m.pt")
+    s3.put_file(str(keras), "ckpts/k.h5")
+    remote = open_checkpoint("s3://ckpts/model")
+    assert remote.variant == "sharded"
+    assert _stats(remote) == _stats(open_checkpoint(str(local)))
+    assert _stats(open_checkpoint("s3://ckpts/m.pt")) == _stats(open_checkpoint(str(tmp_path / "m.pt")))
+    assert _stats(open_checkpoint("s3://ckpts/k.h5")) == _stats(open_checkpoint(str(keras)))
+    r = run("inspect", "s3://ckpts/m.pt", "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.output)["checkpoint"]["path"] == "s3://ckpts/m.pt"
+    r = run("ls", "s3://ckpts/nope.pt")
+    assert r.exit_code == 2 and "s3://ckpts/nope.pt" in r.output
+    assert "testing" not in r.output  # credentials never printed
+
+
+def test_remote_arrays_are_read_in_bounded_ranges(http_dir):
+    root, url, sent = http_dir
+    w = np.random.default_rng(0).normal(size=(2048, 1024)).astype(np.float32)
+    save_file({"w.weight": torch.from_numpy(w)}, str(root / "w.safetensors"))
+    sizes: list[int] = []
+    import wdist.loaders.fs as fs
+
+    orig = fs.pread
+
+    def spy(path, offset, n):
+        sizes.append(n)
+        return orig(path, offset, n)
+
+    fs.pread = spy  # type: ignore[assignment]
+    try:
+        st = _stats(open_checkpoint(f"{url}/w.safetensors"))
+    finally:
+        fs.pread = orig  # type: ignore[assignment]
+    assert st["w.weight"]["numel"] == w.size
+    assert max(sizes) <= 4 << 20  # never more than one chunk per request
+
+
+def test_s3_trend_over_a_run_folder(s3, tmp_path, torch_model_sd):
+    import wdist
+
+    for step in (1, 2):
+        p = tmp_path / f"step{step}.safetensors"
+        save_file({k: (v * step).contiguous() for k, v in torch_model_sd.items() if v.is_floating_point()}, str(p))
+        s3.put_file(str(p), f"ckpts/run/step{step}.safetensors")
+    tr = wdist.trend("s3://ckpts/run")
+    assert [p.step for p in tr.checkpoints] == [1, 2] and not tr.errors
+    local = wdist.trend([tmp_path / "step1.safetensors", tmp_path / "step2.safetensors"])
+    assert [lt.series for lt in tr.layers] == [lt.series for lt in local.layers]

@@ -1,0 +1,329 @@
+"""TensorFlow checkpoints read without TensorFlow, on fixtures written once by real TensorFlow 2.21
+(tests/data/formats/make_fixtures.py): a Keras 3 model + Adam through tf.train.Checkpoint, a tf.Module in
+three data shards whose largest variable TF split into slices, a SavedModel and a TF1 partitioned variable."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_helpers import run
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wdist.analyzers.inspect import Options, analyse
+from wdist.loaders import Role, open_checkpoint
+from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError, WdistError
+from wdist.loaders.fmt_tf import PLUGIN, crc32c, mask, read_table, slice_key, sniff, sniff_dir, unmask
+
+TF = Path(__file__).parent.parent / "data" / "formats" / "tf"
+KERAS = TF / "keras_adam" / "ckpt.index"
+SHARDED = TF / "module_sharded" / "ckpt.index"
+SAVED = TF / "saved_model"
+TF1 = TF / "tf1_partitioned" / "model.ckpt.index"
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+def values(ck) -> dict[str, np.ndarray]:
+    return {t.name: t.read() for t in ck.tensors}
+
+
+def test_crc32c_known_values_and_masking():
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    assert crc32c(b"") == 0
+    data = np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8)
+    # the blocked numpy path (>= 2 KB) agrees with a byte-at-a-time reference
+    reg = 0xFFFFFFFF
+    for b in data[:3000].tolist():
+        reg ^= b
+        for _ in range(8):
+            reg = (reg >> 1) ^ (0x82F63B78 if reg & 1 else 0)
+    assert crc32c(data[:3000]) == reg ^ 0xFFFFFFFF
+    assert unmask(mask(0x12345678)) == 0x12345678 and mask(0x12345678) != 0x12345678
+
+
+def test_keras_model_and_adam_names_roles_values():
+    ck = PLUGIN.load(str(KERAS))
+    assert ck.format == "tf-checkpoint" and ck.variant == "object-graph"
+    assert ck.metadata == {"step": 1}
+    by = {t.name: t for t in ck.tensors}
+    expected = np.load(TF / "keras_adam_expected.npz")
+    for name in expected:  # Keras's own variable paths, not the object-graph keys
+        np.testing.assert_array_equal(by[name].read(), expected[name])
+    assert by["sequential/hidden/kernel"].role is Role.WEIGHT and by["sequential/hidden/kernel"].unit_axis == 1
+    assert by["sequential/hidden/bias"].role is Role.BIAS
+    assert by["sequential/bn/gamma"].role is Role.NORM and by["sequential/bn/beta"].role is Role.NORM
+    assert by["sequential/bn/moving_mean"].role is Role.RUNNING_STAT
+    assert by["sequential/hidden/kernel"].layer == "sequential/hidden"
+    opt = [t for t in ck.tensors if t.role is Role.OPTIMIZER_STATE]
+    # 6 trainable variables x (momentum, velocity) + iteration + learning rate
+    assert len(opt) == 14 and all(t.name.startswith("adam/") for t in opt)
+    assert by["adam/sequential_hidden_kernel_momentum"].shape == (6, 8)
+    assert len(ck.tensors) == 22 and not ck.warnings
+
+
+def test_sharded_module_with_sliced_variable_all_dtypes():
+    ck = PLUGIN.load(str(SHARDED))
+    assert ck.variant == "object-graph, 3 shards" and not ck.warnings
+    exp = np.load(TF / "module_expected.npz")
+    got = values(ck)
+    assert set(got) == {"embedding", "w16", "wbf", "w64", "count", "big"}
+    dt = {t.name: t.dtype for t in ck.tensors}
+    assert dt == {"embedding": "float32", "w16": "float16", "wbf": "bfloat16", "w64": "float64", "count": "int64",
+                  "big": "float32"}
+    for tf_name, ours in (("emb", "embedding"), ("w16", "w16"), ("wbf", "wbf"), ("big", "big"), ("count", "count")):
+        np.testing.assert_array_equal(got[ours], exp[tf_name].astype(np.float32))
+    np.testing.assert_array_equal(got["w64"], exp["w64"].astype(np.float32))
+    big = next(t for t in ck.tensors if t.name == "big")
+    assert big.source.count("ckpt.data-") == 3  # its seven slices span all three shards
+    # streamed in small chunks, across slice boundaries, the values are the same
+    chunks = np.concatenate([c.copy() for _, c in big.chunks(max_elems=100)])
+    np.testing.assert_array_equal(chunks, exp["big"].ravel())
+    assert next(t for t in ck.tensors if t.name == "embedding").role is Role.EMBEDDING
+
+
+def test_saved_model_directory_and_same_values_as_checkpoint():
+    ck = PLUGIN.load(str(SAVED))
+    assert ck.variant == "saved-model"
+    assert values(ck).keys() == values(PLUGIN.load(str(SHARDED))).keys()
+    for name, v in values(ck).items():
+        np.testing.assert_array_equal(v, values(PLUGIN.load(str(SHARDED)))[name])
+    assert sniff_dir(str(SAVED)) and sniff_dir(str(KERAS.parent)) and not sniff_dir(str(TF))
+
+
+def test_tf1_partitioned_variable_assembled():
+    ck = PLUGIN.load(str(TF1))
+    assert ck.variant == "tf1-saver"
+    assert [(t.name, t.shape) for t in ck.tensors] == [("part", (6, 2))]
+    np.testing.assert_array_equal(ck.tensors[0].read(), np.ones((6, 2), np.float32))
+    keys = [k for k, _ in read_table(str(TF1))]
+    assert slice_key(b"part", [(3, 3), (0, 2)]) in keys and slice_key(b"part", [(0, 3), (0, 2)]) in keys
+
+
+def test_path_forms_and_detection(tmp_path):
+    prefix = str(KERAS)[: -len(".index")]
+    for p in (str(KERAS), prefix, prefix + ".data-00000-of-00001", str(KERAS.parent)):
+        assert len(PLUGIN.load(p).tensors) == 22
+    head = KERAS.read_bytes()[:4096]
+    assert sniff(head, str(KERAS)) and sniff(b"", prefix + ".data-00000-of-00001")
+    assert not sniff(head, str(tmp_path / "x.bin"))
+    assert open_checkpoint(str(KERAS)).format == "tf-checkpoint"
+    assert open_checkpoint(str(SAVED / "variables" / "variables.index")).variant == "saved-model"
+
+
+def _copy(tmp_path: Path, src: Path) -> Path:
+    dst = tmp_path / src.parent.name
+    shutil.copytree(src.parent, dst)
+    return dst / src.name
+
+
+def test_crc_mismatch_is_caught_while_streaming(tmp_path):
+    idx = _copy(tmp_path, KERAS)
+    data = idx.parent / "ckpt.data-00000-of-00001"
+    ck = PLUGIN.load(str(idx))
+    t = next(t for t in ck.tensors if t.name == "sequential/hidden/kernel")
+    raw = bytearray(data.read_bytes())
+    raw[t.reader.offset + 5] ^= 0x01
+    data.write_bytes(bytes(raw))
+    ck = PLUGIN.load(str(idx))  # headers only: still fine
+    t = next(t for t in ck.tensors if t.name == "sequential/hidden/kernel")
+    with pytest.raises(CorruptCheckpointError, match="crc32c"):
+        for _ in t.chunks(max_elems=7):
+            pass
+    other = next(t for t in ck.tensors if t.name == "sequential/logits/kernel")
+    assert other.read().shape == (8, 3)
+    r = run("inspect", str(idx))
+    assert r.exit_code == 2 and "crc32c" in r.output
+
+
+def test_malformed_indexes_are_one_typed_error(tmp_path):
+    good = KERAS.read_bytes()
+    cases = {
+        "truncated": good[:-10],
+        "tiny": b"abc",
+        "bad_magic": good[:-8] + b"\x00" * 8,
+        "flipped_block": bytes([good[0] ^ 0xFF]) + good[1:],
+    }
+    for what, data in cases.items():
+        d = tmp_path / what
+        shutil.copytree(KERAS.parent, d)
+        (d / "ckpt.index").write_bytes(data)
+        with pytest.raises(CorruptCheckpointError) as ei:
+            PLUGIN.load(str(d / "ckpt.index"))
+        assert ei.value.path == str(d / "ckpt.index"), what
+    # a missing and a truncated data shard
+    d = tmp_path / "missing"
+    shutil.copytree(KERAS.parent, d)
+    os.remove(d / "ckpt.data-00000-of-00001")
+    with pytest.raises(CorruptCheckpointError, match="missing"):
+        PLUGIN.load(str(d / "ckpt.index"))
+    (d / "ckpt.data-00000-of-00001").write_bytes(b"\x00" * 100)
+    with pytest.raises(CorruptCheckpointError, match="outside"):
+        PLUGIN.load(str(d / "ckpt.index"))
+    with pytest.raises(UnsupportedFormatError):
+        PLUGIN.load(str(tmp_path))
+    # through detection too: a damaged .index still gets the reader's own explanation
+    with pytest.raises(CorruptCheckpointError, match="SSTable magic"):
+        open_checkpoint(str(tmp_path / "bad_magic" / "ckpt.index"))
+
+
+def test_snappy_block_refused_clearly(tmp_path):
+    idx = _copy(tmp_path, KERAS)
+    raw = bytearray(idx.read_bytes())
+    footer = raw[-48:]
+    from wdist.loaders.fmt_tf import _handle
+
+    _mo, _ms, pos = _handle(bytes(footer), 0)
+    off, size, _ = _handle(bytes(footer), pos)
+    raw[off + size] = 1  # compression type of the index block: snappy, with a valid checksum
+    raw[off + size + 1: off + size + 5] = mask(crc32c(bytes(raw[off:off + size + 1]))).to_bytes(4, "little")
+    idx.write_bytes(bytes(raw))
+    with pytest.raises(CorruptCheckpointError, match="snappy"):
+        PLUGIN.load(str(idx))
+
+
+def test_cli_ls_inspect_diff_check():
+    r = run("ls", str(KERAS), "--format", "json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["checkpoint"]["format"] == "tf-checkpoint" and doc["checkpoint"]["tensors"] == 22
+    names = {t["name"]: t for t in doc["tensors"]}
+    assert names["sequential/logits/kernel"]["shape"] == [8, 3] and names["sequential/logits/kernel"]["role"] == "weight"
+    r = run("inspect", str(KERAS), "--format", "json", "-j", "1")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    layers = {la["name"] for la in doc["layers"]}
+    assert {"sequential/hidden", "sequential/logits", "sequential/bn"} <= layers
+    kern = next(t for t in doc["tensors"] if t["name"] == "sequential/hidden/kernel")
+    exp = np.load(TF / "keras_adam_expected.npz")["sequential/hidden/kernel"]
+    assert kern["stats"]["max"] == pytest.approx(float(exp.max()), rel=1e-6)
+    assert kern["stats"]["l2_norm"] == pytest.approx(float(np.linalg.norm(exp.astype(np.float64))), rel=1e-6)
+    # the same tf.Module as a 3-shard checkpoint and as a SavedModel: every tensor matches, nothing moved
+    r = run("diff", str(SHARDED), str(SAVED / "variables" / "variables.index"), "--format", "json", "-j", "1")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    matched = [t for t in d["tensors"] if t["status"] == "matched"]
+    assert {t["name"] for t in matched} == {"big", "embedding", "w16", "wbf", "w64"}
+    assert all(t["change"]["rel_l2_change"] == 0 and t["change"]["changed_fraction"] == 0 for t in matched)
+    r = run("check", str(KERAS), "--rule", "model: nan_count == 0", "--no-config", "-j", "1")
+    assert r.exit_code == 0, r.output
+    r = run("check", str(KERAS), "--rule", "model: zero_fraction >= 0.5", "--no-config", "-j", "1")
+    assert r.exit_code == 1, r.output
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=6),
+       which=st.sampled_from(["index", "data"]))
+def test_fuzz_index_and_data(tmp_path_factory, edits, which):
+    d = tmp_path_factory.mktemp("tf")
+    for f in SHARDED.parent.iterdir():
+        shutil.copy(f, d / f.name)
+    target = d / ("ckpt.index" if which == "index" else "ckpt.data-00001-of-00003")
+    b = bytearray(target.read_bytes())
+    for pos, val in edits:
+        b[pos % len(b)] = val
+    target.write_bytes(bytes(b))
+    try:
+        ck = open_checkpoint(str(d / "ckpt.index"))
+        analyse(ck, Options(jobs=1, roles=tuple(Role)))
+    except WdistError:
+        pass
+
+
+def _block_spans(data: bytes) -> list[tuple[int, int]]:
+    from wdist.loaders.fmt_tf import _block_entries, _handle
+
+    _mo, _ms, pos = _handle(data[-48:], 0)
+    off, size, _ = _handle(data[-48:], pos)
+    spans = [(off, size)]
+    for _k, hv in _block_entries(data[off:off + size]):
+        o, s, _ = _handle(hv, 0)
+        spans.append((o, s))
+    return spans
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=6),
+       src=st.sampled_from([KERAS, SHARDED, TF1]), which=st.integers(0, 3))
+def test_fuzz_block_contents_with_valid_checksums(tmp_path_factory, edits, src, which):
+    """Mutations inside a block whose crc is then fixed reach the entry and protobuf decoders."""
+    d = tmp_path_factory.mktemp("tfb")
+    for f in src.parent.iterdir():
+        shutil.copy(f, d / f.name)
+    target = d / src.name
+    raw = bytearray(target.read_bytes())
+    spans = _block_spans(bytes(raw))
+    off, size = spans[which % len(spans)]
+    for pos, val in edits:
+        raw[off + pos % size] = val
+    raw[off + size + 1: off + size + 5] = mask(crc32c(bytes(raw[off:off + size + 1]))).to_bytes(4, "little")
+    target.write_bytes(bytes(raw))
+    try:
+        ck = open_checkpoint(str(target))
+        analyse(ck, Options(jobs=1, roles=tuple(Role)))
+    except WdistError:
+        pass
+
+
+def test_cli_trend_over_two_checkpoints(tmp_path):
+    for f in KERAS.parent.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+        shutil.copy(f, tmp_path / f.name.replace("ckpt", "ckpt-2"))
+    r = run("trend", str(tmp_path), "--format", "json", "-j", "1")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert [os.path.basename(c["path"]) for c in doc["checkpoints"]] == ["ckpt-2.index", "ckpt.index"]
+    assert "sequential/hidden" in {la["name"] for la in doc["layers"]}
+
+
+def test_numpy_crc_path_agrees_with_google_crc32c(monkeypatch):
+    """The optional C implementation and the numpy fallback give the same checksums."""
+    import functools
+
+    from wdist.loaders import fmt_tf
+
+    g = pytest.importorskip("google_crc32c")
+    d = np.random.default_rng(3).integers(0, 256, 300_001, dtype=np.uint8)
+    monkeypatch.setattr(fmt_tf, "_fast_crc", functools.cache(lambda: None))
+    reg = 0xFFFFFFFF
+    for i in range(0, d.size, 70_000):  # streamed in pieces, as CrcRangeReader does
+        reg = fmt_tf._crc_update(reg, d[i:i + 70_000])
+    assert reg ^ 0xFFFFFFFF == g.value(d.tobytes())
+
+
+def test_numpy_crc_streamed_in_pieces_equals_one_shot(monkeypatch):
+    import functools
+
+    from wdist.loaders import fmt_tf
+
+    monkeypatch.setattr(fmt_tf, "_fast_crc", functools.cache(lambda: None))
+    d = np.random.default_rng(4).integers(0, 256, 123_457, dtype=np.uint8)
+    reg = 0xFFFFFFFF
+    for i in range(0, d.size, 10_001):
+        reg = fmt_tf._crc_update(reg, d[i:i + 10_001])
+    ref = 0xFFFFFFFF
+    table = fmt_tf._crc_table_list()
+    for b in d.tolist():
+        ref = table[(ref ^ b) & 0xFF] ^ (ref >> 8)
+    assert reg == ref
+
+
+def test_keras2_save_weights_tf_format():
+    """tf_keras model.save_weights('ckpt'): object-graph keys `layer_with_weights-0/kernel/...` become the
+    layers' own names, Adam's m/v slots are optimizer state."""
+    idx = TF / "keras2_weights" / "ckpt.index"
+    keys = {k.decode() for k, _ in read_table(str(idx))}
+    assert "layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE" in keys
+    ck = PLUGIN.load(str(idx))
+    by = {t.name: t for t in ck.tensors}
+    exp = np.load(TF / "keras2_expected.npz")
+    assert set(exp) == {n for n, t in by.items() if t.role is not Role.OPTIMIZER_STATE}
+    for name in exp:
+        np.testing.assert_array_equal(by[name].read(), exp[name])
+    assert by["dense/kernel"].role is Role.WEIGHT and by["dense/kernel"].unit_axis == 1
+    assert by["Adam/m/dense/kernel"].role is Role.OPTIMIZER_STATE and by["Adam/m/dense/kernel"].shape == (3, 4)
+    assert ck.metadata == {"step": 1}
