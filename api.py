@@ -19,11 +19,14 @@ import contextlib
 import dataclasses
 import fnmatch
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from wdist.analyzers.cache import SummaryCache
 from wdist.analyzers.check import CheckpointResult, Config, evaluate, find_config, load_config, parse_rule
 from wdist.analyzers.diff import DiffReport, Tolerance, compare
+from wdist.analyzers.engine import DaskEngine
 from wdist.analyzers.inspect import InspectReport, Options, analyse
 from wdist.analyzers.metrics import NearZero
 from wdist.analyzers.report import CheckReport, Listing
@@ -35,7 +38,7 @@ from wdist.loaders.registry import open_checkpoint
 Source = Any  # a path (str or os.PathLike), a Checkpoint, or an in-memory model / mapping of arrays
 Progress = Callable[[int, int], None]
 
-__all__ = ["open", "ls", "inspect", "diff", "trend", "check", "plot", "options"]
+__all__ = ["open", "ls", "inspect", "diff", "trend", "check", "plot", "options", "dask_engine"]
 
 
 def open(source: Source, format: str | None = None) -> Checkpoint:  # noqa: A001 - the verb users expect
@@ -64,8 +67,12 @@ def _opened(source: Source, format: str | None) -> Iterator[Checkpoint]:
 
 
 def options(roles: Sequence[str] | None = None, layers: Sequence[str] = (), near_zero_rel: float | None = None,
-            near_zero_abs: float | None = None, bins: int = 64, jobs: int = 0) -> Options:
-    """Analysis options from the CLI's option names (`roles=["all"]` adds every role)."""
+            near_zero_abs: float | None = None, bins: int = 64, jobs: int = 0, cache: Any = None,
+            engine: Any = None, spectral: bool = False, spectral_max_side: int = 8192,
+            spectral_conv: str = "per-kernel") -> Options:
+    """Analysis options from the CLI's option names (`roles=["all"]` adds every role). `cache`: True for the
+    user cache folder, a folder path, or an analyzers.cache.SummaryCache; `engine`: an
+    analyzers.engine.DaskEngine (see `dask_engine`)."""
     import math
 
     if near_zero_rel is not None and near_zero_abs is not None:
@@ -85,7 +92,47 @@ def options(roles: Sequence[str] | None = None, layers: Sequence[str] = (), near
     if not 4 <= bins <= 512:
         raise UsageError(None, f"bins must be between 4 and 512, not {bins}")
     nz = NearZero(rel=0.01 if near_zero_rel is None else near_zero_rel, abs=near_zero_abs)
-    return Options(roles=role_set, layers=tuple(layers), near_zero=nz, bins=bins, jobs=jobs)
+    spec = None
+    if spectral:
+        from wdist.analyzers.spectral import SpectralOptions
+
+        if spectral_conv not in ("per-kernel", "flatten"):
+            raise UsageError(None, f"spectral_conv must be 'per-kernel' or 'flatten', not {spectral_conv!r}")
+        if spectral_max_side < 2:
+            raise UsageError(None, "spectral_max_side must be at least 2")
+        spec = SpectralOptions(max_side=spectral_max_side, conv_mode=spectral_conv)
+    return Options(roles=role_set, layers=tuple(layers), near_zero=nz, bins=bins, jobs=jobs,
+                   cache=_cache(cache), engine=engine, spectral=spec)
+
+
+def _cache(cache: Any) -> SummaryCache | None:
+    if cache is None or cache is False:
+        return None
+    if cache is True:
+        return SummaryCache.default()
+    if isinstance(cache, (str, os.PathLike)):
+        return SummaryCache(os.fspath(cache))
+    if isinstance(cache, SummaryCache):
+        return cache
+    raise UsageError(None, f"cache must be True, False, a folder or a SummaryCache, not {type(cache).__name__}")
+
+
+def dask_engine(address: str) -> DaskEngine:
+    """A Dask engine for `options(engine=...)`: "tcp://HOST:8786" (an existing scheduler) or "local:N" (a local
+    cluster of N worker processes started on first use). Close it (or use `with`) when done."""
+    if not (address.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://")) or re.fullmatch(r"local:\d+", address)):
+        raise UsageError(None, f"scheduler {address!r}: give tcp://HOST:PORT or local:N")
+    return DaskEngine(address)
+
+
+@contextlib.contextmanager
+def _flushing(opts: Options) -> Iterator[Options]:
+    """Write what the summary cache learned, also when the analysis fails part-way."""
+    try:
+        yield opts
+    finally:
+        if opts.cache is not None:
+            opts.cache.flush()
 
 
 def ls(source: Source, format: str | None = None) -> Listing:
@@ -96,47 +143,68 @@ def ls(source: Source, format: str | None = None) -> Listing:
 
 def inspect(source: Source, *, roles: Sequence[str] | None = None, layers: Sequence[str] = (),
             near_zero_rel: float | None = None, near_zero_abs: float | None = None, bins: int = 64,
-            jobs: int = 0, format: str | None = None, progress: Progress | None = None) -> InspectReport:
-    """Per-tensor, per-layer and whole-model metrics and the reading (`report.reading`)."""
-    opts = options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs)
-    with _opened(source, format) as ck:
+            jobs: int = 0, format: str | None = None, progress: Progress | None = None, cache: Any = None,
+            spectral: bool = False, opts: Options | None = None) -> InspectReport:
+    """Per-tensor, per-layer and whole-model metrics and the reading (`report.reading`); with spectral=True
+    also the singular-value metrics (`report.spectral`). `opts` (from `options(...)`) replaces the analysis
+    keywords when given."""
+    opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral)
+    with _opened(source, format) as ck, _flushing(opts):
         return analyse(ck, opts, progress)
 
 
 def diff(a: Source, b: Source, *, roles: Sequence[str] | None = None, layers: Sequence[str] = (),
          near_zero_rel: float | None = None, near_zero_abs: float | None = None, bins: int = 64, jobs: int = 0,
          rtol: float = 1e-5, atol: float = 1e-8, format: str | None = None,
-         progress: Progress | None = None) -> DiffReport:
-    """How the weights moved from A to B (tensors aligned by name, across formats)."""
-    opts = options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs)
-    with _opened(a, format) as ck_a, _opened(b, format) as ck_b:
-        return compare(ck_a, ck_b, opts, Tolerance(rtol, atol), progress)
+         progress: Progress | None = None, cache: Any = None, spectral: bool = False,
+         opts: Options | None = None) -> DiffReport:
+    """How the weights moved from A to B (tensors aligned by name, across formats); with spectral=True also
+    both sides' singular-value metrics and each layer's change of alpha."""
+    opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral)
+    with _opened(a, format) as ck_a, _opened(b, format) as ck_b, _flushing(opts):
+        report = compare(ck_a, ck_b, opts, Tolerance(rtol, atol), progress)
+        if opts.spectral is not None:
+            from wdist.analyzers.inspect import select
+            from wdist.analyzers.spectral_report import spectral_report
+
+            sa, sb = (spectral_report(ck, select(ck, opts.roles, opts.layers), opts.spectral, opts.jobs, opts.engine)
+                      for ck in (ck_a, ck_b))
+            change = {name: (sb.layers[name].get("alpha") - la["alpha"]
+                             if la.get("alpha") is not None and sb.layers[name].get("alpha") is not None else None)
+                      for name, la in sa.layers.items() if name in sb.layers}
+            report.spectral = {"a": sa.to_dict(), "b": sb.to_dict(), "alpha_change": change}
+        return report
 
 
 def trend(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, metrics: Sequence[str] = DEFAULT_METRICS,
           order: str = "step", roles: Sequence[str] | None = None, layers: Sequence[str] = (),
           near_zero_rel: float | None = None, near_zero_abs: float | None = None, bins: int = 64, jobs: int = 0,
-          format: str | None = None, ridgeline: bool = True, progress: Progress | None = None) -> TrendReport:
-    """Metrics per layer across the checkpoints of a run (files, folders or globs), ordered by step."""
+          format: str | None = None, ridgeline: bool = True, progress: Progress | None = None, cache: Any = None,
+          spectral: bool = False, opts: Options | None = None) -> TrendReport:
+    """Metrics per layer across the checkpoints of a run (files, folders or globs), ordered by step. A
+    checkpoint that cannot be read is recorded with its reason (`report.checkpoints[i].error`)."""
     if order not in ("step", "given"):
         raise UsageError(None, f"order must be 'step' or 'given', not {order!r}")
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     paths = expand_inputs([os.fspath(p) for p in items])
-    opts = options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs)
-    return run(paths, opts, tuple(metrics), order == "given", format, progress, ridgeline=ridgeline)
+    opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral)
+    with _flushing(opts):
+        return run(paths, opts, tuple(metrics), order == "given", format, progress, ridgeline=ridgeline)
 
 
 def check(sources: Source | Sequence[Source], rules: Sequence[str] = (), *, config: str | os.PathLike | bool | None = None,
           baseline: Source | None = None, allow_empty: bool = False, roles: Sequence[str] | None = None,
           near_zero_rel: float | None = None, near_zero_abs: float | None = None, jobs: int = 0,
-          format: str | None = None, cwd: str | None = None) -> CheckReport:
+          format: str | None = None, cwd: str | None = None, cache: Any = None, engine: Any = None,
+          spectral: bool | None = None, on_file: Callable[[str | None], None] | None = None) -> CheckReport:
     """Evaluate rules on each checkpoint. `config`: a path, False for none, or None to look for wdist.toml /
     [tool.wdist] from `cwd` (default: the current directory) upward. A checkpoint that cannot be read is
     recorded as an error in its result; the others are still checked."""
     srcs: list[Source] = list(sources) if isinstance(sources, (list, tuple)) else [sources]
     cfg = Config()
+    cpath: str | None
     if isinstance(config, (str, os.PathLike)):
-        cpath: str | None = os.fspath(config)
+        cpath = os.fspath(config)
         if not os.path.isfile(cpath):
             raise UsageError(cpath, "config file not found")
     else:
@@ -148,38 +216,53 @@ def check(sources: Source | Sequence[Source], rules: Sequence[str] = (), *, conf
     parsed += [parse_rule(r, "rules", base is not None) for r in rules]
     if not parsed:
         raise UsageError(None, "no rules: give rules or a config file with rules = [...]")
+    if spectral is None:  # rules on alpha & co. switch the spectral pass on by themselves
+        from wdist.analyzers.check import needs_spectral
+
+        spectral = needs_spectral(parsed)
     opts = options(roles or tuple(cfg.roles), tuple(cfg.include),
                    near_zero_rel if near_zero_rel is not None else cfg.near_zero_rel,
-                   near_zero_abs if near_zero_abs is not None else cfg.near_zero_abs, 64, jobs)
+                   near_zero_abs if near_zero_abs is not None else cfg.near_zero_abs, 64, jobs, cache, engine,
+                   spectral=bool(spectral))
     results: list[CheckpointResult] = []
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_flushing(opts))
+        if base is not None and on_file:
+            on_file(os.fspath(base) if isinstance(base, (str, os.PathLike)) else None)
         base_ck = stack.enter_context(_opened(base, format)) if base is not None else None
         for src in srcs:
             label = os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "path", repr(src))
+            if on_file:
+                on_file(label)
             try:
                 with _opened(src, format) as ck:
                     kept = ck if not cfg.exclude else dataclasses.replace(ck, tensors=[
                         t for t in ck.tensors if not any(fnmatch.fnmatchcase(t.name, g) for g in cfg.exclude)])
                     report = analyse(kept, opts)
                     d = compare(base_ck, kept, opts) if base_ck is not None else None
-                    results.append(CheckpointResult(label, None, evaluate(parsed, report, d, allow_empty)))
+                    results.append(CheckpointResult(label, None, evaluate(parsed, report, d, allow_empty,
+                                                                          spectral=report.spectral)))
             except WdistError as e:
                 if isinstance(e, UsageError) and e.path is None:
                     raise
                 results.append(CheckpointResult(label, e.reason, []))
+            except Exception as e:  # noqa: BLE001 - one hostile file must not hide the verdicts of the others
+                results.append(CheckpointResult(label, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, []))
     return CheckReport(results, cpath)
 
 
 def plot(inputs: str | os.PathLike | Iterable[str | os.PathLike], out: str | os.PathLike,
-         formats: Sequence[str] = ("png",), progress: Callable[[str], None] | None = None) -> list[str]:
-    """Write histogram, overlay, ridgeline and trend pictures and a self-contained OUT.html; returns the
-    paths written. Needs matplotlib (the `plot` extra)."""
+         formats: Sequence[str] = ("png",), progress: Callable[[str], None] | None = None,
+         spectral: bool = False) -> list[str]:
+    """Write histogram, overlay, ridgeline and trend pictures (several pages when there are many layers,
+    never a silent cap) and a self-contained OUT.html; returns every path written. Needs matplotlib (the
+    `plot` extra)."""
+    from wdist.analyzers.trend import order_points
     from wdist.plots import write_report
 
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    paths = expand_inputs([os.fspath(p) for p in items])
-    from wdist.analyzers.trend import order_points
-
-    ordered, _ = order_points(paths, given=False)
-    return write_report([p.path for p in ordered], os.fspath(out), tuple(formats), progress)
-
+    ordered, _ = order_points(expand_inputs([os.fspath(p) for p in items]), given=False)
+    written: list[str] = []
+    write_report([p.path for p in ordered], os.fspath(out), tuple(formats), on_file=written.append, on_step=progress,
+                 spectral=spectral)
+    return written

@@ -44,9 +44,62 @@ def abs_counts(hist: np.ndarray) -> np.ndarray:
     return hist[:0x8000] + hist[0x8000:]
 
 
+@functools.cache
 def values(exact: bool) -> np.ndarray:
-    """Signed value of each bin: exact lower edge for exact bins, else the midpoint."""
+    """Signed value of each bin: exact lower edge for exact bins, else the midpoint (read-only: shared)."""
     lo, _, rep, _ = tables()
     mag = lo if exact else rep
     sign = np.where(np.arange(NBINS) >= 0x8000, -1.0, 1.0)
-    return mag * sign
+    out = mag * sign
+    out.flags.writeable = False
+    return out
+
+
+def occupied(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bin indices ascending, their counts > 0) of a signed histogram, dense (65,536 counts) or packed
+    (engine.pack's 2-row form: indices, counts)."""
+    if hist.ndim == 2:
+        keep = hist[1] != 0
+        return (hist[0], hist[1]) if keep.all() else (hist[0][keep], hist[1][keep])
+    nz = np.flatnonzero(hist)
+    return nz, hist[nz]
+
+
+def sample_bins(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bin indices ascending, counts) of float32 values: what the summary histogram of exactly these
+    values holds (the top 16 bits of each value), without touching 65,536 bins."""
+    idx, cnt = np.unique(np.ascontiguousarray(sample, dtype=np.float32).view(np.uint32) >> 16, return_counts=True)
+    return idx.astype(np.int64), cnt.astype(np.int64)
+
+
+def packed(idx: np.ndarray, cnt: np.ndarray) -> np.ndarray:
+    """engine.pack's form of a histogram given sparse: 2 x k (indices, counts) while k < NBINS/4, else dense."""
+    if idx.size < NBINS // 4:
+        return np.stack([idx.astype(np.int64), cnt.astype(np.int64)])
+    dense = np.zeros(NBINS, dtype=np.int64)
+    dense[idx] = cnt
+    return dense
+
+
+def merge_sparse(idx: np.ndarray, cnt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum the counts of repeated indices: (unique indices ascending, summed counts), exact in int64."""
+    if idx.size == 0:
+        return idx.astype(np.int64), cnt.astype(np.int64)
+    order = np.argsort(idx, kind="stable")
+    i, c = idx[order], cnt[order]
+    first = np.flatnonzero(np.concatenate(([True], i[1:] != i[:-1])))
+    return i[first].astype(np.int64), np.add.reduceat(c.astype(np.int64), first)
+
+
+def abs_occupied(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(magnitude bins ascending, counts > 0) of a signed histogram, dense or packed: the occupied bins of
+    abs_counts(hist), without building it for a packed one."""
+    if hist.ndim == 1:
+        c = abs_counts(hist)
+        nz = np.flatnonzero(c)
+        return nz, c[nz]
+    idx, cnt = occupied(hist)
+    neg = int(np.searchsorted(idx, 0x8000))
+    if neg == 0 or neg == idx.size:  # one sign only: already unique and ascending
+        return idx & 0x7FFF, cnt
+    return merge_sparse(idx & 0x7FFF, cnt)

@@ -4,8 +4,9 @@ checkpoints: `trend` and `diff` on unchanged files read no tensor data.
 Entries are keyed by the file's identity (canonical path or URL, size, mtime or ETag/version), the tensor's
 place in it (reader description, dtype, shape), the chunking and the summary format version; options that
 only change how a summary is read (near-zero rule, bins) are applied afterwards, so they are not in the key.
-Each entry is one `.npz` file written atomically (temporary file + rename, safe with concurrent wdist
-processes) and read without pickle; a damaged entry is ignored and rewritten. The folder is bounded in size
+Entries are bundled per checkpoint file in one `.npz` written atomically (temporary file + rename, safe
+with concurrent wdist processes: the last writer wins) and read without pickle; a damaged bundle is
+ignored and rewritten. The folder is bounded in size
 (least recently used entries go first). Nothing is ever written next to the inputs."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,6 @@ import numpy as np
 # Bump when the Summary fields or their meaning change: old entries then simply miss.
 FORMAT_VERSION = 1
 DEFAULT_MAX_BYTES = 2 << 30
-_EVICT_EVERY = 64  # puts between two size checks of the folder
 
 
 def default_dir() -> str:
@@ -43,34 +43,6 @@ def default_dir() -> str:
         return os.path.join(base, "wdist", "summaries")
 
 
-def _pack(obj: Any) -> bytes:
-    """A dataclass of scalars, None and numpy arrays as npz bytes (arrays as members, the rest as JSON)."""
-    meta: dict[str, Any] = {}
-    arrays: dict[str, np.ndarray] = {}
-    for f in dataclasses.fields(obj):
-        v = getattr(obj, f.name)
-        if isinstance(v, np.ndarray):
-            arrays[f.name] = v
-        elif v is None or isinstance(v, (bool, int, float, str)):
-            meta[f.name] = v
-        else:
-            raise TypeError(f"cannot cache field {f.name} of type {type(v).__name__}")
-    buf = io.BytesIO()
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez(buf, allow_pickle=False, **arrays)
-    return buf.getvalue()
-
-
-def _unpack(cls: type, data: bytes) -> Any:
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        meta = json.loads(bytes(z["__meta__"]).decode())
-        arrays = {k: z[k] for k in z.files if k != "__meta__"}
-    names = {f.name for f in dataclasses.fields(cls)}
-    if set(meta) | set(arrays) != names:
-        raise ValueError("fields differ")
-    return cls(**meta, **arrays)
-
-
 def file_identity(path: str) -> dict[str, Any]:
     """What makes a file's bytes the same as last time: canonical path, size and mtime (local files), or
     the remote store's size and ETag / version id."""
@@ -80,57 +52,101 @@ def file_identity(path: str) -> dict[str, Any]:
     return {"path": fs.canonical(path), "size": st.size, "version": st.version}
 
 
+def _files_in(key: Any) -> list[Any]:
+    """The file identities a key refers to (one for a tensor, two for a diff pair)."""
+    if isinstance(key, dict):
+        if "file" in key and isinstance(key["file"], dict):
+            return [key["file"]]
+        return [f for v in key.values() for f in _files_in(v)]
+    if isinstance(key, list):
+        return [f for v in key for f in _files_in(v)]
+    return []
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
 @dataclass
 class SummaryCache:
-    """get(key) / put(key, summary). Keys are JSON-able dicts; see `tensor_key`."""
+    """get(key, cls) / put(key, value) / flush(). Keys are JSON-able dicts (see `tensor_key`).
+
+    Entries are kept in one bundle file per checkpoint file (per pair of files for diff), so a checkpoint
+    of 10^4 tensors is one cache file, read once and written once (by flush())."""
 
     directory: str
     max_bytes: int = DEFAULT_MAX_BYTES
+    _bundles: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    _dirty: set[str] = field(default_factory=set, repr=False)
     _puts: int = 0
 
     @classmethod
     def default(cls) -> SummaryCache:
         return cls(default_dir())
 
-    def _path(self, key: dict[str, Any]) -> str:
-        h = hashlib.sha256(json.dumps({"v": FORMAT_VERSION, **key}, sort_keys=True, default=str).encode()).hexdigest()
-        return os.path.join(self.directory, h[:2], h + ".npz")
+    def _bundle_id(self, key: dict[str, Any]) -> str:
+        return _digest({"v": FORMAT_VERSION, "files": _files_in(key)})
 
-    def get(self, key: dict[str, Any], cls: type) -> Any | None:
-        p = self._path(key)
+    def _path(self, bundle: str) -> str:
+        return os.path.join(self.directory, bundle[:2], bundle + ".npz")
+
+    def _load(self, bundle: str) -> dict[str, Any]:
+        entries = self._bundles.get(bundle)
+        if entries is not None:
+            return entries
+        entries = {}
+        p = self._path(bundle)
         try:
             with open(p, "rb") as f:
                 data = f.read()
-            value = _unpack(cls, data)
+            entries = _unpack_bundle(data)
+            with contextlib.suppress(OSError):
+                os.utime(p)  # most recently used
         except FileNotFoundError:
-            return None
-        except Exception:  # a damaged entry (zip, npy or JSON errors of every kind): drop it, it is rewritten
+            pass
+        except Exception:  # a damaged bundle (zip, npy or JSON errors of every kind): dropped, rewritten
             with contextlib.suppress(OSError):
                 os.unlink(p)
+            entries = {}
+        self._bundles[bundle] = entries
+        return entries
+
+    def get(self, key: dict[str, Any], cls: type) -> Any | None:
+        entry = self._load(self._bundle_id(key)).get(_digest(key))
+        if entry is None or entry[0] != cls.__name__:
             return None
-        with contextlib.suppress(OSError):
-            os.utime(p)  # most recently used
-        return value
+        try:
+            return _build(cls, entry[1])
+        except (TypeError, ValueError):
+            return None
 
     def put(self, key: dict[str, Any], value: Any) -> None:
-        p = self._path(key)
-        data = _pack(value)
-        try:
-            os.makedirs(os.path.dirname(p), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(p), prefix=".tmp-", suffix=".npz")
+        bundle = self._bundle_id(key)
+        self._load(bundle)[_digest(key)] = (type(value).__name__, _fields(value))
+        self._dirty.add(bundle)
+
+    def flush(self) -> None:
+        """Write every bundle that changed (atomically: temporary file + rename), then bound the folder."""
+        for bundle in sorted(self._dirty):
+            p = self._path(bundle)
             try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, p)  # atomic: a reader sees the old entry or the new one, never half
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        except OSError:
-            return  # a read-only or full cache folder must not fail the analysis
-        self._puts += 1
-        if self._puts % _EVICT_EVERY == 1:
+                data = _pack_bundle(self._bundles[bundle])
+                os.makedirs(os.path.dirname(p), exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=os.path.dirname(p), prefix=".tmp-", suffix=".npz")
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(data)
+                    os.replace(tmp, p)  # a reader sees the old bundle or the new one, never half of one
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    raise
+            except OSError:
+                continue  # a read-only or full cache folder must not fail the analysis
+            self._puts += 1
+        if self._dirty:
             self.evict()
+        self._dirty.clear()
 
     def entries(self) -> list[tuple[str, int, float]]:
         out = []
@@ -147,11 +163,11 @@ class SummaryCache:
 
     def info(self) -> dict[str, Any]:
         e = self.entries()
-        return {"directory": self.directory, "entries": len(e), "bytes": sum(s for _, s, _ in e),
+        return {"directory": self.directory, "files": len(e), "bytes": sum(s for _, s, _ in e),
                 "max_bytes": self.max_bytes}
 
     def evict(self) -> int:
-        """Remove least recently used entries until the folder is within max_bytes; returns how many."""
+        """Remove least recently used bundles until the folder is within max_bytes; returns how many."""
         e = sorted(self.entries(), key=lambda x: x[2])
         total = sum(s for _, s, _ in e)
         removed = 0
@@ -173,7 +189,57 @@ class SummaryCache:
                 n += 1
             except OSError:
                 pass
+        self._bundles.clear()
+        self._dirty.clear()
         return n
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if not (v is None or isinstance(v, (bool, int, float, str, np.ndarray))):
+            raise TypeError(f"cannot cache field {f.name} of type {type(v).__name__}")
+        out[f.name] = v
+    return out
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    if set(values) != names:
+        raise ValueError("fields differ")
+    return cls(**{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in values.items()})
+
+
+def _pack_bundle(entries: dict[str, Any]) -> bytes:
+    """Entries {digest: (class name, fields)} as npz bytes: arrays as members, the rest as one JSON."""
+    meta: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for i, (digest, (cls, values)) in enumerate(entries.items()):
+        scalars, names = {}, []
+        for k, v in values.items():
+            if isinstance(v, np.ndarray):
+                arrays[f"a{i}_{k}"] = v
+                names.append(k)
+            else:
+                scalars[k] = v
+        meta[digest] = {"cls": cls, "i": i, "scalars": scalars, "arrays": names}
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, allow_pickle=False, **arrays)
+    return buf.getvalue()
+
+
+def _unpack_bundle(data: bytes) -> dict[str, Any]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        meta = json.loads(bytes(z["__meta__"]).decode())
+        out = {}
+        for digest, m in meta.items():
+            values = dict(m["scalars"])
+            for k in m["arrays"]:
+                values[k] = z[f"a{m['i']}_{k}"]
+            out[digest] = (m["cls"], values)
+    return out
 
 
 def tensor_key(ref: Any, chunk: int, extra: dict[str, Any] | None = None,

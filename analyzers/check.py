@@ -8,13 +8,17 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wdist.analyzers.diff import CHANGE_METRICS, DiffReport
 from wdist.analyzers.inspect import InspectReport
 from wdist.analyzers.metrics import METRICS
+from wdist.analyzers.spectral import SPECTRAL_METRICS
 from wdist.analyzers.verdict import FLAGS, SHAPES, STATES
 from wdist.loaders.errors import UsageError
+
+if TYPE_CHECKING:
+    from wdist.analyzers.spectral_report import SpectralReport
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt,
@@ -77,6 +81,15 @@ class Rule:
     def is_verdict(self) -> bool:
         return self.metric in VERDICT
 
+    @property
+    def is_spectral(self) -> bool:
+        return self.metric in SPECTRAL_METRICS
+
+
+def needs_spectral(rules: list[Rule]) -> bool:
+    """Whether any rule uses a spectral metric (the caller then needs the --spectral pass)."""
+    return any(r.is_spectral for r in rules)
+
 
 def validate_glob(g: str, where: str) -> None:
     depth = 0
@@ -107,10 +120,13 @@ def parse_rule(text: str, origin: str = "--rule", baseline: bool = False) -> Rul
         return Rule(text.strip(), scope, metric, op, raw, origin)
     if op in _WORD_OPS:
         raise UsageError(None, f"{origin}: {op!r} applies to flags only, in {text[:200]!r}")
-    valid = METRICS + CHANGE_METRICS
+    valid = METRICS + CHANGE_METRICS + SPECTRAL_METRICS
     if metric not in valid:
         raise UsageError(None, f"{origin}: unknown metric {metric!r} in {text[:200]!r}; valid metrics: "
                          f"{', '.join(valid + tuple(VERDICT))}")
+    if metric in SPECTRAL_METRICS and scope == "model":
+        raise UsageError(None, f"{origin}: {metric} is a per-matrix spectral metric with no model-wide value, in "
+                         f"{text[:200]!r}; write a tensor glob instead, e.g. '*.weight: {metric} {op} {raw}'")
     if metric in CHANGE_METRICS and not baseline:
         raise UsageError(None, f"{origin}: {metric} compares against a baseline; give --baseline (or baseline = in config)")
     try:
@@ -262,11 +278,22 @@ def _worst_first(outcomes: list[Outcome], op: str, target: float | str) -> list[
     return sorted(outcomes, key=badness, reverse=True)
 
 
-def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, allow_empty: bool) -> list[RuleResult]:
+def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, allow_empty: bool,
+             spectral: SpectralReport | None = None) -> list[RuleResult]:
+    """Each rule's verdict on one checkpoint. Spectral rules (metrics in SPECTRAL_METRICS) read the per-tensor
+    metrics of `spectral`; without one they are a UsageError (the user must ask for --spectral)."""
+    missing = [r.text for r in rules if r.is_spectral] if spectral is None else []
+    if missing:
+        raise UsageError(None, f"rule {missing[0]!r} uses a spectral metric: add --spectral to compute it")
     out = []
     for rule in rules:
         outcomes: list[Outcome] = []
-        if rule.is_verdict:
+        if rule.is_spectral:
+            for name, d in (spectral.tensors if spectral is not None else {}).items():
+                if fnmatch.fnmatchcase(name, rule.scope):
+                    v = d.get(rule.metric)
+                    outcomes.append(Outcome(name, v, None if v is None else OPS[rule.op](v, rule.value)))
+        elif rule.is_verdict:
             if rule.scope == "model":
                 outcomes.append(_verdict_outcome("model", report.model.reading, rule))
             else:
@@ -291,7 +318,8 @@ def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, 
                     outcomes.append(Outcome(t.name, v, None if v is None else OPS[rule.op](v, rule.value)))
         fails = _worst_first([o for o in outcomes if o.passed is False], rule.op, rule.value)
         if not outcomes and not allow_empty:
-            verdict, msg = "error", f"glob {rule.scope!r} matches no analysed tensor (typo? --allow-empty to permit)"
+            what = "tensor with spectral metrics (weight/embedding, rank >= 2)" if rule.is_spectral else "analysed tensor"
+            verdict, msg = "error", f"glob {rule.scope!r} matches no {what} (typo? --allow-empty to permit)"
         else:
             verdict, msg = ("fail" if fails else "pass"), ""
         out.append(RuleResult(rule.text, rule.scope, rule.metric, rule.op, rule.value, verdict, len(outcomes), fails,

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from wdist.analyzers import distances, metrics
+from wdist.analyzers import distances, kernel, metrics
 from wdist.analyzers.cache import tensor_key
-from wdist.analyzers.engine import TensorAccumulator, cached_map, pack, unpack
+from wdist.analyzers.engine import (
+    TensorAccumulator,
+    cached_map,
+    join_parts,
+    pack,
+    pack_part,
+    range_chunks,
+    task_ranges,
+    unpack,
+)
 from wdist.analyzers.inspect import CheckpointInfo, Options, Progress, checkpoint_info, select
 from wdist.analyzers.report import ReportMixin, jsonable
-from wdist.analyzers.summary import Summary
+from wdist.analyzers.summary import Part, Summary
 from wdist.loaders.model import Checkpoint, TensorRef
 
 CHANGE_METRICS = ("rel_l2_change", "cosine", "sign_flip_fraction", "changed_fraction", "max_abs_change",
@@ -63,51 +71,12 @@ class PairSums:
         return self
 
 
-_BLOCK = 1 << 15
-
-
-class _Scratch(threading.local):
-    """float64 block buffers, one set per thread: threads diffing tensors concurrently must not share them."""
-
-    def __init__(self) -> None:
-        self.buf = {"a": np.empty(_BLOCK), "b": np.empty(_BLOCK), "d": np.empty(_BLOCK), "t": np.empty(_BLOCK)}
-
-
-_SCRATCH = _Scratch()
-
-
 def pair_chunk(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> PairSums:
-    """Exact sums over the elements finite in both, in cache-sized float64 blocks. einsum's own loop
-    (not BLAS) keeps the results independent of threads and --jobs."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        finite = bool(np.isfinite(a.sum()) and np.isfinite(b.sum()))
-    if not finite:
-        fin = np.isfinite(a) & np.isfinite(b)
-        a, b = a[fin], b[fin]
-    p = PairSums(n=int(a.size))
-    buf = _SCRATCH.buf
-    for i in range(0, a.size, _BLOCK):
-        ab_, bb_ = a[i:i + _BLOCK], b[i:i + _BLOCK]
-        k = ab_.size
-        a64, b64, d, t = (buf[x][:k] for x in "abdt")
-        a64[:] = ab_
-        b64[:] = bb_
-        np.subtract(b64, a64, out=d)
-        p.aa += float(np.einsum("i,i->", a64, a64))
-        p.bb += float(np.einsum("i,i->", b64, b64))
-        p.dd += float(np.einsum("i,i->", d, d))
-        # a*b in float64 cannot underflow for float32 inputs: nonzero iff both are, negative iff signs differ
-        np.multiply(a64, b64, out=t)
-        p.ab += float(t.sum())
-        p.both_nonzero += int(np.count_nonzero(t))
-        p.flips += int(np.count_nonzero(t < 0))
-        np.abs(d, out=d)
-        p.max_abs = max(p.max_abs, float(d.max()))
-        np.abs(a64, out=t)
-        t *= tol.rtol
-        t += tol.atol
-        p.changed += int(np.count_nonzero(d > t))
-    return p
+    """Exact float64 sums over the elements finite in both (the fused kernel, or its numpy reference), in
+    fixed blocks reduced in a fixed tree: independent of threads and --jobs."""
+    acc = kernel.PairAccumulator(tol.rtol, tol.atol)
+    acc.add(a, b)
+    return PairSums(*kernel.pair_fields(kernel.join_pairs([acc.subtrees()])))
 
 
 def change_metrics(p: PairSums, sa: Summary, sb: Summary, numel: int) -> dict[str, float | None]:
@@ -123,14 +92,19 @@ def change_metrics(p: PairSums, sa: Summary, sb: Summary, numel: int) -> dict[st
     }
 
 
-def _pair_work(ra: TensorRef, rb: TensorRef, chunk: int, tol: Tolerance) -> tuple[Summary, Summary, PairSums]:
-    acc_a, acc_b = TensorAccumulator(ra), TensorAccumulator(rb)
-    p = PairSums()
-    for (start, a), (_, b) in zip(ra.chunks(chunk, acc_a.align), rb.chunks(chunk, acc_a.align)):
+def _pair_work(ra: TensorRef, rb: TensorRef, chunk: int, tol: Tolerance, lo: int = 0,
+               hi: int | None = None) -> tuple[Part, Part, list[tuple[int, tuple[float, ...]]]]:
+    """One task: elements [lo, hi) of a pair, each file read once, both sides and the pair sums fed from
+    the same chunks."""
+    hi = ra.numel if hi is None else hi
+    acc_a, acc_b = TensorAccumulator(ra, lo), TensorAccumulator(rb, lo)
+    pairs = kernel.PairAccumulator(tol.rtol, tol.atol)
+    for (start, a), (_, b) in zip(range_chunks(ra, lo, hi, chunk, acc_a.align),
+                                  range_chunks(rb, lo, hi, chunk, acc_a.align)):
         acc_a.add(start, a)
         acc_b.add(start, b)
-        p.merge(pair_chunk(a, b, tol))
-    return pack(acc_a.result()), pack(acc_b.result()), p
+        pairs.add(a, b)
+    return pack_part(acc_a.part()), pack_part(acc_b.part()), pairs.subtrees()
 
 
 @dataclass
@@ -173,13 +147,15 @@ class DiffReport(ReportMixin):
     layers: list[LayerDiff]
     summary: dict[str, Any]
     notes: list[str]
+    spectral: dict[str, Any] | None = None  # {"a": SpectralReport dict, "b": ..., "alpha_change": {layer: b - a}}
 
     SCHEMA = "wdist/diff/1"
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": self.SCHEMA, "a": jsonable(self.a), "b": jsonable(self.b), "options": jsonable(self.options),
                 "tensors": [jsonable(t) for t in self.tensors], "layers": [jsonable(lr) for lr in self.layers],
-                "summary": jsonable(self.summary), "notes": list(self.notes)}
+                "summary": jsonable(self.summary), "notes": list(self.notes),
+                **({"spectral": jsonable(self.spectral)} if self.spectral is not None else {})}
 
     def rows(self, level: str | None = None) -> list[dict[str, Any]]:
         """One row per layer (default) or per tensor (level="tensor") with the change metrics."""
@@ -249,9 +225,18 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
         ka = tensor_key(a, opts.chunk) if opts.cache is not None else None
         kb = tensor_key(b, opts.chunk) if ka is not None else None
         keys.append({"pair": [ka, kb], "rtol": tol.rtol, "atol": tol.atol} if ka and kb else None)
+
+    def tasks(item: tuple[TensorRef, TensorRef, int, Tolerance]) -> list[tuple]:
+        ra, rb, chunk, t = item
+        return [(ra, rb, chunk, t, lo, hi) for lo, hi in task_ranges(ra.numel)]
+
+    def join(parts: list[tuple[Part, Part, list]]) -> tuple[Summary, Summary, PairSums]:
+        return (pack(join_parts([p[0] for p in parts])), pack(join_parts([p[1] for p in parts])),
+                PairSums(*kernel.pair_fields(kernel.join_pairs([p[2] for p in parts]))))
+
     results = cached_map(_pair_work, [(a, b, opts.chunk, tol) for _, a, b in work], keys,
                          (Summary, Summary, PairSums), opts.jobs, [a.nbytes + b.nbytes for _, a, b in work],
-                         opts.engine, opts.cache)
+                         opts.engine, opts.cache, split=tasks, join=join)
     for (i, ta, tb), (sa, sb, p) in zip(work, results):
         sa, sb = unpack(sa), unpack(sb)
         row = rows[i]

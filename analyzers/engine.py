@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from wdist.analyzers.summary import NBINS, Summary, summarize_chunk
+from wdist.analyzers import kernel
+from wdist.analyzers.summary import NBINS, Part, RangeAccumulator, Summary, combine
 from wdist.analyzers.units import UnitTracker
 from wdist.loaders.dtypes import BF16_EXACT
 from wdist.loaders.model import DEFAULT_CHUNK, TensorRef
@@ -21,30 +22,94 @@ R = TypeVar("R")
 PARALLEL_MIN_BYTES = 32 << 20
 
 
-class TensorAccumulator:
-    """One tensor's running Summary and dead-unit tracker, fed chunk by chunk (inspect and diff)."""
+# Element-range tasks of large tensors: a fixed size (never derived from --jobs, so results are not either),
+# a power of two of kernel blocks so that the block tree gives bit-identical totals for any split.
+TASK_ELEMS = 1 << 26
 
-    def __init__(self, ref: TensorRef) -> None:
-        self.summary = Summary(exact_bins=ref.dtype in BF16_EXACT, tensors=1)
+
+def task_ranges(numel: int, task: int | None = None) -> list[tuple[int, int]]:
+    """[lo, hi) element ranges, in order, that a tensor of `numel` elements is analysed in (TASK_ELEMS each
+    unless `task` is given)."""
+    task = kernel.check_task_size(TASK_ELEMS if task is None else task)
+    if numel <= task:
+        return [(0, numel)]
+    return [(lo, min(lo + task, numel)) for lo in range(0, numel, task)]
+
+
+def range_chunks(ref: TensorRef, lo: int, hi: int, chunk: int, align: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, float32 chunk) over elements [lo, hi) of a tensor; chunk boundaries fall on multiples of the
+    aligned step counted from the tensor's start, so only a range's first and last chunk cut through units."""
+    if lo == 0 and hi == ref.numel:
+        yield from ref.chunks(chunk, align=align)
+        return
+    from wdist.loaders.dtypes import to_float32
+
+    step = (chunk // align) * align if 1 < align <= chunk else chunk
+    reuse = getattr(ref.reader, "reuses_buffer", False)
+    buf = np.empty(min(step, hi - lo) * ref.itemsize, dtype=np.uint8) if reuse else None
+    start = lo
+    while start < hi:
+        end = min(hi, (start // step + 1) * step)
+        yield start, to_float32(ref._raw(start, end - start, buf), ref.dtype)
+        start = end
+
+
+class TensorAccumulator:
+    """One tensor's (or one element range's) running summary and dead-unit tracker, fed chunk by chunk in
+    order (inspect and diff). `lo` is the first element of the range (a multiple of kernel.BLOCK)."""
+
+    def __init__(self, ref: TensorRef, lo: int = 0) -> None:
+        self.acc = RangeAccumulator(lo, ref.dtype in BF16_EXACT)
         self.tracker = UnitTracker(ref.shape, ref.unit_axis) if ref.unit_axis is not None and ref.numel else None
         self.align = self.tracker.align if self.tracker else 1  # chunk lengths that keep units whole
 
     def add(self, start: int, x: np.ndarray) -> None:
-        self.summary.merge(summarize_chunk(x, self.summary.exact_bins))
+        self.acc.add(x)
         if self.tracker:
             self.tracker.update(start, x)
 
+    def part(self) -> Part:
+        p = self.acc.part()
+        p.alive = self.tracker.alive if self.tracker else None
+        return p
+
     def result(self) -> Summary:
-        if self.tracker:
-            self.summary.units, self.summary.dead_units = self.tracker.units, self.tracker.dead
-        return self.summary
+        return join_parts([self.part()])
 
 
-def summarize_tensor(ref: TensorRef, chunk: int = DEFAULT_CHUNK) -> Summary:
-    acc = TensorAccumulator(ref)
-    for start, x in ref.chunks(chunk, align=acc.align):
+def join_parts(parts: list[Part]) -> Summary:
+    """A tensor's Summary from the Parts of its ranges (task_ranges order); dead units from the union of
+    the ranges' alive units."""
+    s = combine([unpack_part(p) for p in parts])
+    s.tensors = 1
+    alive = [p.alive for p in parts if p.alive is not None]
+    if alive:
+        a = alive[0].copy()
+        for x in alive[1:]:
+            a |= x
+        s.units, s.dead_units = int(a.size), int(a.size - np.count_nonzero(a))
+    return s
+
+
+def summarize_range(ref: TensorRef, lo: int, hi: int, chunk: int = DEFAULT_CHUNK) -> Part:
+    acc = TensorAccumulator(ref, lo)
+    for start, x in range_chunks(ref, lo, hi, chunk, acc.align):
         acc.add(start, x)
-    return acc.result()
+    return acc.part()
+
+
+def summarize_tensor(ref: TensorRef, chunk: int = DEFAULT_CHUNK, task: int | None = None) -> Summary:
+    return join_parts([summarize_range(ref, lo, hi, chunk) for lo, hi in task_ranges(ref.numel, task)])
+
+
+def pack_part(p: Part) -> Part:
+    pack(p.summary)
+    return p
+
+
+def unpack_part(p: Part) -> Part:
+    unpack(p.summary)
+    return p
 
 
 def pack(s: Summary) -> Summary:
@@ -166,12 +231,17 @@ def ordered_map(fn: Callable[..., R], items: Iterable[tuple], jobs: int, total_b
         yield from ex.map(_call, ((fn, it) for it in items), chunksize=1)
 
 
-def cached_map(fn: Callable[..., tuple], items: list[tuple], keys: list[dict[str, Any] | None],
+def cached_map(fn: Callable[..., Any], items: list[tuple], keys: list[dict[str, Any] | None],
                classes: tuple[type, ...], jobs: int, sizes: list[int], engine: DaskEngine | None = None,
-               cache: Any = None) -> Iterator[tuple]:
+               cache: Any = None, split: Callable[[tuple], list[tuple]] | None = None,
+               join: Callable[[list[Any]], tuple] | None = None) -> Iterator[tuple]:
     """ordered_map for work whose results are tuples of dataclasses (packed summaries): items whose key is
     found in the summary cache are not computed (their files are not read at all); the others are
-    computed, stored, and yielded in order with the hits."""
+    computed, stored, and yielded in order with the hits.
+
+    With `split`, each item to compute becomes the tasks split(item) (element ranges of a large tensor),
+    all run through ordered_map like whole items, and join(results of its tasks, in order) is the item's
+    result: the cache still holds whole items."""
     hits: list[tuple | None] = []
     for k in keys:
         got: tuple | None = None
@@ -180,12 +250,14 @@ def cached_map(fn: Callable[..., tuple], items: list[tuple], keys: list[dict[str
             got = tuple(parts) if all(p is not None for p in parts) else None
         hits.append(got)
     todo = [i for i, h in enumerate(hits) if h is None]
-    results = ordered_map(fn, [items[i] for i in todo], jobs, sum(sizes[i] for i in todo), engine)
+    tasks = {i: split(items[i]) if split is not None else [items[i]] for i in todo}
+    results = ordered_map(fn, [t for i in todo for t in tasks[i]], jobs, sum(sizes[i] for i in todo), engine)
     for i, hit in enumerate(hits):
         if hit is not None:
             yield hit
             continue
-        r = next(results)
+        done = [next(results) for _ in tasks[i]]
+        r = join(done) if join is not None else done[0]
         key = keys[i]
         if cache is not None and key is not None:
             for j, part in enumerate(r):

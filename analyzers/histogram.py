@@ -24,10 +24,13 @@ class Histogram:
 
 
 def _occupied(hist: np.ndarray, exact: bool) -> tuple[np.ndarray, np.ndarray]:
-    nz = np.flatnonzero(hist)
+    """(value, count) of the occupied finite bins of a dense or packed (engine.pack) histogram."""
+    nz, cnt = bins.occupied(hist)
     _, _, _, finite = bins.tables()
-    nz = nz[finite[nz]]
-    return bins.values(exact)[nz], hist[nz]
+    keep = finite[nz]
+    if not keep.all():
+        nz, cnt = nz[keep], cnt[keep]
+    return bins.values(exact)[nz], cnt
 
 
 def symmetric_range(*abs_p999: float | None, max_abs: float | None = None) -> float:
@@ -47,7 +50,7 @@ def linear(hist: np.ndarray, exact: bool, half_width: float, nbins: int = 64) ->
     inside = (vals >= edges[0]) & (vals <= edges[-1])
     idx = np.clip(np.searchsorted(edges, vals[inside], side="right") - 1, 0, nbins - 1)
     counts = np.bincount(idx, weights=cnt[inside], minlength=nbins).astype(np.int64)
-    return Histogram([float(e) for e in edges], [int(c) for c in counts], under, over)
+    return Histogram(edges.tolist(), counts.tolist(), under, over)
 
 
 def log_abs(hist: np.ndarray, exact: bool, per_decade: int = 5, decades: int = 10,
@@ -71,4 +74,4 @@ def log_abs(hist: np.ndarray, exact: bool, per_decade: int = 5, decades: int = 1
     inside = (lv >= edges[0]) & (lv <= edges[-1])
     idx = np.clip(np.searchsorted(edges, lv[inside], side="right") - 1, 0, n - 1)
     counts = np.bincount(idx, weights=cnt[inside], minlength=n).astype(np.int64)
-    return Histogram([float(e) for e in edges], [int(c) for c in counts], under, over, zeros, log=True)
+    return Histogram(edges.tolist(), counts.tolist(), under, over, zeros, log=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -9,13 +10,22 @@ from typing import Any
 
 import numpy as np
 
+from wdist.analyzers import bins as bins_mod
 from wdist.analyzers import histogram, inits, metrics, verdict
 from wdist.analyzers.cache import tensor_key
-from wdist.analyzers.engine import cached_map, pack, summarize_tensor, unpack
+from wdist.analyzers.engine import (
+    cached_map,
+    join_parts,
+    pack,
+    pack_part,
+    summarize_range,
+    task_ranges,
+    unpack,
+)
 from wdist.analyzers.histogram import Histogram
 from wdist.analyzers.metrics import NearZero
 from wdist.analyzers.report import ReportMixin, jsonable
-from wdist.analyzers.summary import Summary
+from wdist.analyzers.summary import NBINS, SAMPLE_MAX, Part, Summary
 from wdist.analyzers.verdict import ModelReading, Reading
 from wdist.loaders.errors import UsageError
 from wdist.loaders.model import DEFAULT_CHUNK, DEFAULT_ROLES, Checkpoint, Role, TensorRef
@@ -33,11 +43,13 @@ class Options:
     chunk: int = DEFAULT_CHUNK
     engine: Any = field(default=None, repr=False)  # analyzers.engine.DaskEngine: run on a Dask cluster
     cache: Any = field(default=None, repr=False)  # analyzers.cache.SummaryCache: skip unchanged tensors
+    spectral: Any = field(default=None, repr=False)  # analyzers.spectral.SpectralOptions: add the ESD metrics
 
     def as_dict(self) -> dict[str, Any]:
         return {"roles": [r.value for r in self.roles], "layers": list(self.layers),
                 "near_zero_rel": None if self.near_zero.abs is not None else self.near_zero.rel,
-                "near_zero_abs": self.near_zero.abs, "bins": self.bins}
+                "near_zero_abs": self.near_zero.abs, "bins": self.bins,
+                **({"spectral": dataclasses.asdict(self.spectral)} if self.spectral is not None else {})}
 
 
 @dataclass
@@ -104,6 +116,7 @@ class InspectReport(ReportMixin):
     layers: list[LayerReport]
     model: ModelReport
     skipped: list[str]  # selected tensors not analysed (not floating point)
+    spectral: Any = None  # analyzers.spectral_report.SpectralReport with --spectral
 
     SCHEMA = "wdist/inspect/1"
 
@@ -115,7 +128,8 @@ class InspectReport(ReportMixin):
     def to_dict(self) -> dict[str, Any]:
         return {"schema": self.SCHEMA, "checkpoint": jsonable(self.checkpoint), "options": jsonable(self.options),
                 "tensors": [jsonable(t) for t in self.tensors], "layers": [jsonable(lr) for lr in self.layers],
-                "model": jsonable(self.model), "skipped": list(self.skipped)}
+                "model": jsonable(self.model), "skipped": list(self.skipped),
+                **({"spectral": self.spectral.to_dict()} if self.spectral is not None else {})}
 
     def rows(self, level: str | None = None) -> list[dict[str, Any]]:
         """One row per layer (default) or per tensor (level="tensor"): name, sizes, verdict, every metric."""
@@ -177,18 +191,118 @@ def _hists(s: Summary, bins: int, stats: dict[str, Any]) -> tuple[Histogram | No
     return histogram.linear(s.hist, s.exact_bins, r, bins), histogram.log_abs(s.hist, s.exact_bins)
 
 
-def _work(ref: TensorRef, chunk: int) -> tuple[Summary]:
-    return (pack(summarize_tensor(ref, chunk)),)
+# Up to this many finite values, a tensor's occupied bins come from its kept values (sorting a few values
+# beats scanning 65,536 bins); both give the same counts, as the histogram is of exactly those values.
+_FROM_SAMPLE = 4096
+# A pool compacts its sparse pieces when they hold more entries than this (amortised: the limit doubles
+# with the compacted size), and turns dense once a quarter of the bins are occupied.
+_COMPACT = 4096
+
+
+def _sparsify(s: Summary) -> Summary:
+    """Hold a tensor's histogram packed (occupied bins only): every later step then costs per occupied
+    bin, and nothing dense stays alive per tensor."""
+    if s.hist.ndim == 2:
+        return s
+    if s.sample is not None and s.sample.size == s.n and s.n <= _FROM_SAMPLE:
+        idx, cnt = bins_mod.sample_bins(s.sample)
+    else:
+        idx, cnt = bins_mod.occupied(s.hist)
+    s.hist = np.stack([idx.astype(np.int64), cnt.astype(np.int64)])
+    return s
+
+
+class _Pool:
+    """A running merge of summaries: Summary.merge in the same order (identical moments, counts and
+    sample rules), with the histogram held sparse while few bins are occupied, so that thousands of open
+    layers cost a few KB each instead of a dense 512 KB histogram each."""
+
+    __slots__ = ("acc", "_stand_in", "_idx", "_cnt", "_pending", "_limit", "_dense", "_samples", "_nsample")
+
+    def __init__(self) -> None:
+        self.acc = Summary(hist=np.zeros(0, dtype=np.int64))
+        self._stand_in = np.zeros(0, dtype=np.int64)  # what Summary.merge adds while the real one is apart
+        self._idx: list[np.ndarray] = []
+        self._cnt: list[np.ndarray] = []
+        self._pending = 0
+        self._limit = _COMPACT
+        self._dense: np.ndarray | None = None
+        self._samples: list[np.ndarray] | None = []
+        self._nsample = 0
+
+    def add(self, o: Summary) -> None:
+        hist, sample = o.hist, o.sample
+        o.hist, o.sample = self._stand_in, None
+        try:
+            self.acc.merge(o)
+        finally:
+            o.hist, o.sample = hist, sample
+        idx, cnt = bins_mod.occupied(hist)
+        if self._dense is not None:
+            self._dense[idx] += cnt  # indices are unique within one histogram
+        elif idx.size:
+            self._idx.append(idx)
+            self._cnt.append(cnt)
+            self._pending += idx.size
+            if self._pending > self._limit:
+                self._compact()
+        # Summary.merge keeps the values while the total stays within SAMPLE_MAX, and never after
+        if self._samples is not None:
+            if sample is None or self._nsample + sample.size > SAMPLE_MAX:
+                self._samples = None
+            elif sample.size:
+                self._samples.append(sample)
+                self._nsample += sample.size
+
+    def _compact(self) -> tuple[np.ndarray, np.ndarray]:
+        if len(self._idx) == 1:
+            return self._idx[0], self._cnt[0]
+        if not self._idx:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        idx, cnt = bins_mod.merge_sparse(np.concatenate(self._idx), np.concatenate(self._cnt))
+        if idx.size >= NBINS // 4:
+            self._dense = np.zeros(NBINS, dtype=np.int64)
+            self._dense[idx] = cnt
+            self._idx, self._cnt = [], []
+        else:
+            self._idx, self._cnt = [idx], [cnt]
+            self._limit = max(_COMPACT, 2 * idx.size)
+        self._pending = idx.size
+        return idx, cnt
+
+    def summary(self) -> Summary:
+        """The merged summary, its histogram in engine.pack's form (ends the pool)."""
+        s = self.acc
+        if self._dense is None:
+            idx, cnt = self._compact()
+        s.hist = self._dense if self._dense is not None else bins_mod.packed(idx, cnt)
+        if self._samples is None:
+            s.sample = None
+        else:
+            s.sample = np.concatenate(self._samples) if self._samples else np.zeros(0, dtype=np.float32)
+        return s
+
+
+def _work(ref: TensorRef, chunk: int, lo: int, hi: int) -> Part:
+    """One task: elements [lo, hi) of a tensor (all of it unless it is large)."""
+    return pack_part(summarize_range(ref, lo, hi, chunk))
 
 
 def summaries(refs: list[TensorRef], opts: Options, progress: Progress | None = None) -> Iterable[Summary]:
     """Each ref's Summary in order: from the summary cache when the tensor is unchanged, else computed (in
-    worker processes or on the Dask engine when that pays)."""
+    worker processes or on the Dask engine when that pays), large tensors as several element-range tasks."""
+    def tasks(item: tuple[TensorRef, int]) -> list[tuple[TensorRef, int, int, int]]:
+        ref, chunk = item
+        return [(ref, chunk, lo, hi) for lo, hi in task_ranges(ref.numel)]
+
+    def join(parts: list[Part]) -> tuple[Summary]:
+        return (pack(join_parts(parts)),)
+
     keys = [tensor_key(r, opts.chunk) for r in refs] if opts.cache is not None else [None] * len(refs)
     done = 0
     items = [(r, opts.chunk) for r in refs]
     results = cached_map(_work, items, keys, (Summary,), opts.jobs, [r.nbytes for r in refs], opts.engine,
-                         opts.cache)
+                         opts.cache, split=tasks, join=join)
     for i, (s,) in enumerate(results):
         done += refs[i].nbytes
         if progress:
@@ -197,13 +311,15 @@ def summaries(refs: list[TensorRef], opts: Options, progress: Progress | None = 
 
 
 _PARAM_GROUPS = ("weight", "embedding", "bias", "norm_scale", "norm_shift")
+# what an open layer keeps of each member until the layer completes: its ref, reading, stats, histograms
+_Member = tuple[TensorRef, Reading, dict[str, Any], Histogram | None, Histogram | None]
 
 
 def _merged(parts: Iterable[Summary]) -> Summary:
-    out = Summary()
+    pool = _Pool()
     for p in parts:
-        out.merge(p)
-    return out
+        pool.add(p)
+    return pool.summary()
 
 
 def _with_counts(shape_stats: dict[str, Any], all_stats: dict[str, Any]) -> dict[str, Any]:
@@ -251,16 +367,18 @@ def analyse(ck: Checkpoint, opts: Options | None = None, progress: Progress | No
     remaining: dict[str, int] = {}
     for t in refs:
         remaining[t.layer] = remaining.get(t.layer, 0) + 1
-    layer_groups: dict[str, dict[str, Summary]] = {}  # per layer, one running summary per judgement group
-    layer_members: dict[str, list[tuple[TensorRef, Reading, dict[str, Any]]]] = {}
-    group_acc: dict[str, Summary] = {}
-    role_acc: dict[str, Summary] = {}
+    layer_groups: dict[str, dict[str, _Pool]] = {}  # per layer, one running summary per judgement group
+    layer_members: dict[str, list[_Member]] = {}
+    group_pool: dict[str, _Pool] = {}
+    role_pool: dict[str, _Pool] = {}
     tensors: list[TensorReport] = []
     layers: dict[str, LayerReport] = {}
     judged: list[tuple[Reading, int]] = []
     for ref, s in zip(refs, summaries(refs, opts, progress)):
-        metrics.finalise(s, opts.near_zero)
-        st = metrics.compute(s, opts.near_zero)
+        _sparsify(s)
+        ab = metrics.abs_bins(s)
+        metrics.finalise(s, opts.near_zero, ab)
+        st = metrics.compute(s, opts.near_zero, ab)
         h, lh = _hists(s, opts.bins, st)
         r = verdict.judge_tensor(ref.name, ref.role.value, ref.shape, s, st, keras, bias_fans.get(ref.layer))
         tensors.append(TensorReport(ref.name, ref.layer, ref.role.value, list(ref.shape), ref.dtype, ref.numel, st,
@@ -268,13 +386,16 @@ def analyse(ck: Checkpoint, opts: Options | None = None, progress: Progress | No
         judged.append((r, ref.numel))
         # step counters and other scalars are never pooled with anything
         if r.group != "optimizer_scalar":
-            role_acc.setdefault(ref.role.value, Summary()).merge(s)
-        group_acc.setdefault(r.group, Summary()).merge(s)
-        layer_groups.setdefault(ref.layer, {}).setdefault(r.group, Summary()).merge(s)
-        layer_members.setdefault(ref.layer, []).append((ref, r, st))
+            role_pool.setdefault(ref.role.value, _Pool()).add(s)
+        group_pool.setdefault(r.group, _Pool()).add(s)
+        layer_groups.setdefault(ref.layer, {}).setdefault(r.group, _Pool()).add(s)
+        layer_members.setdefault(ref.layer, []).append((ref, r, st, h, lh))
         remaining[ref.layer] -= 1
         if remaining[ref.layer] == 0:  # finalise a layer as soon as its last tensor is in: bounded memory
-            layers[ref.layer] = _layer(ref.layer, layer_groups.pop(ref.layer), layer_members.pop(ref.layer), opts)
+            groups = {g: p.summary() for g, p in layer_groups.pop(ref.layer).items()}
+            layers[ref.layer] = _layer(ref.layer, groups, layer_members.pop(ref.layer), opts)
+    role_acc = {k: p.summary() for k, p in role_pool.items()}
+    group_acc = {k: p.summary() for k, p in group_pool.items()}
     params = [group_acc[g] for g in _PARAM_GROUPS if g in group_acc]
     model_sum = _merged(params or [v for g, v in group_acc.items() if g != "optimizer_scalar"]
                         or list(group_acc.values()))
@@ -301,30 +422,33 @@ def analyse(ck: Checkpoint, opts: Options | None = None, progress: Progress | No
     para = verdict.summary_paragraph(mr, shape_r, wst, mst, rel, layer_view)
     mnotes = verdict.notes(model_r, _with_counts(wst, mst), pooled=True)
     model = ModelReport(mst, by_role, mnotes, para, mr, by_group)
-    return InspectReport(checkpoint_info(ck), opts.as_dict(), tensors, ordered_layers, model, skipped)
+    report = InspectReport(checkpoint_info(ck), opts.as_dict(), tensors, ordered_layers, model, skipped)
+    if opts.spectral is not None:  # opt-in: a Gram pass over every weight matrix, costlier than the moments
+        from wdist.analyzers.spectral_report import spectral_report
+
+        report.spectral = spectral_report(ck, chosen, opts.spectral, opts.jobs, opts.engine)
+    return report
 
 
-def _layer(name: str, groups: dict[str, Summary], members: list[tuple[TensorRef, Reading, dict[str, Any]]],
-           opts: Options) -> LayerReport:
-    if len(members) == 1:  # a one-tensor layer reads exactly as its tensor
-        ref, r, st = members[0]
+def _layer(name: str, groups: dict[str, Summary], members: list[_Member], opts: Options) -> LayerReport:
+    if len(members) == 1:  # a one-tensor layer reads exactly as its tensor (the same histograms too)
+        ref, r, st, h, lh = members[0]
         s = next(iter(groups.values()))
-        h, lh = _hists(s, opts.bins, st)
-        return LayerReport(name, ref.numel, [ref.name], st, h, lh, verdict.notes(r, st), r, pack(s))
+        return LayerReport(name, ref.numel, [ref.name], st, h, lh, verdict.notes(r, st), r, s)
     pooled = [g for g in groups if g != "optimizer_scalar"] or list(groups)
-    all_sum = _merged(groups[g] for g in pooled)
+    all_sum = groups[pooled[0]] if len(pooled) == 1 else _merged(groups[g] for g in pooled)
     lst = metrics.compute(all_sum, opts.near_zero)
     gname, chosen = _shape_group(pooled)
     if len(chosen) == len(pooled):
         shape_sum, sst = all_sum, lst
     else:
-        shape_sum = _merged(groups[g] for g in chosen)
+        shape_sum = groups[chosen[0]] if len(chosen) == 1 else _merged(groups[g] for g in chosen)
         sst = metrics.compute(shape_sum, opts.near_zero)
-    shape_members = [(r, ref.numel) for ref, r, _ in members if r.group in chosen]
-    r = verdict.judge_pool([(r, ref.numel) for ref, r, _ in members], shape_members, shape_sum, sst, gname)
+    shape_members = [(r, ref.numel) for ref, r, *_ in members if r.group in chosen]
+    r = verdict.judge_pool([(r, ref.numel) for ref, r, *_ in members], shape_members, shape_sum, sst, gname)
     h, lh = _hists(shape_sum, opts.bins, sst)
-    return LayerReport(name, sum(ref.numel for ref, _, _ in members), [ref.name for ref, _, _ in members], lst, h,
-                       lh, verdict.notes(r, _with_counts(sst, lst), pooled=True), r, pack(shape_sum))
+    return LayerReport(name, sum(m[0].numel for m in members), [m[0].name for m in members], lst, h,
+                       lh, verdict.notes(r, _with_counts(sst, lst), pooled=True), r, shape_sum)
 
 
 def sort_rows(rows: list[Any], metric: str | None, top: int | None) -> list[Any]:

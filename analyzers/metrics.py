@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 
@@ -33,40 +34,66 @@ def _f(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def abs_quantile(counts: np.ndarray, n: int, q: float, exact: bool) -> float:
+# Magnitude counts: a dense array over magnitude bins (abs_counts of a histogram), or the sparse pair
+# (bins ascending, counts) of its occupied bins, which costs per occupied bin instead of per 32,768 bins.
+Counts: TypeAlias = np.ndarray | tuple[np.ndarray, np.ndarray]
+
+
+def _sparse(counts: Counts) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(counts, tuple):
+        return counts
+    nz = np.flatnonzero(counts)
+    return nz, counts[nz]
+
+
+def abs_bins(s: Summary) -> tuple[np.ndarray, np.ndarray]:
+    """Occupied magnitude bins of a summary's histogram (dense or packed) and their counts."""
+    return bins.abs_occupied(s.hist)
+
+
+def _quantiles(idx: np.ndarray, cum: np.ndarray, val: np.ndarray, n: int, qs: tuple[float, ...]) -> list[float]:
+    """Linear quantiles at each q from occupied bins `idx` and their cumulative counts, in one search."""
+    if idx.size == 0:
+        return [math.nan] * len(qs)
+    hs = [(n - 1) * q for q in qs]
+    ks = [math.floor(h) for h in hs] + [math.ceil(h) for h in hs]
+    pos = np.minimum(np.searchsorted(cum, ks, side="right"), idx.size - 1)
+    v = val[idx[pos]].tolist()
+    m = len(qs)
+    return [v[i] + (hs[i] - ks[i]) * (v[m + i] - v[i]) for i in range(m)]
+
+
+def abs_quantile(counts: Counts, n: int, q: float, exact: bool) -> float:
     """numpy's default (linear) quantile of |w| from the magnitude histogram."""
     lo, _, rep = bins.abs_tables()
-    val = lo if exact else rep
-    cum = np.cumsum(counts)
-    h = (n - 1) * q
-    k0, k1 = math.floor(h), math.ceil(h)
-    b0 = int(np.searchsorted(cum, k0, side="right"))
-    b1 = int(np.searchsorted(cum, k1, side="right"))
-    v0, v1 = float(val[b0]), float(val[b1])
-    return v0 + (h - k0) * (v1 - v0)
+    idx, c = _sparse(counts)
+    return _quantiles(idx, np.cumsum(c), lo if exact else rep, n, (q,))[0]
 
 
-def count_at_most(counts: np.ndarray, t: float, exact: bool) -> float:
+def count_at_most(counts: Counts, t: float, exact: bool) -> float:
     """Number of |w| <= t: bins wholly below t exactly, the bin holding t by linear interpolation
     (exact for bf16/fp8 data, whose bins hold a single value)."""
     lo, hi, _ = bins.abs_tables()
     if t < 0:
         return 0.0
     k = int(np.searchsorted(lo, t, side="right")) - 1  # bin whose lower edge <= t
-    below = float(counts[:k].sum())
+    idx, c = _sparse(counts)
+    j = int(np.searchsorted(idx, k, side="left"))
+    below = float(c[:j].sum())
+    at = float(c[j]) if j < idx.size and idx[j] == k else 0.0
     if exact or k == 0:  # bin 0 holds zeros (and sub-9.2e-41 subnormals, taken as zero)
-        return below + float(counts[k])
+        return below + at
     width = hi[k] - lo[k]
     frac = 1.0 if width <= 0 or not math.isfinite(width) else min(1.0, (t - lo[k]) / width)
-    return below + frac * float(counts[k])
+    return below + frac * at
 
 
-def gini(counts: np.ndarray, n: int, exact: bool) -> float | None:
+def gini(counts: Counts, n: int, exact: bool) -> float | None:
     """Hurley & Rickard Gini of |w|: sum_k (2k - n - 1) c_(k) / (n sum c), c ascending."""
     lo, _, rep = bins.abs_tables()
     v = lo if exact else rep
-    nz = np.flatnonzero(counts)
-    c = counts[nz].astype(np.float64)
+    nz, cnt = _sparse(counts)
+    c = cnt.astype(np.float64)
     vals = v[nz]
     r = np.cumsum(c) - c  # ranks before each bin
     mass = vals * c
@@ -76,12 +103,13 @@ def gini(counts: np.ndarray, n: int, exact: bool) -> float | None:
     return float((mass * (2 * r + c - n)).sum() / (n * total))
 
 
-def top_mass(counts: np.ndarray, n: int, exact: bool, share: float = 0.01) -> float | None:
+def top_mass(counts: Counts, n: int, exact: bool, share: float = 0.01) -> float | None:
     """Share of sum w^2 held by the ceil(share*n) weights of largest |w|."""
     lo, _, rep = bins.abs_tables()
     v = lo if exact else rep
-    nz = np.flatnonzero(counts)[::-1]
-    c = counts[nz].astype(np.float64)
+    nz, cnt = _sparse(counts)
+    nz, cnt = nz[::-1], cnt[::-1]
+    c = cnt.astype(np.float64)
     sq = v[nz] ** 2
     total = float((sq * c).sum())
     if n == 0 or total <= 0:
@@ -94,14 +122,15 @@ def top_mass(counts: np.ndarray, n: int, exact: bool, share: float = 0.01) -> fl
     return top / total
 
 
-def finalise(s: Summary, nz: NearZero) -> Summary:
+def finalise(s: Summary, nz: NearZero, counts: tuple[np.ndarray, np.ndarray] | None = None) -> Summary:
     """Record a finished tensor's own near-zero count and standardised moment sums, so that pooled
-    summaries sum per-tensor counts (each tensor at its own threshold) and pool standardised shapes."""
+    summaries sum per-tensor counts (each tensor at its own threshold) and pool standardised shapes.
+    `counts`: abs_bins(s) when the caller has it already."""
     if s.finalised or s.n == 0:
         s.finalised = 1
         return s
     max_abs = max(abs(s.min), abs(s.max))
-    s.near_zero = count_at_most(bins.abs_counts(s.hist), nz.threshold(max_abs), s.exact_bins)
+    s.near_zero = count_at_most(abs_bins(s) if counts is None else counts, nz.threshold(max_abs), s.exact_bins)
     if s.n > 1 and s.m2 > 1e-300:
         sigma = math.sqrt(s.m2 / s.n)
         s.zn, s.z3, s.z4 = float(s.n), s.m3 / sigma ** 3, s.m4 / sigma ** 4
@@ -143,23 +172,31 @@ def nonzero_moments(s: Summary) -> tuple[int, float | None, float | None, float 
 
 
 def nonzero_counts(s: Summary) -> np.ndarray:
-    """Magnitude histogram without the zero bin."""
-    c = bins.abs_counts(s.hist).copy()
-    c[0] = 0
+    """Magnitude histogram without the zero bin (dense; nonzero_bins is the sparse form)."""
+    idx, cnt = nonzero_bins(s)
+    c = np.zeros(0x8000, dtype=np.int64)
+    c[idx] = cnt
     return c
+
+
+def nonzero_bins(s: Summary) -> tuple[np.ndarray, np.ndarray]:
+    """Occupied magnitude bins without the zero bin, and their counts."""
+    idx, cnt = abs_bins(s)
+    return (idx[1:], cnt[1:]) if idx.size and idx[0] == 0 else (idx, cnt)
 
 
 def smallest_nonzero(s: Summary) -> float | None:
     """Lower edge of the lowest occupied nonzero magnitude bin (within 2^-7 relative of the true min)."""
-    c = nonzero_counts(s)
-    nz = np.flatnonzero(c[:0x7F80])
-    if nz.size == 0:
+    idx, _ = nonzero_bins(s)
+    if idx.size == 0 or idx[0] >= 0x7F80:
         return None
     lo, _, _ = bins.abs_tables()
-    return float(lo[nz[0]])
+    return float(lo[idx[0]])
 
 
-def compute(s: Summary, nz: NearZero) -> dict[str, float | int | None]:
+def compute(s: Summary, nz: NearZero, counts: tuple[np.ndarray, np.ndarray] | None = None
+            ) -> dict[str, float | int | None]:
+    """Every metric of a summary. `counts`: abs_bins(s) when the caller has it already."""
     n = s.n
     out: dict[str, float | int | None] = {k: None for k in METRICS}
     out.update(numel=s.numel, finite_count=n, nan_count=s.nans, inf_count=s.infs,
@@ -168,7 +205,8 @@ def compute(s: Summary, nz: NearZero) -> dict[str, float | int | None]:
         out["zero_fraction"] = s.zeros / s.numel
     if n == 0:
         return out
-    counts = bins.abs_counts(s.hist)
+    if counts is None:
+        counts = abs_bins(s)
     max_abs = max(abs(s.min), abs(s.max))
     var = s.m2 / n
     out.update(
@@ -182,8 +220,10 @@ def compute(s: Summary, nz: NearZero) -> dict[str, float | int | None]:
         t = nz.threshold(max_abs)
         out["near_zero_threshold"] = _f(t)
         out["near_zero_fraction"] = count_at_most(counts, t, s.exact_bins) / s.numel
-    for name, q in QUANTILES.items():
-        out[name] = _f(abs_quantile(counts, n, q, s.exact_bins))
+    lo, _, rep = bins.abs_tables()
+    qv = _quantiles(counts[0], np.cumsum(counts[1]), lo if s.exact_bins else rep, n, tuple(QUANTILES.values()))
+    for name, v in zip(QUANTILES, qv):
+        out[name] = _f(v)
     out["gini"] = gini(counts, n, s.exact_bins)
     l2 = math.sqrt(s.sumsq)
     if n > 1 and l2 > 0:

@@ -45,6 +45,9 @@ class SpectralOptions:
     max_xmin_candidates: int = 10000  # above this many eigenvalues, xmin is scanned on an evenly spaced subset
     mp_tw_margin: float = 3.0      # spikes must clear the MP edge by this many Tracy–Widom scales
     mp_random_ks: float = 0.05     # bulk-vs-MP KS distance at or below which (with no spikes) a layer looks random
+    # ... or at or below this over M (the smaller side of one matrix), whichever is larger: random matrices with
+    # few singular values fit MP loosely (measured 95th percentile of the KS distance ≈ 3.5/M for M = 8-768)
+    mp_random_ks_scale: float = 4.0
     hist_bins: int = 64            # log10 bins of the ESD histogram
     chunk_elems: int = DEFAULT_CHUNK  # elements per streamed chunk (rounded up to whole rows)
     panel_elems: int = 1 << 21     # float64 column panel (16 MiB) for wide matrices, whose Gram needs all rows
@@ -489,7 +492,7 @@ def spectral_metrics(res: SpectralResult, evals: np.ndarray, n: int, m: int, fro
     if mp is not None:
         res.mp_spikes, res.mp_sigma2, res.mp_edge = mp.spikes, mp.sigma2, mp.edge
         res.mp_threshold, res.mp_ks = mp.threshold, mp.ks
-        res.looks_random = mp.spikes == 0 and mp.ks <= opts.mp_random_ks
+        res.looks_random = mp.spikes == 0 and mp.ks <= max(opts.mp_random_ks, opts.mp_random_ks_scale / m)
     return res
 
 

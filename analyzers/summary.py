@@ -1,8 +1,9 @@
 """Mergeable summaries: a tensor is consumed in chunks whose summaries merge exactly (moments, extremes,
 counts) and through a 65,536-bin histogram of each value's top 16 bits (its bfloat16 truncation).
 
-Chunks merge into a tensor's summary, tensors into a layer's, layers into the model's: the result does not
-depend on chunk size, except for floating-point rounding of the moment sums."""
+A tensor (or an element range of it) is accumulated by one RangeAccumulator: fixed blocks of values reduced
+in a binary tree over block numbers (see kernel.py), so its summary does not depend on chunk sizes nor on
+how it was split into tasks. Tensors then merge into a layer's summary, layers into the model's (Chan)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from wdist.analyzers import kernel
+
 NBINS = 1 << 16
+SAMPLE_MAX = 1 << 16  # up to this many finite values a summary also keeps them all (exact W1/KS on small tensors)
+
+
+def _no_sample() -> np.ndarray:
+    return np.zeros(0, dtype=np.float32)
 
 
 @dataclass
@@ -33,6 +41,16 @@ class Summary:
     units: int = 0  # output units of matrices/convs covered, and how many are entirely zero
     dead_units: int = 0
     tensors: int = 0
+    # Filled once per tensor by `finalise` (metrics.py), then summed by merge: the near-zero count at the
+    # tensor's own threshold, and the tensor's standardised moment sums (z = (x - mean) / std; sum z^2 = zn).
+    # Pooling standardised tensors keeps differences of scale between tensors from reading as heavy tails.
+    near_zero: float = 0.0
+    zn: float = 0.0
+    z3: float = 0.0
+    z4: float = 0.0
+    finalised: int = 0
+    # every finite value (float32), while there are at most SAMPLE_MAX of them; None once there are more
+    sample: np.ndarray | None = field(default_factory=_no_sample, repr=False)
 
     def merge(self, o: Summary) -> Summary:
         """Merge o into self (Chan/Pébay pairwise update of the central moments)."""
@@ -66,88 +84,112 @@ class Summary:
         self.units += o.units
         self.dead_units += o.dead_units
         self.tensors += o.tensors
+        self.near_zero += o.near_zero
+        self.zn += o.zn
+        self.z3 += o.z3
+        self.z4 += o.z4
+        self.finalised += o.finalised
+        if self.sample is not None and o.sample is not None and self.sample.size + o.sample.size <= SAMPLE_MAX:
+            self.sample = np.concatenate([self.sample, o.sample]) if o.sample.size else self.sample
+        else:
+            self.sample = None
         return self
 
 
-_BLOCK = 1 << 15  # float64 temporaries stay in cache
+@dataclass
+class Part:
+    """What one task returns for an element range of a tensor: counts, extremes, histogram and sample in
+    `summary` (its moments and sum |x| unset), the moment rows as BlockTree subtrees in element order, and
+    which output units have a nonzero value (None without a unit tracker)."""
+
+    summary: Summary
+    subtrees: list[tuple[int, tuple[float, ...]]]
+    alive: np.ndarray | None = None
 
 
-class _Workspace:
-    """Scratch buffers reused across chunks (one set per process)."""
+class RangeAccumulator:
+    """One running summary over consecutive float32 chunks of a range that starts on a block boundary
+    (`start` is the range's first element in the tensor). Thread-safe per instance: all state, the kernel's
+    included, belongs to the instance."""
 
-    def __init__(self) -> None:
-        self.d = np.empty(_BLOCK)
-        self.d2 = np.empty(_BLOCK)
-        self.a32 = np.empty(_BLOCK, dtype=np.float32)
-        self.idx = np.empty(0, dtype=np.intp)
+    def __init__(self, start: int = 0, exact_bins: bool = False) -> None:
+        if start % kernel.BLOCK:
+            raise ValueError(f"range start {start} is not on a {kernel.BLOCK}-element block boundary")
+        self.hist = np.zeros(NBINS, dtype=np.int64)
+        self.tree = kernel.BlockTree(kernel.merge_moments)
+        self.buf = kernel.Buffered(1)
+        self.exact_bins = exact_bins
+        self.numel = self.zeros = self.nans = self.infs = 0
+        self.sample: list[np.ndarray] | None = []
+        self.nsample = 0
+        self.k = kernel.native()
 
-    def index(self, n: int) -> np.ndarray:
-        if self.idx.size < n:
-            self.idx = np.empty(n, dtype=np.intp)
-        return self.idx[:n]
+    def _run(self, x: np.ndarray) -> None:
+        rows, z, nn, ni = kernel.blocks(x, self.hist, self.k)
+        self.zeros += z
+        self.nans += nn
+        self.infs += ni
+        for r in rows.tolist():
+            self.tree.push(tuple(r))
+
+    def _keep_sample(self, x: np.ndarray) -> None:
+        if self.sample is None:
+            return
+        if self.nsample + x.size <= SAMPLE_MAX:
+            f = x[np.isfinite(x)] if not np.isfinite(x.sum(dtype=np.float64)) else x.copy()
+        else:  # most chunks end the sample here; only a chunk mostly NaN/Inf keeps it going
+            fin = np.isfinite(x)
+            f = x[fin] if self.nsample + int(np.count_nonzero(fin)) <= SAMPLE_MAX else None
+        if f is None:
+            self.sample = None
+            return
+        self.sample.append(f)
+        self.nsample += f.size
+
+    def add(self, x: np.ndarray) -> None:
+        x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        if x.size == 0:
+            return
+        self.numel += x.size
+        self._keep_sample(x)
+        self.buf.feed((x,), self._run)
+
+    def part(self) -> Part:
+        """This range's Part (ends the accumulation)."""
+        self.buf.flush(self._run)
+        total = self.tree.total()
+        n = int(total[0]) if total else 0
+        sample = None if self.sample is None else (np.concatenate(self.sample) if self.sample else _no_sample())
+        s = Summary(numel=self.numel, n=n, zeros=self.zeros, nans=self.nans, infs=self.infs, hist=self.hist,
+                    exact_bins=self.exact_bins, sample=sample)
+        if total and n:
+            s.min, s.max = float(total[6]), float(total[7])
+        return Part(s, self.tree.subtrees())
+
+    def result(self) -> Summary:
+        return combine([self.part()])
 
 
-_WS = _Workspace()
-
-
-def _block_sums(x: np.ndarray, shift: float) -> tuple[float, float, float, float, float, float, float]:
-    """(min, max, sum|x|, and sums of d, d^2, d^3, d^4 with d = x - shift) in one cache-sized pass per
-    block. float64 moments; einsum's own sum-of-products loop (not BLAS) keeps results independent of
-    threads and --jobs."""
-    s1 = s2 = s3 = s4 = l1 = 0.0
-    lo, hi = np.inf, -np.inf
-    for i in range(0, x.size, _BLOCK):
-        xb = x[i:i + _BLOCK]
-        k = xb.size
-        db, d2b, ab = _WS.d[:k], _WS.d2[:k], _WS.a32[:k]
-        lo = min(lo, float(xb.min()))
-        hi = max(hi, float(xb.max()))
-        l1 += float(np.abs(xb, out=ab).sum())
-        np.subtract(xb, shift, out=db, dtype=np.float64)
-        np.multiply(db, db, out=d2b)
-        s1 += float(db.sum())
-        s2 += float(d2b.sum())
-        s3 += float(np.einsum("i,i->", d2b, db))
-        s4 += float(np.einsum("i,i->", d2b, d2b))
-    return lo, hi, l1, s1, s2, s3, s4
+def combine(parts: list[Part]) -> Summary:
+    """One Summary from the Parts of consecutive ranges, in order (the ranges aligned to their size, as
+    engine.task_ranges makes them): identical to accumulating all of it in one range."""
+    out = Summary(exact_bins=all(p.summary.exact_bins for p in parts) if parts else True)
+    tree = kernel.BlockTree(kernel.merge_moments)
+    for p in parts:
+        out.merge(p.summary)  # counts, extremes, histogram, sample; the moments are set below
+        for level, v in p.subtrees:
+            tree.push(v, level)
+    t = tree.total()
+    if t is not None and out.n:
+        out.mean, out.m2, out.m3, out.m4, out.l1 = t[1], t[2], t[3], t[4], t[5]
+        out.sumsq = out.m2 + out.n * out.mean * out.mean
+    else:
+        out.mean = out.m2 = out.m3 = out.m4 = out.l1 = out.sumsq = 0.0
+    return out
 
 
 def summarize_chunk(x: np.ndarray, exact_bins: bool = False) -> Summary:
     """Summary of one float32 chunk. Non-finite values are counted and excluded from everything else."""
-    s = Summary(numel=int(x.size), exact_bins=exact_bins, hist=_EMPTY)
-    if x.size == 0:
-        s.hist = np.zeros(NBINS, dtype=np.int64)
-        return s
-    with np.errstate(over="ignore", invalid="ignore"):  # inf - inf or overflow just means "look closer"
-        rough = float(x.sum())  # float32 pairwise sum: only a shift for the moments and a NaN/Inf probe
-    if not np.isfinite(rough):
-        finite = np.isfinite(x)
-        nf = int(x.size - np.count_nonzero(finite))
-        s.nans = int(np.count_nonzero(np.isnan(x)))
-        s.infs = nf - s.nans
-        if nf:
-            x = x[finite]
-        if x.size == 0:
-            s.hist = np.zeros(NBINS, dtype=np.int64)
-            return s
-        rough = float(np.add.reduce(x, dtype=np.float64))
-    n = int(x.size)
-    s.n = n
-    idx = _WS.index(n)
-    np.right_shift(x.view(np.uint32), 16, out=idx, casting="unsafe")
-    s.hist = np.bincount(idx, minlength=NBINS)
-    # bins 0x0000 / 0x8000 hold +-0 and the tiniest subnormals: count exactly only when they are occupied
-    if s.hist[0] or s.hist[0x8000]:
-        s.zeros = int(s.hist[0] + s.hist[0x8000]) if exact_bins else n - int(np.count_nonzero(x))
-    shift = rough / n
-    s.min, s.max, s.l1, s1, s2, s3, s4 = _block_sums(x, shift)
-    mu = s1 / n  # the mean relative to the shift
-    s.mean = shift + mu
-    s.m2 = max(s2 - s1 * mu, 0.0)
-    s.m3 = s3 - 3.0 * mu * s2 + 2.0 * s1 * mu * mu
-    s.m4 = s4 - 4.0 * mu * s3 + 6.0 * mu * mu * s2 - 3.0 * s1 * mu ** 3
-    s.sumsq = s.m2 + n * s.mean * s.mean
-    return s
-
-
-_EMPTY = np.zeros(0, dtype=np.int64)
+    acc = RangeAccumulator(0, exact_bins)
+    acc.add(x)
+    return acc.result()

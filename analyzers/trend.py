@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wdist.analyzers import histogram, metrics
-from wdist.analyzers.engine import unpack
 from wdist.analyzers.histogram import Histogram
 from wdist.analyzers.inspect import Options, analyse
 from wdist.analyzers.report import ReportMixin, jsonable
@@ -104,6 +103,7 @@ class TrendReport(ReportMixin):
     model: dict[str, list[float | None]]
     notes: list[str]
     errors: int
+    spectral: dict[str, dict[str, list[float | None]]] | None = None  # metric -> layer -> series (--spectral)
 
     SCHEMA = "wdist/trend/1"
 
@@ -113,7 +113,8 @@ class TrendReport(ReportMixin):
                 "layers": [{"name": lt.name, "series": jsonable(lt.series), "change_first": jsonable(lt.change_first),
                             "change_prev": jsonable(lt.change_prev), "notes": list(lt.notes)} for lt in self.layers],
                 "tensors": [{"name": n, "series": jsonable(s)} for n, s in self.tensors.items()],
-                "model": {"series": jsonable(self.model)}, "notes": list(self.notes)}
+                "model": {"series": jsonable(self.model)}, "notes": list(self.notes),
+                **({"spectral": {"series": jsonable(self.spectral)}} if self.spectral is not None else {})}
 
     def rows(self, level: str | None = None) -> list[dict[str, Any]]:
         """Long format: one row per layer (or tensor, level="tensor") and checkpoint."""
@@ -182,13 +183,17 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
     layer_summ: dict[str, list[Summary | None]] = {}
     tensor_l2: dict[str, list[float | None]] = {}  # every tensor's own L2 norm, for moving / settled
     tensor_layer: dict[str, str] = {}
+    spectral: list[Any] = []  # one SpectralReport (or None) per checkpoint, with --spectral
     errors = 0
     for i, pt in enumerate(points):
         try:
-            ck = open_checkpoint(pt.path, input_format)
-            rep = analyse(ck, opts)
-        except WdistError as e:
-            pt.error = e.reason
+            with open_checkpoint(pt.path, input_format) as ck:
+                rep = analyse(ck, opts)
+        except Exception as e:  # noqa: BLE001 - one hostile file must not hide the rest of the run
+            if isinstance(e, UsageError) and e.path is None:
+                raise  # a bad option, not a bad file
+            pt.error = e.reason if isinstance(e, WdistError) else (f"{type(e).__name__}: {e}" if str(e)
+                                                                    else type(e).__name__)
             errors += 1
             rep = None
         if rep is not None:
@@ -217,20 +222,32 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
                 tensor_series[name][m].append(t.stats.get(m) if t else None)
         for m in chosen:
             model_series[m].append(rep.model.stats.get(m) if rep else None)
+        spectral.append(getattr(rep, "spectral", None))
         if progress:
             progress(i + 1, len(points))
     layers = []
     readable = [i for i, p in enumerate(points) if not p.error]
+    by_layer: dict[str, list[str]] = {}  # tensors of each layer, grouped once (not a scan per layer)
+    for t in tensor_l2:
+        if t in tensor_layer:
+            by_layer.setdefault(tensor_layer[t], []).append(t)
     for name, series in layer_series.items():
         first, prev = _changes(series, readable)
         lt = LayerTrend(name, series, first, prev)
         if ridgeline:
             lt.ridgeline = _ridge(layer_summ[name], opts.bins)
-        moves = [(t, _last_move(v)) for t, v in tensor_l2.items() if tensor_layer.get(t) == name]
+        moves = [(t, _last_move(tensor_l2[t])) for t in by_layer.get(name, [])]
         lt.notes = _layer_notes(lt, points, moves)
         layers.append(lt)
-    return TrendReport(points, order, list(chosen), layers, tensor_series, model_series,
-                       _run_notes(layers, points), errors)
+    report = TrendReport(points, order, list(chosen), layers, tensor_series, model_series,
+                         _run_notes(layers, points), errors)
+    if any(sp is not None for sp in spectral):
+        from wdist.analyzers.spectral import SPECTRAL_METRICS
+        from wdist.analyzers.spectral_report import spectral_series, spectral_trend_notes
+
+        report.spectral = {m: spectral_series(spectral, m) for m in SPECTRAL_METRICS}
+        report.notes += spectral_trend_notes(report.spectral["alpha"], [p.display for p in points])
+    return report
 
 
 def _changes(series: dict[str, list[float | None]], readable: list[int]
@@ -249,7 +266,9 @@ def _changes(series: dict[str, list[float | None]], readable: list[int]
 
 def _ridge(summ: list[Summary | None], bins: int) -> list[Histogram | None]:
     """Each step's histogram on edges shared by all steps, so the rows are comparable."""
-    full = [unpack(s) if s is not None else None for s in summ]
+    # packed summaries are read as they are: unpacking each in place would keep a dense 512 KB histogram
+    # per layer and checkpoint alive
+    full = summ
     p999 = [metrics.compute(s, metrics.NearZero()).get("abs_p999") for s in full if s is not None and s.n]
     mx = max((max(abs(s.min), abs(s.max)) for s in full if s is not None and s.n), default=1.0)
     half = histogram.symmetric_range(*p999, max_abs=mx)

@@ -140,7 +140,7 @@ def _nonzero(s: Summary, r: Reading) -> None:
     k, _, _, kz = metrics.nonzero_moments(s)
     if k <= 0:
         return
-    counts = metrics.nonzero_counts(s)
+    counts = metrics.nonzero_bins(s)
     if r.shape == "sparse":
         r.nonzero_kurtosis = kz
         if k < SHAPE_MIN:
@@ -149,7 +149,8 @@ def _nonzero(s: Summary, r: Reading) -> None:
             r.nonzero_shape = classify(kz, metrics.gini(counts, k, s.exact_bins),
                                        metrics.top_mass(counts, k, s.exact_bins))
     t = metrics.smallest_nonzero(s)
-    med = metrics.abs_quantile(counts[1:], k, 0.5, s.exact_bins) if k >= SHAPE_MIN else None
+    # read on bins shifted down by one, as the dense form `nonzero_counts(s)[1:]` always was
+    med = metrics.abs_quantile((counts[0] - 1, counts[1]), k, 0.5, s.exact_bins) if k >= SHAPE_MIN else None
     if t is not None and med and t >= GAP_RATIO * med:
         r.pruning_gap = t
 

@@ -3,6 +3,9 @@
     python benchmarks/bench.py                # full sizes (~1.5 GB fp32, ~1.8 GB bf16 sharded, ~400 MB HDF5)
     python benchmarks/bench.py --scale 0.05   # a quick run with the same shapes, smaller
 
+The last block prints the issue's done-when items as ratios, all from this one run (at --scale < 1 the
+one-tensor file is below the element-range task size, so its --jobs ratio says nothing then).
+
 Generates deterministic checkpoints into a temporary folder, warms the page cache, then runs each tool in
 its own process and prints wall time, peak RSS and the ratios. Nothing here is imported by wdist."""
 
@@ -81,6 +84,15 @@ def write_all(d: str, scale: float) -> dict[str, str]:
     return files
 
 
+def _save_big_child(path: str, rows: int) -> None:
+    """One [rows, 4096] float32 tensor (rows=65536: 1.07 GB), written without holding two copies."""
+    code = (f"import numpy as np; from safetensors.numpy import save_file; rng = np.random.default_rng(5); "
+            f"w = np.empty(({rows}, 4096), np.float32); "
+            f"[rng.standard_normal(out=w[i:i + 4096], dtype=np.float32) for i in range(0, {rows}, 4096)]; w *= 0.02; "
+            f"save_file({{'embed.weight': w}}, {path!r})")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def _save_child(path: str, layers: int, seed: int) -> None:
     code = (f"import sys; sys.path.insert(0, {HERE!r}); from bench import make_tensors; "
             f"from safetensors.numpy import save_file; save_file(make_tensors({layers}, 4096, {seed}), {path!r})")
@@ -132,7 +144,9 @@ def main() -> None:
         print(json.dumps(write_all(args.generate, args.scale)))
         return
     d = args.dir or tempfile.mkdtemp(prefix="wdist-bench-")
-    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; files in {d}")
+    kern = subprocess.run([sys.executable, "-c", "from wdist.analyzers.kernel import backend; print(backend())"],
+                          capture_output=True, text=True).stdout.strip()
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; kernel: {kern}; files in {d}")
     t0 = time.perf_counter()
     # generate in a child process: a forked child inherits the parent's peak RSS, which would skew the numbers
     out = subprocess.run([sys.executable, __file__, "--generate", d, "--scale", str(args.scale)], check=True,
@@ -159,18 +173,31 @@ def main() -> None:
         results[name] = {"floor": floor, "baseline": base, "inspect_j1": w1, "inspect": w, "ls": ls}
     a, b = files["fp32.safetensors"], files["fp32.pt"]
     dres = wdist("diff", a, b)
-    print(fmt_row("wdist diff st vs pt", dres) + f"  diff/inspect {dres['seconds'] / results['fp32.safetensors']['inspect']['seconds']:.2f}x")
+    diff_ratio = dres["seconds"] / results["fp32.safetensors"]["inspect"]["seconds"]
+    print(fmt_row("wdist diff st vs pt", dres) + f"  diff/inspect {diff_ratio:.2f}x")
     help_ = child("help")
     print(f"wdist --help: {help_['seconds']:.3f} s, torch imported: {help_['torch']}")
+    # one large tensor: the work must split below the tensor to use both cores
+    big = os.path.join(d, "one-tensor.safetensors")
+    _save_big_child(big, max(64, round(65536 * args.scale)))
+    warm(big)
+    b1 = wdist("inspect", big, "--jobs", "1")
+    b2 = wdist("inspect", big, "--jobs", "2")
+    print(f"one {size_of(big) / 1e9:.2f} GB tensor:")
+    print(fmt_row("wdist inspect -j1", b1))
+    print(fmt_row("wdist inspect -j2", b2) + f"  speed-up {b1['seconds'] / b2['seconds']:.2f}x")
+    os.remove(big)
     # scaling with size and with the number of checkpoints
     print("scaling of inspect with checkpoint size:")
-    for frac in (0.25, 0.5, 1.0):
+    rss: list[tuple[float, float, float]] = []
+    for frac in (0.25, 0.5, 1.0, 2.0):
         sub = os.path.join(d, f"scale-{frac}")
         os.makedirs(sub, exist_ok=True)
         p = os.path.join(sub, "m.safetensors")
         _save_child(p, max(1, round(24 * args.scale * frac)), 3)
         warm(p)
         r = wdist("inspect", p)
+        rss.append((size_of(p) / 1e9, r["rss_mb"], r.get("worker_rss_mb", 0)))
         print(f"  {size_of(p) / 1e9:5.2f} GB: {r['seconds']:6.2f} s, peak RSS {r['rss_mb']:.0f} MB "
               f"(+ workers {r.get('worker_rss_mb', 0):.0f} MB)")
         os.remove(p)
@@ -183,6 +210,32 @@ def main() -> None:
         paths = [os.path.join(run_dir, f"step{i}.safetensors") for i in range(n)]
         r = wdist("trend", *paths)
         print(f"  {n} checkpoints: {r['seconds']:6.2f} s ({r['seconds'] / n:.2f} s each), peak RSS {r['rss_mb']:.0f} MB")
+    done_when(results, diff_ratio, b1, b2, rss, help_, args.scale)
+
+
+def done_when(results: dict, diff_ratio: float, b1: dict, b2: dict, rss: list[tuple[float, float, float]],
+              help_: dict, scale: float) -> None:
+    """The issue's targets as measured ratios, with a verdict each."""
+    rows: list[tuple[str, str, bool]] = []
+    for name, floor_max in (("fp32.safetensors", 0.7), ("fp32.pt", 0.7), ("bf16-sharded", 0.7), ("keras.h5", 1.0)):
+        r = results[name]
+        ratio = r["inspect"]["seconds"] / r["floor"]["seconds"]
+        rows.append((f"{name}: wdist/floor <= {floor_max}", f"{ratio:.2f}x", ratio <= floor_max))
+        if r["baseline"] and name != "keras.h5":
+            speed = r["baseline"]["seconds"] / r["inspect"]["seconds"]
+            rows.append((f"{name}: baseline/wdist >= 30", f"{speed:.1f}x", speed >= 30))
+        rows.append((f"{name}: ls <= 0.25 s", f"{r['ls']['seconds']:.3f} s", r["ls"]["seconds"] <= 0.25))
+    sp = b1["seconds"] / b2["seconds"]
+    rows.append(("one 1 GB tensor: -j1/-j2 >= 1.7", f"{sp:.2f}x" + ("" if scale >= 1 else " (scaled: no split)"),
+                 sp >= 1.7))
+    rows.append(("diff/inspect <= 2.2", f"{diff_ratio:.2f}x", diff_ratio <= 2.2))
+    peak = max(max(m, w) for _, m, w in rss)
+    flat = " / ".join(f"{gb:.1f} GB: {m:.0f}+{w:.0f}" for gb, m, w in rss)
+    rows.append(("peak RSS per process <= 150 MB", f"{peak:.0f} MB ({flat})", peak <= 150))
+    rows.append(("wdist --help <= 0.1 s", f"{help_['seconds']:.3f} s", help_["seconds"] <= 0.1))
+    print(f"done-when (one run{'' if scale == 1 else f', --scale {scale}: preliminary'}):")
+    for what, got, ok in rows:
+        print(f"  {'ok  ' if ok else 'MISS'} {what:<40} {got}")
 
 
 if __name__ == "__main__":

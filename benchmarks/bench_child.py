@@ -75,7 +75,7 @@ def main() -> None:
     elif mode == "wdist":
         cmd = [sys.executable, "-m", "wdist", *args, "--format", "json"]
         if args[0] in ("inspect", "diff", "trend"):
-            cmd.append("-q")
+            cmd += ["-q", "--no-cache"]  # measure the analysis, not summary-cache hits of an earlier run
         # wdist runs as our child: its main process is one child, its workers are grandchildren
         wrapper = ("import resource,runpy,sys,json;sys.argv=['wdist']+sys.argv[1:];code=0"
                    "\ntry:\n runpy.run_module('wdist',run_name='__main__')\nexcept SystemExit as e: code=e.code or 0\n"
@@ -91,7 +91,7 @@ def main() -> None:
         print(json.dumps({"seconds": t, "rss_mb": usage["self"] / 1024, "worker_rss_mb": usage["children"] / 1024}))
         return
     elif mode == "same":
-        outs = [subprocess.run([sys.executable, "-m", "wdist", "inspect", args[0], "--format", "json", "-q", "-j", j],
+        outs = [subprocess.run([sys.executable, "-m", "wdist", "inspect", args[0], "--format", "json", "-q", "--no-cache", "-j", j],
                                capture_output=True, text=True, check=True).stdout for j in ("1", "2")]
         extra["identical"] = outs[0] == outs[1]
     elif mode == "help":

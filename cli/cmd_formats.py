@@ -11,6 +11,7 @@ from wdist.cli.options import output_format
 @output_format(["table", "json", "markdown"])
 def formats(fmt: str) -> None:
     """List the checkpoint formats wdist reads (built-in and plug-ins), with the extra each one needs."""
+    from wdist.cli.render.common import md_table, safe
     from wdist.loaders.registry import formats as registered
     from wdist.loaders.registry import plugin_errors
 
@@ -23,18 +24,15 @@ def formats(fmt: str) -> None:
                               indent=2))
         return
     if fmt == "markdown":
-        lines = ["| format | name | files | variants | needs |", "|---|---|---|---|---|"]
-        for r in rows:
-            needs = f"`pip install 'wdist[{r['extra']}]'`" if r["extra"] else ", ".join(r["requires"]) or "-"
-            lines.append(f"| {r['title']} | `{r['name']}` | {' '.join(r['extensions'])} | {r['variants']} | {needs} |"
-                         .replace("\n", " "))
-        click.echo("\n".join(lines))
+        body = [[r["title"], r["name"], " ".join(r["extensions"]), r["variants"],
+                 f"wdist[{r['extra']}]" if r["extra"] else ", ".join(r["requires"]) or "-"] for r in rows]
+        click.echo("\n".join(md_table(["format", "name", "files", "variants", "extra"], body)))
         return
     for r in rows:
         state = "ready" if r["available"] else f"needs pip install 'wdist[{r['extra']}]'" if r["extra"] else \
             f"needs {', '.join(r['requires'])}"
-        click.echo(f"{r['name']:<14} {r['title']}  ({' '.join(r['extensions'])})  {state}")
+        click.echo(safe(f"{r['name']:<16} {r['title']}  ({' '.join(r['extensions'])})  {state}"))
         if r["variants"]:
-            click.echo(f"{'':<14} {r['variants']}")
+            click.echo(safe(f"{'':<16} {r['variants']}"))
     for err in plugin_errors():
-        click.echo(f"wdist: warning: a format plug-in failed to load: {err}", err=True)
+        click.echo(f"wdist: warning: a format plug-in failed to load: {safe(err)}", err=True)

@@ -8,16 +8,18 @@ from wdist.cli.options import input_format, output_format
 
 
 @click.command()
-@click.argument("path", type=click.Path())
+@click.argument("path")
 @output_format(["table", "json", "csv", "markdown"])
 @input_format
 def ls(path: str, fmt: str, input_format: str | None) -> None:
-    """List every tensor of PATH with its layer, role, shape, dtype, parameters and bytes.
+    """List every tensor of PATH (a file, a model folder or a URL) with its layer, role, shape, dtype,
+    parameters and bytes.
 
     Reads headers and metadata only, never tensor data.
     """
+    import wdist
+    from wdist.cli.main import reading
     from wdist.cli.render import ls_render
-    from wdist.loaders import open_checkpoint
 
-    ck = open_checkpoint(path, input_format)
-    ls_render.render(ck, fmt)
+    reading(path)
+    ls_render.render(wdist.ls(path, input_format), fmt)

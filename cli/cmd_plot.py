@@ -7,16 +7,34 @@ import click
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("-o", "--out", required=True, help="Output prefix: writes OUT-N.png/.svg and OUT.html.")
+@click.option("-o", "--out", required=True, metavar="OUT",
+              help="Output prefix: writes OUT-1.png ... (OUT-1a.png, OUT-1b.png, ... when a figure needs several "
+                   "pages) and OUT.html.")
 @click.option("--image-format", "formats", multiple=True, type=click.Choice(["png", "svg"]),
-              help="Image formats (repeatable; default png and svg).")
-def plot(paths: tuple[str, ...], out: str, formats: tuple[str, ...]) -> None:
+              help="Image files to write (repeatable; default png). The HTML report always embeds PNG.")
+@click.option("--spectral", is_flag=True, help="Add the eigenvalue spectrum (ESD) of every weight matrix, with its "
+                                             "fitted power-law tail and Marchenko-Pastur edge.")
+def plot(paths: tuple[str, ...], out: str, formats: tuple[str, ...], spectral: bool) -> None:
     """Write per-layer histograms (linear and log|w|), an A/B overlay of the first and last checkpoint, a
-    ridgeline of histograms across checkpoints, metric-over-step charts, and a self-contained HTML report.
-    Needs the plot extra: pip install 'wdist[plot]'."""
+    ridgeline of histograms across checkpoints, metric-over-step charts, and a self-contained HTML report
+    with every layer. Prints each file it writes. Needs the plot extra: pip install 'wdist[plot]'."""
+    import sys
+
     from wdist.analyzers.trend import expand_inputs, order_points
-    from wdist.cli.plotting import write_report
+    from wdist.cli.main import reading
+    from wdist.cli.render.common import quiet, safe
+    from wdist.plots import write_report
 
     ordered, _ = order_points(expand_inputs(list(paths)), given=False)
-    html = write_report([p.path for p in ordered], out, formats or ("png", "svg"))
-    click.echo(html)
+    files = [p.path for p in ordered]
+    reading(files[-1] if files else None)
+    show = not quiet() and sys.stderr.isatty()
+
+    def step(msg: str) -> None:
+        if show:
+            click.echo(f"  {safe(msg)}", err=True)
+
+    def wrote(p: str) -> None:
+        click.echo(safe(p))
+
+    write_report(files, out, formats or ("png",), on_file=wrote, on_step=step, spectral=spectral)

@@ -8,9 +8,14 @@ from collections.abc import Callable
 EPOCHS_SAVED = (1, 2, 5, 10, 20)
 
 
+def epochs_saved(epochs: int) -> list[int]:
+    """The epochs to save: those of EPOCHS_SAVED before the last, and always the last one itself."""
+    return [e for e in EPOCHS_SAVED if e < epochs] + [epochs]
+
+
 def train(out_dir: str, epochs: int = 20, seed: int = 0,
           on_epoch: Callable[[int, float, float], None] | None = None) -> list[str]:
-    """Train deterministically; save .pt and .safetensors at EPOCHS_SAVED; return the .pt paths."""
+    """Train deterministically; save .pt and .safetensors at epochs_saved(epochs); return the .pt paths."""
     import torch
     from safetensors.torch import save_file
     from torch import nn
@@ -36,6 +41,7 @@ def train(out_dir: str, epochs: int = 20, seed: int = 0,
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     os.makedirs(out_dir, exist_ok=True)
     saved = []
+    keep = set(epochs_saved(epochs))
     for epoch in range(1, epochs + 1):
         perm = torch.randperm(n, generator=g)
         total, correct = 0.0, 0
@@ -50,7 +56,7 @@ def train(out_dir: str, epochs: int = 20, seed: int = 0,
             correct += int((logits.argmax(1) == y[idx]).sum())
         if on_epoch:
             on_epoch(epoch, total / n, correct / n)
-        if epoch in EPOCHS_SAVED:
+        if epoch in keep:
             sd = {}
             for k, v in model.state_dict().items():
                 idx_s, _, param = k.partition(".")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import sys
 from typing import Any
 
 import click
@@ -19,6 +22,8 @@ COMMANDS = {
     "check": "wdist.cli.cmd_check:check",
     "demo": "wdist.cli.cmd_demo:demo",
     "plot": "wdist.cli.cmd_plot:plot",
+    "formats": "wdist.cli.cmd_formats:formats",
+    "cache": "wdist.cli.cmd_cache:cache",
 }
 SHORT_HELP = {
     "ls": "List every tensor of a checkpoint (headers only).",
@@ -28,7 +33,68 @@ SHORT_HELP = {
     "check": "Assert sparsity and health rules (CI gate, exit codes).",
     "demo": "Train a small CNN, save checkpoints and read them.",
     "plot": "Write histogram, ridgeline and trend images and an HTML report.",
+    "formats": "List the checkpoint formats wdist reads and what each needs.",
+    "cache": "Show or clear the summary cache (cache info | cache clear).",
 }
+
+DEBUG_HELP = "Show tracebacks instead of one-line errors."
+QUIET_HELP = "No progress output."
+WIDTH_HELP = "Lay text out in N columns (default: the terminal's width, $COLUMNS, or natural width when piped)."
+
+
+def state() -> dict[str, Any]:
+    """The run's global settings (debug, quiet, width, the path being read), kept on click's root context."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    root = ctx.find_root()
+    if not isinstance(root.obj, dict):
+        root.obj = {}
+    obj: dict[str, Any] = root.obj
+    return obj
+
+
+def reading(path: str | None) -> None:
+    """Remember which file a command is reading, so an unexpected failure can still name it."""
+    state()["path"] = path
+
+
+def _set(key: str) -> Any:
+    def cb(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value:  # an absent option must not undo the same option given before the command
+            state()[key] = value
+        return value
+
+    return cb
+
+
+def _global_params() -> list[click.Option]:
+    return [
+        click.Option(["--debug"], is_flag=True, expose_value=False, callback=_set("debug"), help=DEBUG_HELP),
+        click.Option(["--quiet", "-q"], is_flag=True, expose_value=False, callback=_set("quiet"), help=QUIET_HELP),
+        click.Option(["--width"], type=click.IntRange(20, 100_000), default=None, metavar="N", expose_value=False,
+                     callback=_set("width"), help=WIDTH_HELP),
+    ]
+
+
+def _error_line(path: str | None, reason: str) -> str:
+    from wdist.cli.render.common import safe
+
+    return f"wdist: error: {safe(path)}: {safe(reason)}" if path else f"wdist: error: {safe(reason)}"
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the final flush cannot raise again."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _is_broken_pipe(e: BaseException) -> bool:
+    return isinstance(e, BrokenPipeError) or (isinstance(e, OSError) and e.errno == errno.EPIPE)
 
 
 class LazyGroup(click.Group):
@@ -43,6 +109,11 @@ class LazyGroup(click.Group):
 
         mod, fn = target.split(":")
         cmd: click.Command = getattr(importlib.import_module(mod), fn)
+        # the global options are accepted after the command too; a command's own --quiet stays its own
+        have = {o for p in cmd.params for o in getattr(p, "opts", [])}
+        for p in _global_params():
+            if not have & set(p.opts):
+                cmd.params.append(p)
         return cmd
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -55,35 +126,53 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except WdistError as e:
-            if ctx.obj and ctx.obj.get("debug"):
+            if state().get("debug"):
                 raise
-            click.echo(f"wdist: error: {e}", err=True)
+            click.echo(_error_line(e.path, e.reason), err=True)
             ctx.exit(EXIT_ERROR)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
             click.echo("wdist: interrupted", err=True)
             ctx.exit(130)
-        except Exception as e:  # an unexpected failure still gets one line, unless --debug
-            if ctx.obj and ctx.obj.get("debug"):
+        except Exception as e:  # an unexpected failure still gets one line naming the file, unless --debug
+            if _is_broken_pipe(e):  # `wdist ls x | head -1`: the reader left; that is not an error
+                _quiet_stdout()
+                ctx.exit(EXIT_OK)
+            if state().get("debug"):
                 raise
-            click.echo(f"wdist: error: {type(e).__name__}: {e} (run with --debug for a traceback)", err=True)
+            reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            click.echo(_error_line(state().get("path"), reason + " (run with --debug for a traceback)"), err=True)
             ctx.exit(EXIT_ERROR)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wdist")
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("--debug", is_flag=True, help=DEBUG_HELP)
+@click.option("--quiet", "-q", is_flag=True, help=QUIET_HELP)
+@click.option("--width", type=click.IntRange(20, 100_000), default=None, metavar="N", help=WIDTH_HELP)
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, quiet: bool, width: int | None) -> None:
     """wdist: read weight distributions and sparsity straight from checkpoint files.
 
     Exit codes: 0 success; 1 a `check` rule failed; 2 usage error, bad configuration, or a checkpoint
     that cannot be read.
     """
     ctx.ensure_object(dict)
-    ctx.obj["debug"] = debug
+    ctx.obj.update(debug=debug, quiet=quiet, width=width)
 
 
 def main() -> None:
-    cli(prog_name="wdist")
+    code: Any = 0
+    try:
+        cli.main(prog_name="wdist")
+    except SystemExit as e:
+        code = e.code
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, OSError) as e:
+        if not _is_broken_pipe(e):
+            raise
+        _quiet_stdout()
+        code = 0 if code in (0, None, 1) else code
+    sys.exit(code)

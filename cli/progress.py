@@ -24,11 +24,11 @@ def progress_bar(total_bytes: int, total_tensors: int, quiet: bool, label: str =
         Progress,
         TextColumn,
         TimeRemainingColumn,
-        TransferSpeedColumn,
     )
 
+    # binary units, as every size wdist prints (human_bytes): one file never shows as "1.1 GB" and "1.0 GiB"
     # auto_refresh=False: no refresh thread, so worker processes can be forked safely
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
                   TextColumn("{task.fields[tensors]}"), TimeRemainingColumn(),
                   console=Console(stderr=True), transient=True, auto_refresh=False) as p:
         task = p.add_task(label, total=total_bytes, tensors="")

@@ -50,7 +50,7 @@ class TensorReader(Protocol):
         ...
 
 
-@dataclass
+@dataclass(slots=True)  # no instance dict: a checkpoint may list millions of these
 class TensorRef:
     name: str
     layer: str

@@ -21,8 +21,10 @@ KERAS = DATA / "keras"
 
 
 @pytest.fixture(autouse=True)
-def _fixed_width(monkeypatch: pytest.MonkeyPatch) -> None:
+def _fixed_width(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     monkeypatch.setenv("COLUMNS", "120")
+    # each test gets an empty summary cache: none is shared between tests or left in the user's cache folder
+    monkeypatch.setenv("WDIST_CACHE_DIR", str(tmp_path_factory.mktemp("wdist-cache")))
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
 

@@ -4,74 +4,70 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from typing import Any
 
 import click
 
 from wdist.analyzers.check import CheckpointResult
-from wdist.cli.render.common import console, dumps, jsonable, num
+from wdist.analyzers.report import CheckReport
+from wdist.cli.render.common import console, dumps, echo, md_cell, num, plural, prose, safe
 
-SCHEMA = "wdist/check/1"
 SHOW_WORST = 5
 
 
-def exit_code(results: list[CheckpointResult]) -> int:
-    if any(r.error or any(rr.verdict == "error" for rr in r.rules) for r in results):
-        return 2
-    return 0 if all(r.passed for r in results) else 1
-
-
-def as_dict(results: list[CheckpointResult]) -> dict[str, Any]:
-    return {"schema": SCHEMA, "passed": exit_code(results) == 0, "exit_code": exit_code(results),
-            "checkpoints": [{"path": r.path, "error": r.error, "passed": r.passed,
-                             "rules": [jsonable(rr) for rr in r.rules]} for r in results]}
-
-
-def render(results: list[CheckpointResult], fmt: str) -> None:
+def render(report: CheckReport, fmt: str) -> None:
+    results, config = report.checkpoints, report.config
     if fmt == "json":
-        click.echo(dumps(as_dict(results)))
+        click.echo(dumps(report))
         return
     con = console()
+    echo(con, f"config: {safe(config)}" if config else "config: none (rules from --rule)", "dim")
+    marks = {"pass": ("PASS", "green"), "fail": ("FAIL", "bold red"), "error": ("ERROR", "bold red")}
     for r in results:
         if r.error:
-            con.print(f"[bold red]ERROR[/] {r.path}: {r.error}", highlight=False)
+            prose(con, f"ERROR {r.path}: {r.error}", style="bold red")
             continue
-        con.print(f"[bold]{r.path}[/]", highlight=False)
+        echo(con, safe(r.path), "bold")
         for rr in r.rules:
-            mark = {"pass": "[green]PASS[/]", "fail": "[bold red]FAIL[/]", "error": "[bold red]ERROR[/]"}[rr.verdict]
+            mark, style = marks[rr.verdict]
             extra = (f"{rr.matched} matched" if rr.verdict == "pass" else
                      f"{len(rr.failures)} of {rr.matched} fail" if rr.verdict == "fail" else rr.message)
-            con.print(f"  {mark} {rr.rule}  ({extra})", highlight=False)
+            from rich.text import Text
+
+            echo(con, Text.assemble("  ", (mark, style), f" {safe(rr.rule)}  ({safe(extra)})"))
             for o in rr.failures[:SHOW_WORST]:
-                con.print(f"        {o.name}: {rr.metric} = {num(o.value, 4)}", highlight=False)
+                echo(con, f"        {safe(o.name)}: {safe(rr.metric)} = {num(o.value, 4)}")
             if len(rr.failures) > SHOW_WORST:
-                con.print(f"        ... {len(rr.failures) - SHOW_WORST} more", highlight=False)
+                echo(con, f"        ... {len(rr.failures) - SHOW_WORST} more (all of them in --format json and --junit)")
     n_fail = sum(1 for r in results for rr in r.rules if rr.verdict != "pass") + sum(1 for r in results if r.error)
-    con.print("[green]all rules pass[/]" if exit_code(results) == 0 else f"[red]{n_fail} problem(s)[/]")
+    echo(con, "all rules pass" if report.exit_code == 0 else plural(n_fail, "problem"),
+         "green" if report.exit_code == 0 else "red")
 
 
 def write_junit(results: list[CheckpointResult], path: str) -> None:
+    """JUnit XML. Names from files are escaped (safe): XML 1.0 cannot hold control characters at all."""
+    x = safe
     suites = ET.Element("testsuites", name="wdist check")
     for r in results:
         cases: list[ET.Element] = []
+        cls = x(f"wdist.check.{os.path.basename(r.path)}")
         if r.error:
-            c = ET.Element("testcase", classname="wdist.check", name=f"read {r.path}")
-            ET.SubElement(c, "error", message=r.error).text = r.error
+            c = ET.Element("testcase", classname="wdist.check", name=x(f"read {r.path}"))
+            ET.SubElement(c, "error", message=x(r.error)).text = x(r.error)
             cases.append(c)
         for rr in r.rules:
-            c = ET.Element("testcase", classname=f"wdist.check.{os.path.basename(r.path)}", name=rr.rule)
+            c = ET.Element("testcase", classname=cls, name=x(rr.rule))
             if rr.verdict == "fail":
                 msg = f"{len(rr.failures)} of {rr.matched} tensors fail"
                 ET.SubElement(c, "failure", message=msg).text = "\n".join(
-                    f"{o.name}: {rr.metric} = {o.value}" for o in rr.failures)
+                    x(f"{o.name}: {rr.metric} = {o.value}") for o in rr.failures)
             elif rr.verdict == "error":
-                ET.SubElement(c, "error", message=rr.message).text = rr.message
+                ET.SubElement(c, "error", message=x(rr.message)).text = x(rr.message)
             cases.append(c)
             for o in rr.failures:
-                t = ET.Element("testcase", classname=f"wdist.check.{os.path.basename(r.path)}", name=f"{rr.rule} :: {o.name}")
-                ET.SubElement(t, "failure", message=f"{rr.metric} = {o.value}, wanted {rr.op} {rr.value}")
+                t = ET.Element("testcase", classname=cls, name=x(f"{rr.rule} :: {o.name}"))
+                ET.SubElement(t, "failure", message=x(f"{rr.metric} = {o.value}, wanted {rr.op} {rr.value}"))
                 cases.append(t)
-        suite = ET.SubElement(suites, "testsuite", name=r.path, tests=str(len(cases)),
+        suite = ET.SubElement(suites, "testsuite", name=x(r.path), tests=str(len(cases)),
                               failures=str(sum(1 for c in cases if c.find("failure") is not None)),
                               errors=str(sum(1 for c in cases if c.find("error") is not None)))
         suite.extend(cases)
@@ -79,7 +75,7 @@ def write_junit(results: list[CheckpointResult], path: str) -> None:
 
 
 def _gh_escape(s: str) -> str:
-    return s.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return safe(s).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _gh_prop(s: str) -> str:
@@ -102,8 +98,8 @@ def github(results: list[CheckpointResult]) -> None:
         lines = ["## wdist check", "", "| checkpoint | rule | verdict | failing |", "|---|---|---|---:|"]
         for r in results:
             if r.error:
-                lines.append(f"| {r.path} | (read) | error: {r.error} | |")
+                lines.append(f"| {md_cell(r.path)} | (read) | error: {md_cell(r.error)} | |")
             for rr in r.rules:
-                lines.append(f"| {r.path} | `{rr.rule}` | {rr.verdict} | {len(rr.failures)} |")
+                lines.append(f"| {md_cell(r.path)} | `{md_cell(rr.rule)}` | {rr.verdict} | {len(rr.failures)} |")
         with open(summary, "a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")

@@ -1,4 +1,5 @@
-"""Helpers shared by the renderers: number formatting, JSON-safe conversion, the console."""
+"""Helpers shared by the renderers: terminal-safe text, the output width, a table layout that never drops a
+name or cuts a number, number formatting and JSON-safe conversion."""
 
 from __future__ import annotations
 
@@ -6,17 +7,221 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import sys
+import textwrap
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from wdist.analyzers.report import jsonable
+from wdist.analyzers.text import safe
 
-def console(file: Any = None) -> Any:
+
+def md_cell(s: Any) -> str:
+    """One Markdown table cell (or inline text): terminal-safe, with backslashes and pipes escaped."""
+    return safe(s).replace("\\", "\\\\").replace("|", "\\|")
+
+
+# kept for callers that escaped Markdown before; the same as md_cell
+md_escape = md_cell
+
+
+def _root_obj() -> dict[str, Any]:
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, dict) else {}
+
+
+def out_width() -> int | None:
+    """Columns to lay text out in: --width, else $COLUMNS, else the terminal's width when stdout is a
+    terminal; None (natural width: nothing is folded) when stdout is a file or a pipe."""
+    w = _root_obj().get("width")
+    if w:
+        return int(w)
+    cols = os.environ.get("COLUMNS", "")
+    if cols.isdigit() and int(cols) > 0:
+        return int(cols)
+    try:
+        if sys.stdout.isatty():
+            return shutil.get_terminal_size().columns
+    except (AttributeError, ValueError, OSError):
+        pass
+    return None
+
+
+def quiet() -> bool:
+    return bool(_root_obj().get("quiet"))
+
+
+NATURAL = 1 << 20  # "no limit" for rich, which needs a number
+
+
+def console(file: Any = None, stderr: bool = False) -> Any:
+    """A rich console with markup, emoji codes and highlighting off, so text from files prints as is."""
     from rich.console import Console
 
-    width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else None
-    return Console(file=file, width=width, no_color=bool(os.environ.get("NO_COLOR")) or None, soft_wrap=False)
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # the reader of a pipe left (`wdist ls x | head -1`): stop quietly with exit 0, not rich's 1
+            self.quiet = True
+            try:
+                fd = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(fd, sys.stdout.fileno())
+                os.close(fd)
+            except (OSError, ValueError, AttributeError):
+                pass
+            raise SystemExit(0)
 
+    w = out_width()
+    return _Console(file=file, stderr=stderr, width=w or NATURAL, markup=False, emoji=False, highlight=False,
+                   no_color=bool(os.environ.get("NO_COLOR")) or None, soft_wrap=False)
+
+
+def echo(con: Any, text: Any, style: str | None = None) -> None:
+    """One line exactly as given: rich neither wraps nor crops it (the terminal may wrap it visually)."""
+    con.print(text, style=style, soft_wrap=True)
+
+
+def prose(con: Any, text: str, indent: str = "", hang: str = "    ", style: str | None = None) -> None:
+    """A paragraph wrapped at spaces to the output width (never inside a word, name or number)."""
+    w = out_width()
+    text = safe(text)
+    if w is None:
+        echo(con, indent + text, style)
+        return
+    lines = textwrap.wrap(text, width=max(20, w), initial_indent=indent, subsequent_indent=indent + hang,
+                          break_long_words=False, break_on_hyphens=False) or [indent]
+    for line in lines:
+        echo(con, line, style)
+
+
+# ---------------------------------------------------------------- tables
+
+Cell = str | tuple[str, str | None]  # text, or (text, rich style)
+GAP = 2
+MIN_NAME = 12
+
+
+@dataclasses.dataclass
+class Col:
+    head: str
+    right: bool = True
+
+
+def _text(c: Cell) -> tuple[str, str | None]:
+    return (safe(c), None) if isinstance(c, str) else (safe(c[0]), c[1])
+
+
+def _len(s: str) -> int:
+    from rich.cells import cell_len
+
+    return int(cell_len(s))
+
+
+def _line(pad: str, nw: int, name: str, gcols: list[tuple[int, bool]], vals: list[tuple[str, str | None]],
+          style: str | None = None) -> Any:
+    from rich.text import Text
+
+    t = Text(pad + name + " " * (nw - _len(name)), style=style or "")
+    for k, ((w, right), (txt, st)) in enumerate(zip(gcols, vals)):
+        fill = " " * (w - _len(txt))
+        t.append(" " * GAP)
+        if right:
+            t.append(fill)
+        t.append(txt, style=st or style or "")
+        if not right and k < len(gcols) - 1:
+            t.append(fill)
+    return t
+
+
+def table_lines(name_head: str, cols: Sequence[Col], rows: Sequence[tuple[str, Sequence[Cell]]],
+                width: int | None = None, indent: int = 0) -> list[Any]:
+    """A plain table as rich Text lines. Nothing is ever cut: when the table is wider than `width`, the
+    value columns are split into stacked tables (each repeating the name column) and a name too long for
+    its column is printed whole on its own line with its values on the next."""
+    from rich.text import Text
+
+    names = [safe(n) for n, _ in rows]
+    cells = [[_text(c) for c in cs] for _, cs in rows]
+    heads = [safe(c.head) for c in cols]
+    colw = [max([_len(h)] + [_len(r[j][0]) for r in cells]) for j, h in enumerate(heads)]
+    names_w = max([_len(name_head)] + [_len(n) for n in names])
+    avail = (width or NATURAL) - indent
+    # names up to a third of the width stay on their row; only longer ones get a line of their own
+    min_name = min(names_w, max(MIN_NAME, avail // 3 if width else MIN_NAME))
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    cur_w = 0
+    for j, w in enumerate(colw):
+        add = w + (GAP if cur else 0)
+        if cur and min_name + GAP + cur_w + add > avail:
+            groups.append(cur)
+            cur, cur_w = [j], w
+        else:
+            cur.append(j)
+            cur_w += add
+    groups.append(cur)
+    pad = " " * indent
+    out: list[Any] = []
+    for g_i, g in enumerate(groups):
+        gw = sum(colw[j] for j in g) + GAP * (len(g) - 1) if g else 0
+        nw = min(names_w, max(avail - GAP - gw, min_name)) if g else names_w
+        if g_i:
+            out.append(Text(""))
+
+        gcols = [(colw[j], cols[j].right) for j in g]
+        out.append(_line(pad, nw, safe(name_head), gcols, [(heads[j], None) for j in g], "bold"))
+        for n, cs in zip(names, cells):
+            vals = [cs[j] for j in g]
+            if _len(n) <= nw:
+                out.append(_line(pad, nw, n, gcols, vals))
+            else:
+                out.append(Text(pad + n))
+                out.append(_line(pad, nw, "", gcols, vals))
+    return out
+
+
+def print_table(con: Any, name_head: str, cols: Sequence[Col], rows: Sequence[tuple[str, Sequence[Cell]]],
+                indent: int = 0) -> None:
+    for t in table_lines(name_head, cols, rows, out_width(), indent):
+        echo(con, t)
+
+
+def fit_bins(counts: Sequence[int], avail: int | None) -> tuple[list[int], int]:
+    """Counts merged k:1 (k = 1, 2, 3, ...) until they fit in `avail` characters; returns (counts, k)."""
+    c = [int(x) for x in counts]
+    if avail is None or len(c) <= avail:
+        return c, 1
+    k = -(-len(c) // max(1, avail))
+    return [sum(c[i:i + k]) for i in range(0, len(c), k)], k
+
+
+def md_table(head: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool] | None = None) -> list[str]:
+    """A GitHub Markdown table: every cell (headers too) escaped, one separator cell per header."""
+    right = right or [False] * len(head)
+    out = ["| " + " | ".join(md_cell(h) for h in head) + " |",
+           "|" + "|".join("---:" if r else "---" for r in right) + "|"]
+    out += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def csv_writer() -> Any:
+    import csv
+
+    return csv.writer(sys.stdout, lineterminator="\n")
+
+
+def csv_row(w: Any, row: Sequence[Any]) -> None:
+    w.writerow([safe(c) if isinstance(c, str) else c for c in row])
+
+
+# ---------------------------------------------------------------- numbers
 
 def num(v: Any, digits: int = 4) -> str:
     if v is None:
@@ -35,47 +240,31 @@ def pct(v: Any) -> str:
 
 
 def human_bytes(n: int) -> str:
+    """Binary units, labelled as such (KiB, MiB, GiB), the same as the progress bar's."""
     x = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if x < 1024 or unit == "TB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if x < 1024 or unit == "TiB":
             return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
         x /= 1024
     return f"{n} B"
 
 
-def jsonable(obj: Any) -> Any:
-    """Plain JSON data: dataclasses to dicts, numpy to Python, NaN/Inf to null (never bare tokens)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.repr}
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if hasattr(obj, "value") and isinstance(obj.value, str):
-        return obj.value
-    return obj
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(jsonable(obj), indent=2, allow_nan=False)
+    """JSON text of a report (its to_dict(), the documented schema) or of plain data."""
+    data = obj.to_dict() if hasattr(obj, "to_dict") else jsonable(obj)
+    # ensure_ascii (the default) writes control characters and lone surrogates as \u escapes
+    return json.dumps(data, indent=2, allow_nan=False)
 
 
-def md_escape(s: str) -> str:
-    return s.replace("|", "\\|")
-
-
-def print_reading(con: Any, rows: list[tuple[str, list[str]]], notes: list[str]) -> None:
-    """The "Reading" section shared by inspect, diff and trend: notes per row, then general notes."""
-    con.print("[bold]Reading[/]")
-    for name, row_notes in rows:
-        for note in row_notes:
-            con.print(f"  {name}: {note}", markup=False, highlight=False)
-    for note in notes:
-        con.print(f"  {note}", markup=False, highlight=False)
+def print_reading(con: Any, rows: Sequence[tuple[str, Sequence[str]]], notes: Sequence[str]) -> None:
+    """The "Reading" section shared by inspect, diff and trend; nothing at all when there is nothing to say."""
+    items = [f"{name}: {note}" for name, row_notes in rows for note in row_notes] + list(notes)
+    if not items:
+        return
+    echo(con, "Reading", "bold")
+    for item in items:
+        prose(con, item, indent="  ")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import sys
 from typing import Any
 
 import click
@@ -11,15 +9,25 @@ import click
 from wdist.analyzers import histogram
 from wdist.analyzers.diff import CHANGE_METRICS, DiffReport
 from wdist.analyzers.summary import Summary
-from wdist.cli.render.common import console, dumps, jsonable, md_escape, num, pct, print_reading
+from wdist.cli.render.common import (
+    Col,
+    console,
+    csv_row,
+    csv_writer,
+    dumps,
+    echo,
+    fit_bins,
+    md_cell,
+    md_table,
+    num,
+    out_width,
+    pct,
+    print_reading,
+    print_table,
+    safe,
+)
 
 SCHEMA = "wdist/diff/1"
-
-
-def as_dict(r: DiffReport) -> dict[str, Any]:
-    return {"schema": SCHEMA, "a": jsonable(r.a), "b": jsonable(r.b), "options": r.options,
-            "tensors": [jsonable(t) for t in r.tensors],
-            "layers": [jsonable(lr) for lr in r.layers], "summary": jsonable(r.summary), "notes": r.notes}
 
 
 def _rows(r: DiffReport, per_tensor: bool, top: int | None) -> list[tuple[str, dict[str, Any]]]:
@@ -31,7 +39,7 @@ def _rows(r: DiffReport, per_tensor: bool, top: int | None) -> list[tuple[str, d
     return rows[:top] if top else rows
 
 
-def _overlay(a: Summary, b: Summary, bins: int) -> list[str]:
+def _overlay(a: Summary, b: Summary, bins: int, width: int | None = None) -> list[str]:
     """A and B on the same edges: one line per bin pair, upper half A, lower half B."""
     from wdist.analyzers import metrics
     from wdist.analyzers.metrics import NearZero
@@ -42,59 +50,62 @@ def _overlay(a: Summary, b: Summary, bins: int) -> list[str]:
     half = histogram.symmetric_range(pa, pb, max_abs=max(abs(a.max), abs(b.max), abs(a.min), abs(b.min)))
     ha = histogram.linear(a.hist, a.exact_bins, half, bins)
     hb = histogram.linear(b.hist, b.exact_bins, half, bins)
-    top = max(max(ha.counts), max(hb.counts), 1)
-    scale_a = bars([*ha.counts, top], 3)
-    scale_b = bars([*hb.counts, top], 3)
-    return ([f"  w in [{-half:.3g}, {half:.3g}]  A (top) / B (bottom), same bins and scale"]
+    avail = None if width is None else max(8, width - 6)
+    ca, k = fit_bins(ha.counts, avail)
+    cb, _ = fit_bins(hb.counts, avail)
+    top = max(max(ca), max(cb), 1)
+    # the shared top is drawn as an extra bin and cut off again, so A and B share one scale
+    scale_a = bars([*ca, top], 3)
+    scale_b = bars([*cb, top], 3)
+    merged = f", {k}:1 merged to fit" if k > 1 else ""
+    return ([f"  w in [{-half:.3g}, {half:.3g}]  A (top) / B (bottom), same bins and scale{merged}"]
             + ["  A |" + line[:-1] + "|" for line in scale_a] + ["  B |" + line[:-1] + "|" for line in scale_b])
 
 
 def render(r: DiffReport, fmt: str, per_tensor: bool, hist: bool, top: int | None, bins: int) -> None:
     if fmt == "json":
-        click.echo(dumps(as_dict(r)))
+        click.echo(dumps(r))
         return
     rows = _rows(r, per_tensor, top)
     if fmt == "csv":
-        w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow(["name", "status"] + list(CHANGE_METRICS))
+        w = csv_writer()
+        csv_row(w, ["name", "status"] + list(CHANGE_METRICS))
         status = {t.name: t.status for t in r.tensors}
         for name, ch in rows:
-            w.writerow([name, status.get(name, "layer")] + ["" if ch.get(k) is None else ch[k] for k in CHANGE_METRICS])
+            csv_row(w, [name, status.get(name, "layer")] + ["" if ch.get(k) is None else ch[k] for k in CHANGE_METRICS])
         return
     head = ["rel L2", "cosine", "flipped", "changed", "max|dw|"]
     cells = [[num(ch.get("rel_l2_change"), 3), num(ch.get("cosine"), 4), pct(ch.get("sign_flip_fraction")),
               pct(ch.get("changed_fraction")), num(ch.get("max_abs_change"), 3)] for _, ch in rows]
     if fmt == "markdown":
-        out = [f"**diff** `{md_escape(r.a.path)}` → `{md_escape(r.b.path)}`", "",
-               "| name | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
-        out += [f"| {md_escape(n)} | " + " | ".join(c) + " |" for (n, _), c in zip(rows, cells)]
-        out += [""] + [f"- {md_escape(n)}" for n in r.notes]
+        out = [f"**diff** `{md_cell(r.a.path)}` → `{md_cell(r.b.path)}`", ""]
+        out += md_table(["name"] + head, [[n, *c] for (n, _), c in zip(rows, cells)], [False] + [True] * len(head))
+        notes = [f"- {md_cell(lr.name)}: {md_cell(n)}" for lr in r.layers for n in lr.notes]
+        notes += [f"- {md_cell(n)}" for n in r.notes]
+        if notes:
+            out += [""] + notes
         click.echo("\n".join(out))
         return
-    from rich.table import Table
-
     con = console()
-    con.print(f"[bold]A[/] {r.a.path} ({r.a.format})  [bold]B[/] {r.b.path} ({r.b.format})", highlight=False,
-              soft_wrap=True)
+    echo(con, f"A {safe(r.a.path)} ({safe(r.a.format)})  B {safe(r.b.path)} ({safe(r.b.format)})", "bold")
     s = r.summary
-    con.print(f"overall: relative L2 change {num(s.get('rel_l2_change'), 3)}, cosine {num(s.get('cosine'), 4)}; "
-              + ", ".join(f"{k} {v}" for k, v in s["statuses"].items()), highlight=False)
-    tab = Table(box=None, pad_edge=False, header_style="bold")
-    tab.add_column("tensor" if per_tensor else "layer", overflow="fold",
-                   min_width=min(24, max((len(row[0] if isinstance(row, tuple) else row.name) for row in rows), default=5)))
-    for h in head:
-        tab.add_column(h, justify="right", no_wrap=True)
-    for (n, _), c in zip(rows, cells):
-        tab.add_row(n, *c)
-    con.print(tab)
+    echo(con, f"overall: relative L2 change {num(s.get('rel_l2_change'), 3)}, cosine {num(s.get('cosine'), 4)}; "
+              + ", ".join(f"{safe(k)} {v}" for k, v in s["statuses"].items()))
+    print_table(con, "tensor" if per_tensor else "layer", [Col(h) for h in head],
+                [(n, c) for (n, _), c in zip(rows, cells)])
     if hist and not per_tensor:
         by_name = {lr.name: lr for lr in r.layers}
         from wdist.analyzers.engine import unpack
 
+        width = out_width()
         for n, _ in rows:
             lr = by_name[n]
             if lr.a_summary is not None and lr.b_summary is not None:
-                con.print(f"[bold]{n}[/]", highlight=False)
-                for line in _overlay(unpack(lr.a_summary), unpack(lr.b_summary), bins):
-                    con.print(line, markup=False, highlight=False)
+                echo(con, safe(n), "bold")
+                for line in _overlay(unpack(lr.a_summary), unpack(lr.b_summary), bins, width):
+                    echo(con, line)
+    if r.spectral is not None:
+        from wdist.cli.render.spectral_render import print_alpha_change
+
+        print_alpha_change(con, r.spectral)
     print_reading(con, [(lr.name, lr.notes) for lr in r.layers], r.notes)

@@ -24,14 +24,18 @@ def bars(counts: Sequence[int], height: int = 6, log: bool = False) -> list[str]
 
 
 def sparkline(values: Sequence[float | None]) -> str:
+    """One block per value on a zero-based scale: heights run from 0 (or the most negative value) to the
+    largest value, so a 0.4% change draws as two equal bars instead of the full min-max swing."""
     nums = [v for v in values if v is not None and math.isfinite(v)]
     if not nums:
-        return ""
-    lo, hi = min(nums), max(nums)
+        return " " * len(values)
+    lo, hi = min(0.0, min(nums)), max(0.0, max(nums))
     out = []
     for v in values:
         if v is None or not math.isfinite(v):
             out.append(" ")
+        elif hi == lo:
+            out.append(BLOCKS[1])
         else:
-            out.append(BLOCKS[1 + (round(7 * (v - lo) / (hi - lo)) if hi > lo else 3)])
+            out.append(BLOCKS[1 + round(7 * (v - lo) / (hi - lo))])
     return "".join(out)

@@ -2,34 +2,37 @@
 
 from __future__ import annotations
 
-import csv
-import sys
 from typing import Any
 
 import click
 
 from wdist.analyzers.inspect import InspectReport, LayerReport, TensorReport
 from wdist.analyzers.metrics import METRICS
-from wdist.cli.render.common import console, dumps, human_bytes, jsonable, md_escape, num, pct, print_reading
+from wdist.cli.render.common import (
+    Cell,
+    Col,
+    console,
+    csv_row,
+    csv_writer,
+    dumps,
+    echo,
+    fit_bins,
+    human_bytes,
+    md_cell,
+    md_table,
+    num,
+    out_width,
+    pct,
+    plural,
+    print_reading,
+    print_table,
+    prose,
+    safe,
+)
 from wdist.cli.render.hist import bars
 
 SCHEMA = "wdist/inspect/1"
-COLUMNS = [("params", "right"), ("mean", "right"), ("std", "right"), ("|w| p50", "right"), ("max|w|", "right"),
-           ("zero", "right"), ("near0", "right"), ("kurt", "right"), ("gini", "right"), ("top1%", "right"),
-           ("dead", "right")]
-
-
-def as_dict(r: InspectReport) -> dict[str, Any]:
-    ck = r.checkpoint
-    return {
-        "schema": SCHEMA,
-        "checkpoint": jsonable(ck),
-        "options": r.options,
-        "tensors": [jsonable(t) for t in r.tensors],
-        "layers": [jsonable(lr) for lr in r.layers],
-        "model": jsonable(r.model),
-        "skipped": r.skipped,
-    }
+COLUMNS = ["params", "mean", "std", "|w| p50", "max|w|", "zero", "near0", "kurt", "gini", "top1%", "dead"]
 
 
 def _maxabs(s: dict[str, Any]) -> float | None:
@@ -38,112 +41,122 @@ def _maxabs(s: dict[str, Any]) -> float | None:
     return max(abs(s["max"]), abs(s["min"]))
 
 
-def _cells(row: TensorReport | LayerReport) -> list[str]:
+def cells(row: TensorReport | LayerReport) -> list[Cell]:
+    """The table's cells of one row, with a rich style on the cells that flag a problem."""
     s = row.stats
     params = row.numel if isinstance(row, TensorReport) else row.parameters
-    dead = "-" if s.get("units") is None else f"{s['dead_units']}/{s['units']}"
-    zero = pct(s.get("zero_fraction"))
+    dead: Cell = "-" if s.get("units") is None else f"{s['dead_units']}/{s['units']}"
+    zero: Cell = pct(s.get("zero_fraction"))
     if (s.get("nan_count") or 0) + (s.get("inf_count") or 0):
-        zero += f" [bold red]NaN {s['nan_count']} Inf {s['inf_count']}[/]"
+        zero = (f"{zero} NaN {s['nan_count']} Inf {s['inf_count']}", "bold red")
     if s.get("dead_units"):
-        dead = f"[bold red]{dead}[/]"
-    k = num(s.get("kurtosis"), 3)
+        dead = (str(dead), "bold red")
+    k: Cell = num(s.get("kurtosis"), 3)
     if s.get("kurtosis") is not None and s["kurtosis"] > 5:
-        k = f"[magenta]{k}[/]"
+        k = (str(k), "magenta")
     return [f"{params:,}", num(s.get("mean"), 3), num(s.get("std"), 3), num(s.get("abs_p50"), 3),
             num(_maxabs(s), 3), zero, pct(s.get("near_zero_fraction")), k, num(s.get("gini"), 3),
             pct(s.get("top1pct_l2_mass")), dead]
 
 
-def _hist_lines(row: TensorReport | LayerReport, log_counts: bool) -> list[str]:
+def plain(c: Cell) -> str:
+    return c if isinstance(c, str) else c[0]
+
+
+def hist_lines(row: TensorReport | LayerReport, log_counts: bool, width: int | None) -> list[str]:
     out = []
+    avail = None if width is None else max(8, width - 4)
     h, lh = row.histogram, row.log_histogram
     if h:
-        out.append(f"  w in [{h.edges[0]:.3g}, {h.edges[-1]:.3g}]  ({len(h.counts)} bins; beyond: "
+        counts, k = fit_bins(h.counts, avail)
+        merged = f"; shown {k}:1 merged to fit" if k > 1 else ""
+        out.append(f"  w in [{h.edges[0]:.3g}, {h.edges[-1]:.3g}]  ({len(h.counts)} bins{merged}; beyond: "
                    f"{h.underflow} below, {h.overflow} above)")
-        out += ["  |" + line + "|" for line in bars(h.counts, 5, log_counts)]
+        out += ["  |" + line + "|" for line in bars(counts, 5, log_counts)]
     if lh:
+        counts, k = fit_bins(lh.counts, avail)
+        merged = f"; shown {k}:1 merged" if k > 1 else ""
         out.append(f"  log10|w| in [{lh.edges[0]:.2f}, {lh.edges[-1]:.2f}]  (zeros {lh.zeros}, smaller "
-                   f"{lh.underflow})")
-        out += ["  |" + line + "|" for line in bars(lh.counts, 4, log_counts)]
+                   f"{lh.underflow}{merged})")
+        out += ["  |" + line + "|" for line in bars(counts, 4, log_counts)]
     return out
 
 
 def render(r: InspectReport, fmt: str, rows: list[Any], per_tensor: bool, hist: bool, log_counts: bool) -> None:
     if fmt == "json":
-        click.echo(dumps(as_dict(r)))
+        click.echo(dumps(r))
     elif fmt == "csv":
-        w = csv.writer(sys.stdout, lineterminator="\n")
+        w = csv_writer()
         head = ["name", "layer", "role", "shape", "dtype"] if per_tensor else ["name", "parameters", "tensors"]
-        w.writerow(head + list(METRICS))
+        csv_row(w, head + list(METRICS))
         for row in rows:
             lead = ([row.name, row.layer, row.role, "x".join(map(str, row.shape)), row.dtype] if per_tensor
                     else [row.name, row.parameters, len(row.tensors)])
-            w.writerow(lead + ["" if row.stats.get(m) is None else row.stats[m] for m in METRICS])
+            csv_row(w, lead + ["" if row.stats.get(m) is None else row.stats[m] for m in METRICS])
     elif fmt == "markdown":
-        click.echo(_markdown(r, rows))
+        click.echo(_markdown(r, rows, per_tensor))
     else:
         _table(r, rows, per_tensor, hist, log_counts)
 
 
 def _header(r: InspectReport) -> list[str]:
     ck, m = r.checkpoint, r.model.stats
-    roles = ", ".join(f"{k} {v:,}" for k, v in ck.parameters_by_role.items())
-    dtypes = ", ".join(f"{k} {v:,}" for k, v in ck.parameters_by_dtype.items())
-    lines = [f"{ck.path}  ({ck.format}, {ck.variant}; {ck.tensors} tensors, {ck.parameters:,} parameters, "
-             f"{human_bytes(ck.bytes)})",
-             f"by role: {roles}", f"by dtype: {dtypes}",
-             f"analysed: {m.get('numel') or 0:,} values in {len(r.tensors)} tensors; global sparsity: "
-             f"{pct(m.get('zero_fraction'))} exactly zero, {pct(m.get('near_zero_fraction'))} near zero "
-             f"(|w| <= {num(m.get('near_zero_threshold'), 3)})"]
+    roles = ", ".join(f"{safe(k)} {v:,}" for k, v in ck.parameters_by_role.items())
+    dtypes = ", ".join(f"{safe(k)} {v:,}" for k, v in ck.parameters_by_dtype.items())
+    lines = [f"{safe(ck.path)}  ({safe(ck.format)}, {safe(ck.variant)}; {plural(ck.tensors, 'tensor')}, "
+             f"{plural(ck.parameters, 'parameter')}, {human_bytes(ck.bytes)})"]
+    if roles:
+        lines.append(f"by role: {roles}")
+    if dtypes:
+        lines.append(f"by dtype: {dtypes}")
+    lines.append(f"analysed: {plural(m.get('numel') or 0, 'value')} in {plural(len(r.tensors), 'tensor')}; "
+                 f"global sparsity: {pct(m.get('zero_fraction'))} exactly zero, {pct(m.get('near_zero_fraction'))} "
+                 f"near zero (|w| <= {num(m.get('near_zero_threshold'), 3)})")
     if ck.step is not None:
         lines.append(f"step: {ck.step}")
     return lines
 
 
 def _table(r: InspectReport, rows: list[Any], per_tensor: bool, hist: bool, log_counts: bool) -> None:
-    from rich.table import Table
-
     con = console()
     head = _header(r)
-    con.print(f"[bold]{head[0]}[/]", highlight=False, soft_wrap=True)
+    echo(con, head[0], "bold")
     for line in head[1:]:
-        con.print(line, highlight=False)
+        prose(con, line)
     for w in r.checkpoint.warnings:
-        con.print(f"[yellow]warning:[/] {w}", highlight=False)
-    tab = Table(box=None, pad_edge=False, header_style="bold")
-    tab.add_column("tensor" if per_tensor else "layer", overflow="fold",
-                   min_width=min(24, max((len(row[0] if isinstance(row, tuple) else row.name) for row in rows), default=5)))
-    if per_tensor:
-        tab.add_column("role")
-    for col, just in COLUMNS:
-        tab.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
-    for row in rows:
-        lead = [row.name, row.role] if per_tensor else [row.name]
-        tab.add_row(*lead, *_cells(row))
-    con.print(tab)
+        prose(con, f"warning: {w}", style="yellow")
+    cols = ([Col("role", False)] if per_tensor else []) + [Col(c) for c in COLUMNS]
+    print_table(con, "tensor" if per_tensor else "layer", cols,
+                [(row.name, ([row.role] if per_tensor else []) + cells(row)) for row in rows])
     if hist:
+        width = out_width()
         for row in rows:
-            con.print(f"[bold]{row.name}[/]", highlight=False)
-            for line in _hist_lines(row, log_counts):
-                con.print(line, highlight=False, markup=False)
+            echo(con, safe(row.name), "bold")
+            for line in hist_lines(row, log_counts, width):
+                echo(con, line)
     print_reading(con, [(row.name, row.notes) for row in rows] + [("model", r.model.notes)], [])
-    con.print(r.model.summary, highlight=False, markup=False)
+    if r.model.summary:
+        prose(con, r.model.summary, hang="")
+    if r.spectral is not None:
+        from wdist.cli.render.spectral_render import print_spectral
+
+        print_spectral(con, r.spectral.to_dict())
     if r.skipped:
-        con.print(f"not analysed (not floating point): {', '.join(r.skipped[:10])}"
-                  + (" ..." if len(r.skipped) > 10 else ""), highlight=False, markup=False)
+        prose(con, f"not analysed (not floating point): {', '.join(r.skipped[:10])}"
+              + (f" ... and {len(r.skipped) - 10} more" if len(r.skipped) > 10 else ""))
 
 
-def _markdown(r: InspectReport, rows: list[Any]) -> str:
+def _markdown(r: InspectReport, rows: list[Any], per_tensor: bool) -> str:
     head = _header(r)
-    out = [f"**{md_escape(head[0])}**", ""] + [f"- {md_escape(x)}" for x in head[1:]] + [""]
-    out.append("| name | " + " | ".join(c for c, _ in COLUMNS) + " |")
-    out.append("|---|" + "---:|" * len(COLUMNS))
-    for row in rows:
-        cells = [c.replace("[bold red]", "").replace("[magenta]", "").replace("[/]", "") for c in _cells(row)]
-        out.append(f"| {md_escape(row.name)} | " + " | ".join(cells) + " |")
-    out += ["", "**Reading**", ""]
-    out += [f"- `{md_escape(row.name)}`: {md_escape(n)}" for row in rows for n in row.notes]
-    out += [f"- model: {md_escape(n)}" for n in r.model.notes]
-    out += ["", md_escape(r.model.summary)]
+    out = [f"**{md_cell(head[0])}**", ""] + [f"- {md_cell(x)}" for x in head[1:]] + [""]
+    lead = ["name", "role"] if per_tensor else ["name"]
+    out += md_table(lead + COLUMNS,
+                    [([row.name, row.role] if per_tensor else [row.name]) + [plain(c) for c in cells(row)]
+                     for row in rows], [False] * len(lead) + [True] * len(COLUMNS))
+    notes = [f"- `{md_cell(row.name)}`: {md_cell(n)}" for row in rows for n in row.notes]
+    notes += [f"- model: {md_cell(n)}" for n in r.model.notes]
+    if notes:
+        out += ["", "**Reading**", ""] + notes
+    if r.model.summary:
+        out += ["", md_cell(r.model.summary)]
     return "\n".join(out)

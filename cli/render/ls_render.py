@@ -2,80 +2,78 @@
 
 from __future__ import annotations
 
-import csv
-import sys
+from typing import Any
 
 import click
 
-from wdist.cli.render.common import console, dumps, human_bytes, md_escape
-from wdist.loaders.model import Checkpoint
-
-SCHEMA = "wdist/ls/1"
-
-
-def as_dict(ck: Checkpoint) -> dict:
-    return {
-        "schema": SCHEMA,
-        "checkpoint": {"path": ck.path, "format": ck.format, "variant": ck.variant,
-                       "tensors": len(ck.tensors), "parameters": ck.parameters, "bytes": ck.nbytes,
-                       "metadata": {k: v for k, v in ck.metadata.items() if isinstance(v, (str, int, float))}},
-        "unsafe_globals": list(ck.unsafe_globals),
-        "warnings": list(ck.warnings),
-        "tensors": [{"name": t.name, "layer": t.layer, "role": t.role.value, "shape": list(t.shape),
-                     "dtype": t.dtype, "numel": t.numel, "nbytes": t.nbytes, "aliases": t.aliases}
-                    for t in ck.tensors],
-    }
+from wdist.analyzers.report import Listing
+from wdist.cli.render.common import (
+    Col,
+    console,
+    csv_row,
+    csv_writer,
+    dumps,
+    echo,
+    human_bytes,
+    md_cell,
+    md_table,
+    plural,
+    print_table,
+    prose,
+    safe,
+)
 
 
-def _totals(ck: Checkpoint, key: str) -> dict[str, tuple[int, int, int]]:
+def _totals(ls: Listing, key: str) -> dict[str, tuple[int, int, int]]:
     out: dict[str, tuple[int, int, int]] = {}
-    for t in ck.tensors:
-        k = t.role.value if key == "role" else t.dtype
+    for t in ls.tensors:
+        k = t[key]
         n, p, b = out.get(k, (0, 0, 0))
-        out[k] = (n + 1, p + t.numel, b + t.nbytes)
+        out[k] = (n + 1, p + t["numel"], b + t["nbytes"])
     return out
 
 
-def render(ck: Checkpoint, fmt: str) -> None:
+def shape_text(shape: Any) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def _dtype(t: dict[str, Any]) -> str:
+    """The decoded dtype, and the storage type of block-quantised tensors (GGUF's Q4_K...)."""
+    return f"{t['dtype']} ({t['stored_as']})" if t.get("stored_as") else t["dtype"]
+
+
+def render(ls: Listing, fmt: str) -> None:
     if fmt == "json":
-        click.echo(dumps(as_dict(ck)))
+        click.echo(dumps(ls))
         return
     if fmt == "csv":
-        w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow(["name", "layer", "role", "shape", "dtype", "numel", "nbytes"])
-        for t in ck.tensors:
-            w.writerow([t.name, t.layer, t.role.value, "x".join(map(str, t.shape)), t.dtype, t.numel, t.nbytes])
+        w = csv_writer()
+        csv_row(w, ["name", "layer", "role", "shape", "dtype", "stored_as", "numel", "nbytes"])
+        for t in ls.tensors:
+            csv_row(w, [t["name"], t["layer"], t["role"], "x".join(map(str, t["shape"])), t["dtype"],
+                        t.get("stored_as") or "", t["numel"], t["nbytes"]])
         return
+    n = len(ls.tensors)
     if fmt == "markdown":
-        lines = [f"**{md_escape(ck.path)}** ({ck.format}, {ck.variant}): {len(ck.tensors)} tensors, "
-                 f"{ck.parameters:,} parameters, {human_bytes(ck.nbytes)}", "",
-                 "| name | layer | role | shape | dtype | parameters | bytes |", "|---|---|---|---|---|---:|---:|"]
-        lines += [f"| {md_escape(t.name)} | {md_escape(t.layer)} | {t.role.value} | {list(t.shape)} | {t.dtype} | "
-                  f"{t.numel:,} | {t.nbytes:,} |" for t in ck.tensors]
+        lines = [f"**{md_cell(ls.path)}** ({md_cell(ls.format)}, {md_cell(ls.variant)}): "
+                 f"{plural(n, 'tensor')}, {plural(ls.parameters, 'parameter')}, {human_bytes(ls.bytes)}", ""]
+        lines += md_table(["name", "layer", "role", "shape", "dtype", "parameters", "bytes"],
+                          [[t["name"], t["layer"], t["role"], str(list(t["shape"])), _dtype(t), f"{t['numel']:,}",
+                            f"{t['nbytes']:,}"] for t in ls.tensors], [False] * 5 + [True, True])
+        lines += [f"\nwarning: {md_cell(w)}" for w in ls.warnings]
         click.echo("\n".join(lines))
         return
-    from rich.table import Table
-
     con = console()
-    con.print(f"[bold]{ck.path}[/]  {ck.format} ({ck.variant})  {len(ck.tensors)} tensors  "
-              f"{ck.parameters:,} parameters  {human_bytes(ck.nbytes)}", highlight=False, soft_wrap=True)
-    tab = Table(box=None, pad_edge=False, header_style="bold")
-    for col, just in (("name", "left"), ("layer", "left"), ("role", "left"), ("shape", "left"),
-                      ("dtype", "left"), ("parameters", "right"), ("bytes", "right")):
-        tab.add_column(col, justify=just)  # type: ignore[arg-type]
-    for t in ck.tensors:
-        name = t.name + (f" (= {', '.join(t.aliases)})" if t.aliases else "")
-        tab.add_row(name, t.layer, t.role.value, "x".join(map(str, t.shape)) or "scalar", t.dtype,
-                    f"{t.numel:,}", human_bytes(t.nbytes))
-    con.print(tab)
+    echo(con, f"{safe(ls.path)}  {safe(ls.format)} ({safe(ls.variant)})  {plural(n, 'tensor')}  "
+              f"{plural(ls.parameters, 'parameter')}  {human_bytes(ls.bytes)}", "bold")
+    cols = [Col("layer", False), Col("role", False), Col("shape", False), Col("dtype", False), Col("parameters"),
+            Col("bytes")]
+    rows = [(t["name"] + (f" (= {', '.join(t['aliases'])})" if t["aliases"] else ""),
+             [t["layer"], t["role"], shape_text(t["shape"]), _dtype(t), f"{t['numel']:,}", human_bytes(t["nbytes"])])
+            for t in ls.tensors]
+    print_table(con, "name", cols, rows)
     for key in ("role", "dtype"):
-        tot = Table(box=None, pad_edge=False, header_style="bold", title=None)
-        tot.add_column(f"by {key}")
-        tot.add_column("tensors", justify="right")
-        tot.add_column("parameters", justify="right")
-        tot.add_column("bytes", justify="right")
-        for k, (n, p, b) in _totals(ck, key).items():
-            tot.add_row(k, f"{n:,}", f"{p:,}", human_bytes(b))
-        con.print(tot)
-    for w in ck.warnings:
-        con.print(f"[yellow]warning:[/] {w}", highlight=False)
+        print_table(con, f"by {key}", [Col("tensors"), Col("parameters"), Col("bytes")],
+                    [(k, [f"{c:,}", f"{p:,}", human_bytes(b)]) for k, (c, p, b) in _totals(ls, key).items()])
+    for w in ls.warnings:
+        prose(con, f"warning: {w}", style="yellow")

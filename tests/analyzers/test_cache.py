@@ -38,8 +38,20 @@ def test_round_trip_is_exact(tmp_path, rng):
     key = tensor_key(ref, 1 << 20)
     assert cache.get(key, Summary) is None
     cache.put(key, s)
-    _same(cache.get(key, Summary), s)
-    assert cache.info()["entries"] == 1
+    cache.flush()
+    fresh = SummaryCache(str(tmp_path / "cache"))  # another process: reads the bundle file
+    _same(fresh.get(key, Summary), s)
+    assert fresh.info()["files"] == 1
+
+
+def test_one_bundle_per_checkpoint_file(tmp_path, rng):
+    p = tmp_path / "many.safetensors"
+    save_file({f"l{i}.weight": rng.normal(size=(4, 4)).astype(np.float32) for i in range(300)}, str(p))
+    cache = SummaryCache(str(tmp_path / "cache"))
+    for ref in open_checkpoint(str(p)).tensors:
+        cache.put(tensor_key(ref, 1 << 20), summarize_tensor(ref))
+    cache.flush()
+    assert cache.info()["files"] == 1
 
 
 def test_key_changes_with_the_file_and_the_chunking(tmp_path, rng):
@@ -51,48 +63,55 @@ def test_key_changes_with_the_file_and_the_chunking(tmp_path, rng):
     assert tensor_key(ref, 1 << 20) != k1
 
 
-def test_damaged_entries_are_ignored_and_rewritten(tmp_path, rng):
+def test_damaged_bundles_are_ignored_and_rewritten(tmp_path, rng):
     ref = _ckpt(tmp_path, rng)
     cache = SummaryCache(str(tmp_path / "cache"))
     key = tensor_key(ref, 1 << 20)
     cache.put(key, summarize_tensor(ref))
+    cache.flush()
     (path, _, _), = cache.entries()
     with open(path, "r+b") as f:
         f.seek(30)
         f.write(b"\xff" * 40)
-    assert cache.get(key, Summary) is None
+    fresh = SummaryCache(str(tmp_path / "cache"))
+    assert fresh.get(key, Summary) is None
     assert not os.path.exists(path)
-    cache.put(key, summarize_tensor(ref))
-    assert cache.get(key, Summary) is not None
+    fresh.put(key, summarize_tensor(ref))
+    fresh.flush()
+    assert SummaryCache(str(tmp_path / "cache")).get(key, Summary) is not None
 
 
 def test_size_is_bounded_least_recently_used_first(tmp_path, rng):
-    ref = _ckpt(tmp_path, rng)
-    s = summarize_tensor(ref)
+    refs = []
+    for i in range(6):
+        p = tmp_path / f"m{i}.safetensors"
+        save_file({"fc.weight": rng.normal(size=(64, 32)).astype(np.float32)}, str(p))
+        refs.append(open_checkpoint(str(p)).tensors[0])
     cache = SummaryCache(str(tmp_path / "cache"), max_bytes=10**9)
-    keys = [{"k": i} for i in range(6)]
-    for i, k in enumerate(keys):
-        cache.put(k, s)
-        p = cache._path(k)
+    for i, ref in enumerate(refs):
+        cache.put(tensor_key(ref, 1 << 20), summarize_tensor(ref))
+        cache.flush()
+        p = cache._path(cache._bundle_id(tensor_key(ref, 1 << 20)))
         os.utime(p, (1000 + i, 1000 + i))
     one = cache.entries()[0][1]
-    cache.max_bytes = 3 * one
+    cache.max_bytes = 3 * one + one // 2
     assert cache.evict() == 3
-    assert [cache.get(k, Summary) is not None for k in keys] == [False, False, False, True, True, True]
+    fresh = SummaryCache(str(tmp_path / "cache"))
+    assert [fresh.get(tensor_key(r, 1 << 20), Summary) is not None for r in refs] == [False] * 3 + [True] * 3
 
 
-def test_concurrent_writers_never_leave_a_partial_entry(tmp_path, rng):
+def test_concurrent_writers_never_leave_a_partial_bundle(tmp_path, rng):
     ref = _ckpt(tmp_path, rng)
     s = summarize_tensor(ref)
-    cache = SummaryCache(str(tmp_path / "cache"))
     key = tensor_key(ref, 1 << 20)
     errors = []
 
     def work():
-        for _ in range(20):
-            cache.put(key, s)
-            got = cache.get(key, Summary)
-            if got is None:
+        for _ in range(10):
+            c = SummaryCache(str(tmp_path / "cache"))
+            c.put(key, s)
+            c.flush()
+            if SummaryCache(str(tmp_path / "cache")).get(key, Summary) is None:
                 errors.append("miss")
 
     threads = [threading.Thread(target=work) for _ in range(4)]
@@ -101,7 +120,9 @@ def test_concurrent_writers_never_leave_a_partial_entry(tmp_path, rng):
     for t in threads:
         t.join()
     assert not errors
-    assert [e for e in os.listdir(os.path.dirname(cache._path(key))) if e.startswith(".tmp-")] == []
+    cache = SummaryCache(str(tmp_path / "cache"))
+    bundle_dir = os.path.dirname(cache._path(cache._bundle_id(key)))
+    assert [e for e in os.listdir(bundle_dir) if e.startswith(".tmp-")] == []
 
 
 def test_in_memory_tensors_are_not_cached():
@@ -124,6 +145,8 @@ def test_inspect_and_diff_on_unchanged_files_read_nothing(tmp_path, rng, monkeyp
     opts = Options(jobs=1, cache=cache)
     first = analyse(open_checkpoint(str(pa)), opts)
     d1 = compare(open_checkpoint(str(pa)), open_checkpoint(str(pb)), opts)
+    cache.flush()
+    opts = Options(jobs=1, cache=SummaryCache(str(tmp_path / "cache")))  # a later run: from the files
 
     def no_reads(self, *a, **k):
         raise AssertionError("tensor data was read although the cache holds it")

@@ -96,3 +96,14 @@ def test_degenerate_tensors_without_numpy_warnings(tmp_path):
     assert "scalar" in notes
     r = run("inspect", tmp_path / "d.pt", "--role", "all", "--tensors")
     assert r.exit_code == 0 and "nan.weight: non-finite values: 1 NaN and 1 Inf" in r.output
+
+
+def test_inspect_golden_at_several_widths(ckpts):
+    path = ckpts["keras2_mlp_epoch10.h5"]
+    for width in (40, 80, None):
+        args = ["inspect", path, "--tensors"] if width is None else ["--width", width, "inspect", path, "--tensors"]
+        r = run(*args, env={"COLUMNS": None} if width is None else None)
+        assert r.exit_code == 0, r.output
+        text = r.output.replace(str(path), "keras2_mlp_epoch10.h5")
+        # the table only: the reading's wording belongs to the analyzers and is tested there
+        golden(f"inspect_keras2_mlp_tensors_{width or 'piped'}.txt", text.split("\nReading\n")[0] + "\n")

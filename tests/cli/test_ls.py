@@ -39,3 +39,11 @@ def test_ls_reads_no_tensor_data(ckpts, monkeypatch):
     monkeypatch.setattr(fileio.RangeReader, "read_raw", boom)
     assert run("ls", ckpts["st"]).exit_code == 0
     assert run("ls", ckpts["zip"]).exit_code == 0
+
+
+def test_ls_golden_at_narrow_widths(ckpts):
+    path = ckpts["keras2_lstm.h5"]
+    for width in (40, 60):
+        r = run("--width", width, "ls", path)
+        assert r.exit_code == 0
+        golden(f"ls_keras2_lstm_w{width}.txt", r.output.replace(str(path), "keras2_lstm.h5"))

@@ -1,0 +1,285 @@
+/* Fused per-block kernels for wdist (optional C extension; analyzers/kernel.py holds the numpy reference).
+
+   blocks(x, block, hist, rows) -> (zeros, nans, infs)
+       x: C-contiguous float32 buffer; hist: writable int64[65536], incremented with each finite value's top
+       16 bits; rows: writable float64[nblocks * 8] receiving, per block of `block` values (the last may be
+       shorter): finite count, mean, central sums m2 m3 m4, sum |x|, min, max.
+   pair_blocks(a, b, block, rtol, atol, rows) -> None
+       rows: float64[nblocks * 9]: over elements finite in both, count, sum a*a, b*b, a*b, (b-a)^2, count of
+       a*b != 0, count of a*b < 0, count of |b-a| > atol + rtol*|a|, max |b-a|.
+
+   Everything a call touches belongs to its caller (no static scratch), and the GIL is released while it
+   runs, so threads may call it concurrently on different accumulators. Every sum is taken in a fixed order
+   within a block (4 interleaved lanes, combined in lane order), so results depend only on the block's
+   values, never on how the caller groups blocks into calls. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define NBINS 65536
+#define ROW 8
+#define PAIR_ROW 9
+
+static inline uint32_t bits(const float *p) {
+    uint32_t u;
+    memcpy(&u, p, sizeof u);
+    return u;
+}
+
+static inline int finite_bits(uint32_t u) { return (u & 0x7f800000u) != 0x7f800000u; }
+
+/* One block: histogram, counts, extremes, then the central moment sums around the block's own mean (a
+   second pass while the block is still in cache). */
+static void one_block(const float *x, Py_ssize_t k, int64_t *hist, double *row, int64_t *zeros,
+                      int64_t *nans, int64_t *infs) {
+    double s[4] = {0, 0, 0, 0}, a[4] = {0, 0, 0, 0};
+    float lo[4] = {INFINITY, INFINITY, INFINITY, INFINITY}, hi[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    int64_t z = 0;
+    Py_ssize_t i = 0;
+    for (; i + 4 <= k; i += 4) {
+        for (int j = 0; j < 4; j++) {
+            uint32_t u = bits(x + i + j);
+            float v = x[i + j];
+            hist[u >> 16]++;
+            z += (u << 1) == 0;
+            s[j] += v;
+            a[j] += fabsf(v);
+            lo[j] = v < lo[j] ? v : lo[j];
+            hi[j] = v > hi[j] ? v : hi[j];
+        }
+    }
+    for (int j = 0; i < k; i++, j++) {
+        uint32_t u = bits(x + i);
+        float v = x[i];
+        hist[u >> 16]++;
+        z += (u << 1) == 0;
+        s[j] += v;
+        a[j] += fabsf(v);
+        lo[j] = v < lo[j] ? v : lo[j];
+        hi[j] = v > hi[j] ? v : hi[j];
+    }
+    double sum = (s[0] + s[1]) + (s[2] + s[3]);
+    double l1 = (a[0] + a[1]) + (a[2] + a[3]);
+    float mn = lo[0], mx = hi[0];
+    for (int j = 1; j < 4; j++) {
+        mn = lo[j] < mn ? lo[j] : mn;
+        mx = hi[j] > mx ? hi[j] : mx;
+    }
+    Py_ssize_t n = k;
+    int clean = isfinite(l1);  /* sum |x| of float32 values cannot overflow a double: not finite = NaN/Inf seen */
+    if (!clean) {
+        int64_t nn = 0, ni = 0;
+        sum = l1 = 0.0;
+        mn = INFINITY;
+        mx = -INFINITY;
+        for (i = 0; i < k; i++) {
+            uint32_t u = bits(x + i);
+            if (!finite_bits(u)) {
+                if (u & 0x007fffffu) nn++; else ni++;
+                continue;
+            }
+            float v = x[i];
+            sum += v;
+            l1 += fabsf(v);
+            mn = v < mn ? v : mn;
+            mx = v > mx ? v : mx;
+        }
+        *nans += nn;
+        *infs += ni;
+        n = k - nn - ni;
+    }
+    *zeros += z;
+    double mean = n ? sum / (double)n : 0.0;
+    double t1[4] = {0, 0, 0, 0}, t2[4] = {0, 0, 0, 0}, t3[4] = {0, 0, 0, 0}, t4[4] = {0, 0, 0, 0};
+    if (clean) {
+        for (i = 0; i + 4 <= k; i += 4) {
+            for (int j = 0; j < 4; j++) {
+                double d = (double)x[i + j] - mean, d2 = d * d;
+                t1[j] += d;
+                t2[j] += d2;
+                t3[j] += d2 * d;
+                t4[j] += d2 * d2;
+            }
+        }
+        for (int j = 0; i < k; i++, j++) {
+            double d = (double)x[i] - mean, d2 = d * d;
+            t1[j] += d;
+            t2[j] += d2;
+            t3[j] += d2 * d;
+            t4[j] += d2 * d2;
+        }
+    } else {
+        for (i = 0; i < k; i++) {
+            if (!finite_bits(bits(x + i))) continue;
+            double d = (double)x[i] - mean, d2 = d * d;
+            t1[0] += d;
+            t2[0] += d2;
+            t3[0] += d2 * d;
+            t4[0] += d2 * d2;
+        }
+    }
+    double s1 = (t1[0] + t1[1]) + (t1[2] + t1[3]), s2 = (t2[0] + t2[1]) + (t2[2] + t2[3]);
+    double s3 = (t3[0] + t3[1]) + (t3[2] + t3[3]), s4 = (t4[0] + t4[1]) + (t4[2] + t4[3]);
+    double mu = n ? s1 / (double)n : 0.0;  /* the rounding left in `mean`, corrected exactly below */
+    double m2 = s2 - s1 * mu;
+    row[0] = (double)n;
+    row[1] = mean + mu;
+    row[2] = m2 > 0.0 ? m2 : 0.0;
+    row[3] = s3 - 3.0 * mu * s2 + 2.0 * s1 * mu * mu;
+    row[4] = s4 - 4.0 * mu * s3 + 6.0 * mu * mu * s2 - 3.0 * s1 * mu * mu * mu;
+    row[5] = l1;
+    row[6] = mn;
+    row[7] = mx;
+}
+
+static PyObject *k_blocks(PyObject *self, PyObject *args) {
+    Py_buffer xb, hb, rb;
+    Py_ssize_t block;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*nw*w*", &xb, &block, &hb, &rb)) return NULL;
+    PyObject *ret = NULL;
+    Py_ssize_t n = xb.len / (Py_ssize_t)sizeof(float);
+    Py_ssize_t nblocks = block > 0 ? (n + block - 1) / block : 0;
+    if (block <= 0 || xb.len % (Py_ssize_t)sizeof(float) || hb.len != NBINS * (Py_ssize_t)sizeof(int64_t)
+        || rb.len < nblocks * ROW * (Py_ssize_t)sizeof(double)) {
+        PyErr_SetString(PyExc_ValueError, "blocks: bad buffer sizes");
+        goto done;
+    }
+    int64_t zeros = 0, nans = 0, infs = 0;
+    const float *x = (const float *)xb.buf;
+    int64_t *hist = (int64_t *)hb.buf;
+    double *rows = (double *)rb.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t b = 0; b < nblocks; b++) {
+        Py_ssize_t lo = b * block, k = n - lo < block ? n - lo : block;
+        one_block(x + lo, k, hist, rows + b * ROW, &zeros, &nans, &infs);
+    }
+    if (nans || infs) {  /* only NaN/Inf land in these bins: keep the histogram over finite values */
+        memset(hist + 0x7f80, 0, 0x80 * sizeof(int64_t));
+        memset(hist + 0xff80, 0, 0x80 * sizeof(int64_t));
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_BuildValue("LLL", (long long)zeros, (long long)nans, (long long)infs);
+done:
+    PyBuffer_Release(&xb);
+    PyBuffer_Release(&hb);
+    PyBuffer_Release(&rb);
+    return ret;
+}
+
+static void one_pair(const float *a, const float *b, Py_ssize_t k, double rtol, double atol, double *row) {
+    double aa[4] = {0, 0, 0, 0}, bb[4] = {0, 0, 0, 0}, ab[4] = {0, 0, 0, 0}, dd[4] = {0, 0, 0, 0};
+    double mx[4] = {0, 0, 0, 0};
+    int64_t nz = 0, fl = 0, ch = 0;
+    Py_ssize_t i = 0, n = k;
+    for (; i + 4 <= k; i += 4) {
+        for (int j = 0; j < 4; j++) {
+            double x = a[i + j], y = b[i + j], d = y - x, t = x * y, ad = fabs(d);
+            aa[j] += x * x;
+            bb[j] += y * y;
+            ab[j] += t;
+            dd[j] += d * d;
+            nz += t != 0.0;
+            fl += t < 0.0;
+            ch += ad > fabs(x) * rtol + atol;
+            mx[j] = ad > mx[j] ? ad : mx[j];
+        }
+    }
+    for (int j = 0; i < k; i++, j++) {
+        double x = a[i], y = b[i], d = y - x, t = x * y, ad = fabs(d);
+        aa[j] += x * x;
+        bb[j] += y * y;
+        ab[j] += t;
+        dd[j] += d * d;
+        nz += t != 0.0;
+        fl += t < 0.0;
+        ch += ad > fabs(x) * rtol + atol;
+        mx[j] = ad > mx[j] ? ad : mx[j];
+    }
+    double saa = (aa[0] + aa[1]) + (aa[2] + aa[3]), sbb = (bb[0] + bb[1]) + (bb[2] + bb[3]);
+    if (!isfinite(saa) || !isfinite(sbb)) {  /* a NaN/Inf on either side: redo over the elements finite in both */
+        for (int j = 0; j < 4; j++) aa[j] = bb[j] = ab[j] = dd[j] = mx[j] = 0.0;
+        nz = fl = ch = 0;
+        n = 0;
+        for (i = 0; i < k; i++) {
+            if (!finite_bits(bits(a + i)) || !finite_bits(bits(b + i))) continue;
+            double x = a[i], y = b[i], d = y - x, t = x * y, ad = fabs(d);
+            n++;
+            aa[0] += x * x;
+            bb[0] += y * y;
+            ab[0] += t;
+            dd[0] += d * d;
+            nz += t != 0.0;
+            fl += t < 0.0;
+            ch += ad > fabs(x) * rtol + atol;
+            mx[0] = ad > mx[0] ? ad : mx[0];
+        }
+        saa = aa[0];
+        sbb = bb[0];
+    }
+    double m = mx[0];
+    for (int j = 1; j < 4; j++) m = mx[j] > m ? mx[j] : m;
+    row[0] = (double)n;
+    row[1] = saa;
+    row[2] = sbb;
+    row[3] = (ab[0] + ab[1]) + (ab[2] + ab[3]);
+    row[4] = (dd[0] + dd[1]) + (dd[2] + dd[3]);
+    row[5] = (double)nz;
+    row[6] = (double)fl;
+    row[7] = (double)ch;
+    row[8] = m;
+}
+
+static PyObject *k_pair_blocks(PyObject *self, PyObject *args) {
+    Py_buffer ab, bb, rb;
+    Py_ssize_t block;
+    double rtol, atol;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*nddw*", &ab, &bb, &block, &rtol, &atol, &rb)) return NULL;
+    PyObject *ret = NULL;
+    Py_ssize_t n = ab.len / (Py_ssize_t)sizeof(float);
+    Py_ssize_t nblocks = block > 0 ? (n + block - 1) / block : 0;
+    if (block <= 0 || ab.len != bb.len || ab.len % (Py_ssize_t)sizeof(float)
+        || rb.len < nblocks * PAIR_ROW * (Py_ssize_t)sizeof(double)) {
+        PyErr_SetString(PyExc_ValueError, "pair_blocks: bad buffer sizes");
+        goto done;
+    }
+    const float *a = (const float *)ab.buf, *b = (const float *)bb.buf;
+    double *rows = (double *)rb.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < nblocks; i++) {
+        Py_ssize_t lo = i * block, k = n - lo < block ? n - lo : block;
+        one_pair(a + lo, b + lo, k, rtol, atol, rows + i * PAIR_ROW);
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&ab);
+    PyBuffer_Release(&bb);
+    PyBuffer_Release(&rb);
+    return ret;
+}
+
+static PyMethodDef methods[] = {
+    {"blocks", k_blocks, METH_VARARGS, "Per-block summary sums of a float32 buffer (see the module source)."},
+    {"pair_blocks", k_pair_blocks, METH_VARARGS, "Per-block pair sums of two float32 buffers."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyModuleDef_Slot slots[] = {
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel", NULL, 0, methods, slots, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__kernel(void) { return PyModuleDef_Init(&module); }

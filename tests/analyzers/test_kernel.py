@@ -1,0 +1,159 @@
+"""The C kernel against its numpy reference, and both against exact numpy/scipy metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from reference import exact_metrics
+
+from wdist.analyzers import kernel
+from wdist.analyzers.diff import Tolerance, pair_chunk
+from wdist.analyzers.metrics import NearZero, compute
+from wdist.analyzers.summary import Summary, summarize_chunk
+from wdist.loaders.dtypes import fp8_table, to_float32
+
+needs_c = pytest.mark.skipif(kernel.native() is None, reason="C kernel not built")
+
+MOMENTS = ("mean", "std", "abs_mean", "rms", "l2_norm", "kurtosis", "skewness", "hoyer")
+
+
+def both(x: np.ndarray, exact_bins: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[Summary, Summary]:
+    monkeypatch.delenv("WDIST_KERNEL", raising=False)
+    c = summarize_chunk(x, exact_bins)
+    monkeypatch.setenv("WDIST_KERNEL", "numpy")
+    n = summarize_chunk(x, exact_bins)
+    monkeypatch.delenv("WDIST_KERNEL")
+    return c, n
+
+
+def crafted(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, bool]]:
+    base = (rng.standard_normal(200_003) * 0.02).astype(np.float32)
+    special = base.copy()
+    idx = rng.choice(base.size, 500, replace=False)
+    special[idx[:100]] = np.nan
+    special[idx[100:200]] = np.inf
+    special[idx[200:250]] = -np.inf
+    special[idx[250:350]] = 0.0
+    special[idx[350:450]] = -0.0
+    special[idx[450:]] = np.float32(1e-42) * rng.choice([-1, 1], 50)  # subnormals
+    sub = (rng.standard_normal(70_000) * 1e-39).astype(np.float32)  # all subnormal
+    bf16 = to_float32((base.view(np.uint32) >> 16).astype(np.uint16), "bfloat16")
+    fp16 = to_float32(base.astype(np.float16), "float16")
+    fp8 = to_float32(rng.integers(0, 256, 150_000).astype(np.uint8), "float8_e4m3fn")  # includes its NaNs
+    e5 = to_float32(rng.integers(0, 256, 150_000).astype(np.uint8), "float8_e5m2")  # NaN and Inf codes
+    offset = (rng.standard_normal(300_000) * 1e-3 + 50.0).astype(np.float32)  # |mean| >> std
+    blocky = base.copy()
+    blocky[:70_000] = np.nan  # a whole block of NaN
+    return {"normal": (base, False), "special": (special, False), "subnormal": (sub, False),
+            "bf16": (bf16, True), "fp16": (fp16, False), "fp8_e4m3": (fp8, True), "fp8_e5m2": (e5, True),
+            "offset": (offset, False), "nan_block": (blocky, False), "tiny": (base[:5], False),
+            "zeros": (np.zeros(100_000, np.float32), False), "all_nan": (np.full(1000, np.nan, np.float32), False)}
+
+
+def test_fp8_fixture_really_has_specials():
+    t = fp8_table("float8_e5m2")
+    assert np.isnan(t).any() and np.isinf(t).any()
+
+
+@needs_c
+@pytest.mark.parametrize("case", ["normal", "special", "subnormal", "bf16", "fp16", "fp8_e4m3", "fp8_e5m2",
+                                  "offset", "nan_block", "tiny", "zeros", "all_nan"])
+def test_c_matches_numpy_reference(case, rng, monkeypatch):
+    x, exact = crafted(rng)[case]
+    c, n = both(x, exact, monkeypatch)
+    for f in ("numel", "n", "zeros", "nans", "infs", "exact_bins"):
+        assert getattr(c, f) == getattr(n, f), f
+    assert np.array_equal(c.hist, n.hist)
+    assert (c.sample is None) == (n.sample is None)
+    if c.sample is not None:
+        assert np.array_equal(c.sample, n.sample)
+    if c.n:
+        assert (c.min, c.max) == (n.min, n.max)
+        scale = max(abs(c.mean), np.sqrt(c.m2 / c.n), 1e-300)
+        assert c.mean == pytest.approx(n.mean, rel=1e-12, abs=1e-12 * scale)
+        for f, p in (("m2", 2), ("m3", 3), ("m4", 4)):
+            tol = 1e-10 * c.n * np.sqrt(c.m2 / c.n + c.mean ** 2) ** p + 1e-300
+            assert getattr(c, f) == pytest.approx(getattr(n, f), rel=1e-9, abs=tol), f
+        assert c.l1 == pytest.approx(n.l1, rel=1e-12)
+    mc, mn = compute(c, NearZero()), compute(n, NearZero())
+    for k, v in mc.items():
+        assert mn[k] == pytest.approx(v, rel=1e-9, abs=1e-12) if v is not None else mn[k] is None, k
+
+
+@pytest.mark.parametrize("force_numpy", [False, True])
+@pytest.mark.parametrize("case", ["normal", "special", "subnormal", "bf16", "fp16", "offset", "nan_block"])
+def test_moments_exact_to_2e6(case, force_numpy, rng, monkeypatch):
+    if force_numpy:
+        monkeypatch.setenv("WDIST_KERNEL", "numpy")
+    x, exact = crafted(rng)[case]
+    got, ref = compute(summarize_chunk(x, exact), NearZero()), exact_metrics(x)
+    for k in ("numel", "finite_count", "nan_count", "inf_count", "zero_fraction", "min", "max"):
+        assert got[k] == ref[k], k
+    for k in MOMENTS:
+        if ref.get(k) is None:
+            continue
+        assert got[k] == pytest.approx(ref[k], rel=2e-6, abs=1e-12), k
+
+
+def test_env_var_selects_numpy_at_call_time(monkeypatch):
+    monkeypatch.setenv("WDIST_KERNEL", "numpy")
+    assert kernel.native() is None and kernel.backend() == "numpy"
+    monkeypatch.setenv("WDIST_KERNEL", "auto")
+    assert kernel.backend() == ("c" if kernel.native() is not None else "numpy")
+
+
+@needs_c
+def test_pair_sums_c_matches_numpy(rng, monkeypatch):
+    a = (rng.standard_normal(150_001) * 0.02).astype(np.float32)
+    b = a + (rng.standard_normal(a.size) * 1e-3).astype(np.float32)
+    same = rng.random(a.size) < 0.2
+    b[same] = a[same]  # unchanged elements
+    a[:10] = np.nan
+    b[20:25] = np.inf
+    a[30:40] = 0.0
+    b[40:45] = -0.0
+    tol = Tolerance()
+    c = pair_chunk(a, b, tol)
+    monkeypatch.setenv("WDIST_KERNEL", "numpy")
+    n = pair_chunk(a, b, tol)
+    for f in ("n", "both_nonzero", "flips", "changed", "max_abs"):
+        assert getattr(c, f) == getattr(n, f), f
+    for f in ("aa", "bb", "ab", "dd"):
+        assert getattr(c, f) == pytest.approx(getattr(n, f), rel=1e-12), f
+    fin = np.isfinite(a) & np.isfinite(b)
+    a64, b64 = a[fin].astype(np.float64), b[fin].astype(np.float64)
+    assert c.n == fin.sum() and c.dd == pytest.approx(((b64 - a64) ** 2).sum(), rel=1e-12)
+    assert c.changed == int((~np.isclose(b[fin], a[fin])).sum())
+
+
+@needs_c
+def test_kernel_threads_give_identical_results(rng):
+    """No shared scratch: tensors summarised concurrently in threads match the sequential results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    xs = [(rng.standard_normal(300_000) * s).astype(np.float32) for s in (0.01, 0.1, 1.0, 10.0)]
+    seq = [summarize_chunk(x) for x in xs]
+    with ThreadPoolExecutor(4) as ex:
+        par = list(ex.map(summarize_chunk, xs * 3))
+    for i, s in enumerate(par):
+        ref = seq[i % 4]
+        assert (s.mean, s.m2, s.m3, s.m4, s.l1) == (ref.mean, ref.m2, ref.m3, ref.m4, ref.l1)
+        assert np.array_equal(s.hist, ref.hist)
+
+
+@needs_c
+def test_kernel_rejects_bad_buffers():
+    k = kernel.native()
+    assert k is not None
+    with pytest.raises(ValueError):
+        k.blocks(np.zeros(10, np.float32), kernel.BLOCK, np.zeros(10, np.int64), np.zeros(8))
+    with pytest.raises(ValueError):
+        k.pair_blocks(np.zeros(10, np.float32), np.zeros(9, np.float32), kernel.BLOCK, 0.0, 0.0, np.zeros(9))
+
+
+def test_summary_fields_all_set(rng):
+    s = summarize_chunk((rng.standard_normal(1000)).astype(np.float32))
+    assert {f.name for f in dataclasses.fields(Summary)} >= {"mean", "m2", "m3", "m4", "l1", "sumsq", "sample"}
+    assert s.sumsq == pytest.approx(s.m2 + s.n * s.mean ** 2) and s.sample is not None and s.sample.size == 1000
