@@ -75,7 +75,7 @@ def sample_bins(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def packed(idx: np.ndarray, cnt: np.ndarray) -> np.ndarray:
     """engine.pack's form of a histogram given sparse: 2 x k (indices, counts) while k < NBINS/4, else dense."""
     if idx.size < NBINS // 4:
-        return np.stack([idx.astype(np.int64), cnt.astype(np.int64)])
+        return np.array((idx.astype(np.int64, copy=False), cnt.astype(np.int64, copy=False)))
     dense = np.zeros(NBINS, dtype=np.int64)
     dense[idx] = cnt
     return dense

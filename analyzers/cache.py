@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 # Bump when the Summary fields or their meaning change: old entries then simply miss.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEFAULT_MAX_BYTES = 2 << 30
 
 

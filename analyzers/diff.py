@@ -299,10 +299,11 @@ def _notes(rows: list[TensorDiff], layers: list[LayerDiff]) -> list[str]:
                    f"least moved: {moved[0].name} ({moved[0].rel_l2_change:.3g})")
     frozen = [lr.name for lr in layers if lr.changed_fraction == 0]
     if frozen:
-        out.append(f"{len(frozen)} layer(s) identical in both checkpoints: {', '.join(frozen[:5])}")
+        out.append(f"{len(frozen)} layer{'s' if len(frozen) != 1 else ''} identical in both checkpoints: "
+                   f"{', '.join(frozen)}")
     for status, what in (("only_a", "only in A"), ("only_b", "only in B"), ("shape_changed", "changed shape"),
                          ("dtype_changed", "changed dtype")):
         names = [r.name for r in rows if r.status == status]
         if names:
-            out.append(f"{len(names)} tensor(s) {what}: {', '.join(names[:5])}" + (" ..." if len(names) > 5 else ""))
+            out.append(f"{len(names)} tensor{'s' if len(names) != 1 else ''} {what}: {', '.join(names)}")
     return out

@@ -208,7 +208,7 @@ def _sparsify(s: Summary) -> Summary:
         idx, cnt = bins_mod.sample_bins(s.sample)
     else:
         idx, cnt = bins_mod.occupied(s.hist)
-    s.hist = np.stack([idx.astype(np.int64), cnt.astype(np.int64)])
+    s.hist = np.array((idx.astype(np.int64, copy=False), cnt.astype(np.int64, copy=False)))
     return s
 
 

@@ -8,7 +8,9 @@ import dataclasses
 import html
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _enc_str
 from typing import Any
 
 import numpy as np
@@ -96,6 +98,45 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def _encode(v: Any, pad: str, step: str) -> str:
+    """What json.dumps(..., indent=len(step), allow_nan=False) writes for plain data `v` nested at
+    indentation `pad` (its first line unindented); strings through json's own escaping (ensure_ascii)."""
+    if isinstance(v, str):
+        return _enc_str(v)
+    if v is None:
+        return "null"
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if isinstance(v, int):
+        return int.__repr__(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"Out of range float values are not JSON compliant: {v!r}")
+        return float.__repr__(v)
+    inner = pad + step
+    if isinstance(v, dict):
+        if not v:
+            return "{}"
+        items = [f"{inner}{_enc_str(_key(k))}: {_encode(x, inner, step)}" for k, x in v.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(v, (list, tuple)):
+        if not v:
+            return "[]"
+        return "[\n" + ",\n".join(inner + _encode(x, inner, step) for x in v) + "\n" + pad + "]"
+    raise TypeError(f"Object of type {type(v).__name__} is not JSON serializable")
+
+
+def _key(k: Any) -> str:
+    """json's conversion of a dict key to its string."""
+    if isinstance(k, str):
+        return k
+    if k is None or isinstance(k, (bool, int, float)):
+        return _encode(k, "", "")
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(k).__name__}")
+
+
 @dataclass
 class Listing(ReportMixin):
     """`wdist ls`: a checkpoint's tensors from headers only (JSON schema wdist/ls/1)."""
@@ -114,24 +155,49 @@ class Listing(ReportMixin):
 
     @classmethod
     def of(cls, ck: Checkpoint) -> Listing:
-        tensors = []
+        # rows hold plain Python values only (int() of numpy dimensions too), so to_dict can hand them out
+        # without a second, recursive copy: that copy doubled the memory of a million-tensor listing
+        tensors: list[dict[str, Any]] = []
+        append = tensors.append
         for t in ck.tensors:
-            row = {"name": t.name, "layer": t.layer, "role": t.role.value, "shape": list(t.shape), "dtype": t.dtype,
-                   "numel": t.numel, "nbytes": t.nbytes, "aliases": list(t.aliases)}
+            row = {"name": t.name, "layer": t.layer, "role": t.role.value, "shape": [int(d) for d in t.shape],
+                   "dtype": t.dtype, "numel": int(t.numel), "nbytes": int(t.nbytes),
+                   "aliases": [str(a) for a in t.aliases]}
             if t.stored_as is not None:
                 row["stored_as"] = t.stored_as
-            tensors.append(row)
+            append(row)
         meta = {k: v for k, v in ck.metadata.items() if isinstance(v, (str, int, float))}
         return cls(ck.path, ck.format, ck.variant, ck.parameters, ck.nbytes, meta, list(ck.unsafe_globals),
                    list(ck.warnings), tensors)
 
-    def to_dict(self) -> dict[str, Any]:
+    def _head(self, tensors: list[dict[str, Any]]) -> dict[str, Any]:
         return {"schema": self.SCHEMA,
                 "checkpoint": {"path": self.path, "format": self.format, "variant": self.variant,
                                "tensors": len(self.tensors), "parameters": self.parameters, "bytes": self.bytes,
                                "metadata": jsonable(self.metadata)},
                 "unsafe_globals": list(self.unsafe_globals), "warnings": list(self.warnings),
-                "tensors": jsonable(self.tensors)}
+                "tensors": tensors}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The documented JSON data. The tensor rows are this listing's own (plain data already)."""
+        return self._head(list(self.tensors))
+
+    def iter_json(self, indent: int = 2, batch: int = 1000) -> Iterator[str]:
+        """The text of json.dumps(self.to_dict(), indent=indent, allow_nan=False), in pieces of `batch`
+        rows: a listing of a million tensors is written without the whole text, or json's list of tens of
+        millions of small strings, in memory at once."""
+        head = json.dumps(self._head([]), indent=indent, allow_nan=False)
+        if not self.tensors:
+            yield head
+            return
+        tail = "[]\n}"
+        pad = " " * (2 * indent)
+        yield head[:-len(tail)] + "[\n"
+        rows = self.tensors
+        for lo in range(0, len(rows), batch):
+            text = ",\n".join(pad + _encode(r, pad, " " * indent) for r in rows[lo:lo + batch])
+            yield (",\n" if lo else "") + text
+        yield "\n" + " " * indent + "]\n}"
 
     def rows(self, level: str | None = None) -> list[dict[str, Any]]:
         return [dict(t) for t in self.tensors]

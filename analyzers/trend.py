@@ -59,6 +59,11 @@ def expand_inputs(inputs: list[str]) -> list[str]:
             if not found:
                 raise UsageError(item, "directory holds no checkpoints")
             out += found
+        elif fs.isdir(item):
+            files = find_in_dir(item)
+            # a run folder holding its first checkpoint so far: that file (its name has the step), not the folder
+            single = len(files) == 1 and not files[0].endswith(".index.json")
+            out.append(files[0] if single else item)
         else:
             out.append(item)
     return out
@@ -337,13 +342,14 @@ def _run_notes(layers: list[LayerTrend], points: list[TrendPoint]) -> list[str]:
                    "specialise; a concern only with NaN/Inf, exploding norms or dead units")
     bad = [p for p in points if p.error]
     if bad:
-        out.append(f"{len(bad)} checkpoint(s) could not be read: " + "; ".join(f"{p.label}: {p.error}" for p in bad[:5]))
+        out.append(f"{len(bad)} checkpoint{'s' if len(bad) != 1 else ''} could not be read: "
+                   + "; ".join(f"{p.label}: {p.error}" for p in bad))
     return out
 
 
-def _names(names: list[str], limit: int = 8) -> str:
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return f"{len(names)} layer(s): " + ", ".join(names[:limit]) + more
+def _names(names: list[str]) -> str:
+    """Every name (a reading never drops one), with the count first."""
+    return f"{len(names)} layer{'s' if len(names) != 1 else ''}: " + ", ".join(names)
 
 
 def _fingerprint(path: str) -> tuple | None:

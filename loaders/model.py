@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -65,6 +66,11 @@ class TensorRef:
     # decodes to, `stored_as` the storage type and `stored_nbytes` the bytes the tensor takes in the file.
     stored_as: str | None = None
     stored_nbytes: int | None = None
+
+    def __post_init__(self) -> None:
+        # loaders build the file path once per tensor; one shared string instead of a million copies
+        if type(self.source) is str:
+            self.source = sys.intern(self.source)
 
     @property
     def numel(self) -> int:

@@ -103,6 +103,8 @@ def load_safetensors_files(path: str, files: list[str], variant: str) -> Checkpo
                 name=name, layer=layer, role=role, shape=shape, dtype=dtype,
                 reader=RangeReader(fp, data_start + e["data_offsets"][0], dtype),
                 unit_axis=default_unit_axis(role, len(shape), keras=False), source=fs.basename(fp)))
+    # across shards too: a model split over files lists its layers in model order, not file order
+    tensors.sort(key=lambda t: _natural(t.name))
     fix_norm_biases(tensors)
     return Checkpoint(path=path, format=Format.SAFETENSORS, variant=variant, tensors=tensors,
                       metadata=metadata, sources=list(files))

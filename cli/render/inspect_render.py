@@ -109,9 +109,13 @@ def _header(r: InspectReport) -> list[str]:
         lines.append(f"by role: {roles}")
     if dtypes:
         lines.append(f"by dtype: {dtypes}")
+    t = m.get("near_zero_threshold")
+    rel = r.options.get("near_zero_rel")
+    # in relative mode each tensor has its own threshold: say the rule, not one number
+    rule = num(t, 3) if t is not None or rel is None else f"{num(rel, 3)} x each tensor's max|w|"
     lines.append(f"analysed: {plural(m.get('numel') or 0, 'value')} in {plural(len(r.tensors), 'tensor')}; "
                  f"global sparsity: {pct(m.get('zero_fraction'))} exactly zero, {pct(m.get('near_zero_fraction'))} "
-                 f"near zero (|w| <= {num(m.get('near_zero_threshold'), 3)})")
+                 f"near zero (|w| <= {rule})")
     if ck.step is not None:
         lines.append(f"step: {ck.step}")
     return lines
@@ -142,8 +146,7 @@ def _table(r: InspectReport, rows: list[Any], per_tensor: bool, hist: bool, log_
 
         print_spectral(con, r.spectral.to_dict())
     if r.skipped:
-        prose(con, f"not analysed (not floating point): {', '.join(r.skipped[:10])}"
-              + (f" ... and {len(r.skipped) - 10} more" if len(r.skipped) > 10 else ""))
+        prose(con, f"not analysed (not floating point): {', '.join(r.skipped)}")
 
 
 def _markdown(r: InspectReport, rows: list[Any], per_tensor: bool) -> str:

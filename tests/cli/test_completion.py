@@ -14,8 +14,6 @@ import pytest
 WDIST = shutil.which("wdist", path=str(Path(sys.executable).parent)) or shutil.which("wdist")
 pytestmark = pytest.mark.skipif(WDIST is None, reason="the wdist entry point is not installed")
 
-NOT_WIRED = ("needs the shell_complete= callbacks on --sort/--metric/--rule (cli/options.py, cmd_trend.py, "
-             "cmd_check.py) described in the ecosystem report")
 
 
 def _run(env: dict[str, str]) -> str:
@@ -90,21 +88,18 @@ def test_format_values() -> None:
     assert bash("wdist inspect --format ") == ["table", "json", "csv", "markdown"]
 
 
-@pytest.mark.xfail(strict=False, reason=NOT_WIRED)
 def test_sort_values() -> None:
     values = bash("wdist inspect --sort ")
     assert {"kurtosis", "zero_fraction", "l2_norm", "name", "parameters", "kurt", "near0"} <= set(values)
     assert bash("wdist inspect --sort kur") == ["kurtosis", "kurt"]
 
 
-@pytest.mark.xfail(strict=False, reason=NOT_WIRED)
 def test_metric_values() -> None:
     values = bash("wdist trend run/ --metric ")
     assert {"l2_norm", "kurtosis", "gini", "top1pct_l2_mass"} <= set(values)
     assert bash("wdist trend run/ --metric zero") == ["zero_fraction"]
 
 
-@pytest.mark.xfail(strict=False, reason=NOT_WIRED)
 def test_rule_metric_after_the_glob() -> None:
     assert "model: zero_fraction" in zsh("wdist check x.pt --rule 'model: ze")
     assert "*.weight: rel_l2_change" in zsh("wdist check x.pt --rule '*.weight: rel")

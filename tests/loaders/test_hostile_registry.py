@@ -215,3 +215,10 @@ def test_third_party_format_via_entry_point(tmp_path, monkeypatch):
         formats.cache_clear()
         _entry_points.cache_clear()
     assert "fake" not in format_names()
+
+
+def test_shards_list_layers_in_model_order_not_file_order(tmp_path):
+    _st(tmp_path / "model-00001-of-00002.safetensors", {"h.0.w": np.ones(2), "h.1.w": np.ones(2), "wte": np.ones(2)})
+    _st(tmp_path / "model-00002-of-00002.safetensors", {"h.2.w": np.ones(2), "h.10.w": np.ones(2)})
+    names = [t.name for t in open_checkpoint(str(tmp_path)).tensors]
+    assert names == ["h.0.w", "h.1.w", "h.2.w", "h.10.w", "wte"]

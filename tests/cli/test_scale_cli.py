@@ -1,0 +1,96 @@
+"""CLI glue of the scale-out features: the summary cache, --watch, --cluster, --tensorboard, formats."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from cli_helpers import run
+from safetensors.numpy import save_file
+
+
+def _ckpt(path, scale=1.0):
+    rng = np.random.default_rng(0)
+    save_file({"fc.weight": (scale * rng.normal(size=(64, 32))).astype(np.float32),
+               "fc.bias": np.zeros(64, np.float32)}, str(path))
+    return path
+
+
+def test_cache_is_used_and_can_be_cleared(tmp_path, monkeypatch):
+    monkeypatch.setenv("WDIST_CACHE_DIR", str(tmp_path / "cache"))
+    p = _ckpt(tmp_path / "m.safetensors")
+    first = run("inspect", p, "--format", "json").output
+    info = json.loads(run("cache", "info", "--format", "json").output)
+    assert info["files"] == 1 and info["directory"] == str(tmp_path / "cache")
+    from wdist.loaders.fileio import RangeReader
+
+    def no_reads(self, *a, **k):
+        raise AssertionError("read although cached")
+
+    monkeypatch.setattr(RangeReader, "read_raw", no_reads)
+    assert run("inspect", p, "--format", "json").output == first
+    r = run("inspect", p, "--format", "json", "--no-cache")
+    assert r.exit_code == 2 and "read although cached" in r.output
+    assert "removed 1 files" in run("cache", "clear").output
+    assert json.loads(run("cache", "info", "--format", "json").output)["files"] == 0
+
+
+def test_watch_prints_one_json_line_per_new_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _ckpt(run_dir / "step1.safetensors")
+    env = {**os.environ, "WDIST_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "wdist", "trend", str(run_dir), "--watch", "--interval", "0.2",
+                             "--format", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line1 = proc.stdout.readline()  # type: ignore[union-attr]
+        _ckpt(run_dir / "step2.safetensors", 2.0)
+        line2 = proc.stdout.readline()  # type: ignore[union-attr]
+    finally:
+        proc.send_signal(2)  # Ctrl-C
+        out, err = proc.communicate(timeout=30)
+    a, b = json.loads(line1), json.loads(line2)
+    assert a["schema"] == "wdist/trend-point/1" and a["checkpoint"]["step"] == 1 and b["checkpoint"]["step"] == 2
+    assert b["layers"]["fc"]["l2_norm"] > a["layers"]["fc"]["l2_norm"]
+    assert proc.returncode == 0, err
+
+
+def test_local_cluster_gives_the_local_json(tmp_path):
+    pytest.importorskip("distributed")
+    paths = [_ckpt(tmp_path / f"s{i}.safetensors", i + 1.0) for i in range(2)]
+    local = run("trend", *paths, "--format", "json", "--no-cache").output
+    t = time.perf_counter()
+    r = run("trend", *paths, "--format", "json", "--no-cache", "--cluster", "local:2", "-j", "2")
+    assert r.exit_code == 0, r.output
+    assert r.output == local, f"after {time.perf_counter() - t:.1f} s"
+    assert run("inspect", paths[0], "--cluster", "nope").exit_code == 2
+
+
+def test_trend_and_inspect_write_tensorboard_events(tmp_path):
+    pytest.importorskip("tensorboardX")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    paths = [_ckpt(tmp_path / f"step{i}.safetensors", i + 1.0) for i in (1, 2)]
+    logdir = tmp_path / "tb"
+    r = run("trend", *paths, "--tensorboard", logdir)
+    assert r.exit_code == 0 and "TensorBoard:" in r.output
+    acc = EventAccumulator(str(logdir), size_guidance={"histograms": 0, "scalars": 0})
+    acc.Reload()
+    assert "layer/fc" in acc.Tags()["histograms"]
+    assert [e.step for e in acc.Histograms("layer/fc")] == [1, 2]
+    r = run("inspect", paths[0], "--tensorboard", tmp_path / "tb2", "--step", "7")
+    assert r.exit_code == 0
+
+
+def test_formats_command_lists_every_plugin():
+    r = run("formats", "--format", "json")
+    names = {f["name"] for f in json.loads(r.output)["formats"]}
+    assert {"torch-zip", "safetensors", "keras-h5", "numpy", "gguf", "onnx", "tf-checkpoint", "torch-dcp",
+            "flax-msgpack"} <= names
+    md = run("formats", "--format", "markdown").output.splitlines()
+    assert len({line.count("|") - line.count("\\|") for line in md}) == 1
