@@ -21,19 +21,22 @@ import fnmatch
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wdist.analyzers.cache import SummaryCache
-from wdist.analyzers.check import CheckpointResult, Config, evaluate, find_config, load_config, parse_rule
-from wdist.analyzers.diff import DiffReport, Tolerance, compare
-from wdist.analyzers.engine import DaskEngine
-from wdist.analyzers.inspect import InspectReport, Options, analyse
-from wdist.analyzers.metrics import NearZero
 from wdist.analyzers.report import CheckReport, Listing
-from wdist.analyzers.trend import DEFAULT_METRICS, TrendReport, expand_inputs, run
 from wdist.loaders.errors import UsageError, WdistError
 from wdist.loaders.model import DEFAULT_ROLES, Checkpoint, Role
 from wdist.loaders.registry import open_checkpoint
+
+if TYPE_CHECKING:  # the analyzers are imported when a verb runs, so `wdist ls` stays quick
+    from wdist.analyzers.cache import SummaryCache
+    from wdist.analyzers.diff import DiffReport
+    from wdist.analyzers.engine import DaskEngine
+    from wdist.analyzers.inspect import InspectReport, Options
+    from wdist.analyzers.trend import TrendReport
+
+# the default of trend's `metrics` (analyzers.trend.DEFAULT_METRICS, kept equal by a test)
+DEFAULT_METRICS = ("l2_norm", "std", "kurtosis", "near_zero_fraction", "zero_fraction", "top1pct_l2_mass")
 
 Source = Any  # a path (str or os.PathLike), a Checkpoint, or an in-memory model / mapping of arrays
 Progress = Callable[[int, int], None]
@@ -75,6 +78,9 @@ def options(roles: Sequence[str] | None = None, layers: Sequence[str] = (), near
     analyzers.engine.DaskEngine (see `dask_engine`)."""
     import math
 
+    from wdist.analyzers.inspect import Options
+    from wdist.analyzers.metrics import NearZero
+
     if near_zero_rel is not None and near_zero_abs is not None:
         raise UsageError(None, "give near_zero_rel or near_zero_abs, not both")
     for v in (near_zero_rel, near_zero_abs):
@@ -106,6 +112,8 @@ def options(roles: Sequence[str] | None = None, layers: Sequence[str] = (), near
 
 
 def _cache(cache: Any) -> SummaryCache | None:
+    from wdist.analyzers.cache import SummaryCache
+
     if cache is None or cache is False:
         return None
     if cache is True:
@@ -122,6 +130,8 @@ def dask_engine(address: str) -> DaskEngine:
     cluster of N worker processes started on first use). Close it (or use `with`) when done."""
     if not (address.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://")) or re.fullmatch(r"local:\d+", address)):
         raise UsageError(None, f"scheduler {address!r}: give tcp://HOST:PORT or local:N")
+    from wdist.analyzers.engine import DaskEngine
+
     return DaskEngine(address)
 
 
@@ -148,6 +158,8 @@ def inspect(source: Source, *, roles: Sequence[str] | None = None, layers: Seque
     """Per-tensor, per-layer and whole-model metrics and the reading (`report.reading`); with spectral=True
     also the singular-value metrics (`report.spectral`). `opts` (from `options(...)`) replaces the analysis
     keywords when given."""
+    from wdist.analyzers.inspect import analyse
+
     opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral)
     with _opened(source, format) as ck, _flushing(opts):
         return analyse(ck, opts, progress)
@@ -160,6 +172,8 @@ def diff(a: Source, b: Source, *, roles: Sequence[str] | None = None, layers: Se
          opts: Options | None = None) -> DiffReport:
     """How the weights moved from A to B (tensors aligned by name, across formats); with spectral=True also
     both sides' singular-value metrics and each layer's change of alpha."""
+    from wdist.analyzers.diff import Tolerance, compare
+
     opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral)
     with _opened(a, format) as ck_a, _opened(b, format) as ck_b, _flushing(opts):
         report = compare(ck_a, ck_b, opts, Tolerance(rtol, atol), progress)
@@ -183,6 +197,8 @@ def trend(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, metrics: S
           spectral: bool = False, opts: Options | None = None) -> TrendReport:
     """Metrics per layer across the checkpoints of a run (files, folders or globs), ordered by step. A
     checkpoint that cannot be read is recorded with its reason (`report.checkpoints[i].error`)."""
+    from wdist.analyzers.trend import expand_inputs, run
+
     if order not in ("step", "given"):
         raise UsageError(None, f"order must be 'step' or 'given', not {order!r}")
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
@@ -200,6 +216,10 @@ def check(sources: Source | Sequence[Source], rules: Sequence[str] = (), *, conf
     """Evaluate rules on each checkpoint. `config`: a path, False for none, or None to look for wdist.toml /
     [tool.wdist] from `cwd` (default: the current directory) upward. A checkpoint that cannot be read is
     recorded as an error in its result; the others are still checked."""
+    from wdist.analyzers.check import CheckpointResult, Config, evaluate, find_config, load_config, parse_rule
+    from wdist.analyzers.diff import compare
+    from wdist.analyzers.inspect import analyse
+
     srcs: list[Source] = list(sources) if isinstance(sources, (list, tuple)) else [sources]
     cfg = Config()
     cpath: str | None
@@ -257,7 +277,7 @@ def plot(inputs: str | os.PathLike | Iterable[str | os.PathLike], out: str | os.
     """Write histogram, overlay, ridgeline and trend pictures (several pages when there are many layers,
     never a silent cap) and a self-contained OUT.html; returns every path written. Needs matplotlib (the
     `plot` extra)."""
-    from wdist.analyzers.trend import order_points
+    from wdist.analyzers.trend import expand_inputs, order_points
     from wdist.plots import write_report
 
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)

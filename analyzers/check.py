@@ -307,10 +307,10 @@ def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, 
                 v = report.model.stats.get(rule.metric)
             outcomes.append(Outcome("model", v, None if v is None else OPS[rule.op](v, rule.value)))
         elif rule.is_change:
-            for t in diff.tensors if diff else []:
-                if fnmatch.fnmatchcase(t.name, rule.scope) or (t.b_name and fnmatch.fnmatchcase(t.b_name, rule.scope)):
-                    v = (t.change or {}).get(rule.metric)
-                    outcomes.append(Outcome(t.b_name or t.name, v, None if v is None else OPS[rule.op](v, rule.value)))
+            for td in diff.tensors if diff else []:
+                if fnmatch.fnmatchcase(td.name, rule.scope) or (td.b_name and fnmatch.fnmatchcase(td.b_name, rule.scope)):
+                    v = (td.change or {}).get(rule.metric)
+                    outcomes.append(Outcome(td.b_name or td.name, v, None if v is None else OPS[rule.op](v, rule.value)))
         else:
             for t in report.tensors:
                 if fnmatch.fnmatchcase(t.name, rule.scope):

@@ -48,7 +48,8 @@ def linear(hist: np.ndarray, exact: bool, half_width: float, nbins: int = 64) ->
     under = int(cnt[vals < edges[0]].sum())
     over = int(cnt[vals > edges[-1]].sum())
     inside = (vals >= edges[0]) & (vals <= edges[-1])
-    idx = np.clip(np.searchsorted(edges, vals[inside], side="right") - 1, 0, nbins - 1)
+    # inside values are >= edges[0], so the index is >= 0; only the last edge itself needs the cap
+    idx = np.minimum(np.searchsorted(edges, vals[inside], side="right") - 1, nbins - 1)
     counts = np.bincount(idx, weights=cnt[inside], minlength=nbins).astype(np.int64)
     return Histogram(edges.tolist(), counts.tolist(), under, over)
 
@@ -72,6 +73,6 @@ def log_abs(hist: np.ndarray, exact: bool, per_decade: int = 5, decades: int = 1
     under = int(cnt[lv < edges[0]].sum())
     over = int(cnt[lv > edges[-1]].sum())
     inside = (lv >= edges[0]) & (lv <= edges[-1])
-    idx = np.clip(np.searchsorted(edges, lv[inside], side="right") - 1, 0, n - 1)
+    idx = np.minimum(np.searchsorted(edges, lv[inside], side="right") - 1, n - 1)
     counts = np.bincount(idx, weights=cnt[inside], minlength=n).astype(np.int64)
     return Histogram(edges.tolist(), counts.tolist(), under, over, zeros, log=True)

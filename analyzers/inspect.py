@@ -298,7 +298,8 @@ def summaries(refs: list[TensorRef], opts: Options, progress: Progress | None = 
     def join(parts: list[Part]) -> tuple[Summary]:
         return (pack(join_parts(parts)),)
 
-    keys = [tensor_key(r, opts.chunk) for r in refs] if opts.cache is not None else [None] * len(refs)
+    keys: list[dict[str, Any] | None] = ([tensor_key(r, opts.chunk) for r in refs] if opts.cache is not None
+                                         else [None] * len(refs))
     done = 0
     items = [(r, opts.chunk) for r in refs]
     results = cached_map(_work, items, keys, (Summary,), opts.jobs, [r.nbytes for r in refs], opts.engine,
@@ -439,14 +440,19 @@ def _layer(name: str, groups: dict[str, Summary], members: list[_Member], opts: 
     all_sum = groups[pooled[0]] if len(pooled) == 1 else _merged(groups[g] for g in pooled)
     lst = metrics.compute(all_sum, opts.near_zero)
     gname, chosen = _shape_group(pooled)
+    in_shape = [m for m in members if m[1].group in chosen]
+    hists: tuple[Histogram | None, Histogram | None] | None = None
     if len(chosen) == len(pooled):
         shape_sum, sst = all_sum, lst
     else:
         shape_sum = groups[chosen[0]] if len(chosen) == 1 else _merged(groups[g] for g in chosen)
-        sst = metrics.compute(shape_sum, opts.near_zero)
-    shape_members = [(r, ref.numel) for ref, r, *_ in members if r.group in chosen]
+        if len(in_shape) == 1:  # the pool of one tensor reads exactly as that tensor: reuse its numbers
+            sst, hists = in_shape[0][2], (in_shape[0][3], in_shape[0][4])
+        else:
+            sst = metrics.compute(shape_sum, opts.near_zero)
+    shape_members = [(r, ref.numel) for ref, r, *_ in in_shape]
     r = verdict.judge_pool([(r, ref.numel) for ref, r, *_ in members], shape_members, shape_sum, sst, gname)
-    h, lh = _hists(shape_sum, opts.bins, sst)
+    h, lh = hists if hists is not None else _hists(shape_sum, opts.bins, sst)
     return LayerReport(name, sum(m[0].numel for m in members), [m[0].name for m in members], lst, h,
                        lh, verdict.notes(r, _with_counts(sst, lst), pooled=True), r, shape_sum)
 

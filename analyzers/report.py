@@ -191,6 +191,9 @@ class Listing(ReportMixin):
             yield head
             return
         tail = "[]\n}"
+        if not head.endswith(tail):  # not json's usual layout (indent 0 or less): no pieces to splice into
+            yield json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+            return
         pad = " " * (2 * indent)
         yield head[:-len(tail)] + "[\n"
         rows = self.tensors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import glob
 import math
 import os
@@ -213,7 +214,7 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
             lr = seen_layers.get(name)
             for m in chosen:
                 layer_series[name][m].append(lr.stats.get(m) if lr else None)
-            layer_summ[name].append(lr.summary if lr else None)  # packed: small
+            layer_summ[name].append(_for_ridge(lr.summary) if lr else None)
         seen_t = {t.name: t for t in rep.tensors} if rep else {}
         for name in list(tensor_l2) + [n for n in seen_t if n not in tensor_l2]:
             tensor_l2.setdefault(name, [None] * i).append(seen_t[name].stats.get("l2_norm") if name in seen_t else None)
@@ -233,9 +234,9 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
     layers = []
     readable = [i for i, p in enumerate(points) if not p.error]
     by_layer: dict[str, list[str]] = {}  # tensors of each layer, grouped once (not a scan per layer)
-    for t in tensor_l2:
-        if t in tensor_layer:
-            by_layer.setdefault(tensor_layer[t], []).append(t)
+    for tname in tensor_l2:
+        if tname in tensor_layer:
+            by_layer.setdefault(tensor_layer[tname], []).append(tname)
     for name, series in layer_series.items():
         first, prev = _changes(series, readable)
         lt = LayerTrend(name, series, first, prev)
@@ -267,6 +268,16 @@ def _changes(series: dict[str, list[float | None]], readable: list[int]
         first[m] = change(m, next((v for v in vals if v is not None), None), last)
         prev[m] = change(m, vals[-2], last) if len(vals) > 1 else None
     return first, prev
+
+
+def _for_ridge(s: Summary | None) -> Summary | None:
+    """What the ridgeline needs of a layer's summary, kept for every checkpoint: its packed histogram and
+    moments, without the kept values (up to 256 KB per layer and checkpoint)."""
+    if s is None or s.sample is None:
+        return s
+    out = copy.copy(s)
+    out.sample = None
+    return out
 
 
 def _ridge(summ: list[Summary | None], bins: int) -> list[Histogram | None]:

@@ -51,6 +51,9 @@ class Reading:
     pruning_gap: float | None = None  # magnitude pruning: no nonzero |w| below this
     init: str | None = None  # the matched initialiser, e.g. "Kaiming normal, fan_out"
     init_detail: str | None = None  # "std 0.0589 = √(2/576): Kaiming normal, fan_out"
+    # sparse tensors whose non-zeros are a normal with |w| < pruning_gap removed: the kurtosis such a
+    # centre-truncated normal has (the non-zeros' own kurtosis is compared with it, not with 0)
+    nonzero_expected_kurtosis: float | None = None
 
 
 @dataclass
@@ -153,6 +156,48 @@ def _nonzero(s: Summary, r: Reading) -> None:
     med = metrics.abs_quantile((counts[0] - 1, counts[1]), k, 0.5, s.exact_bins) if k >= SHAPE_MIN else None
     if t is not None and med and t >= GAP_RATIO * med:
         r.pruning_gap = t
+        if r.shape == "sparse" and r.nonzero_shape not in (None, "too_small", "heavy_tailed") and kz is not None:
+            _pruned_normal(s, r, k, kz, t)
+
+
+def truncated_normal_kurtosis(a: float) -> float:
+    """Excess kurtosis of a normal N(0, 1) with |z| < a removed (symmetric centre truncation):
+    E[z^2] = 1 + a r, E[z^4] = 3 + (a^3 + 3a) r with r = phi(a) / Q(a)."""
+    r = _mills(a)
+    e2, e4 = 1 + a * r, 3 + (a ** 3 + 3 * a) * r
+    return e4 / (e2 * e2) - 3.0
+
+
+def _mills(a: float) -> float:
+    """phi(a) / Q(a), the inverse Mills ratio of the upper tail (asymptotic form far out)."""
+    q = 0.5 * math.erfc(a / math.sqrt(2))
+    if q < 1e-300:
+        return a + 1 / a
+    return math.exp(-a * a / 2) / math.sqrt(2 * math.pi) / q
+
+
+def _pruned_normal(s: Summary, r: Reading, k: int, kz: float, t: float) -> None:
+    """Recognise magnitude pruning of normal weights: the non-zeros are then a normal of some sigma with
+    |w| < t removed. sigma follows from their second moment E[w^2] = sigma^2 (1 + a r(a)), a = t / sigma
+    (solved by bisection); the non-zeros count as Gaussian-like when their kurtosis is within sampling
+    error (4 sqrt(24/k) + 0.1) of what that truncated normal gives."""
+    n = float(s.n)
+    p2 = s.m2 + n * s.mean * s.mean  # raw sum of squares: the zeros add nothing
+    m2 = p2 / k
+    target = m2 / (t * t)  # = (1 + a r(a)) / a^2, decreasing from +inf (a -> 0) to 1 (a -> inf)
+    if not target > 1.0:
+        return
+    lo, hi = 1e-6, 40.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if (1 + mid * _mills(mid)) / (mid * mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    expected = truncated_normal_kurtosis(0.5 * (lo + hi))
+    if abs(kz - expected) <= 4 * math.sqrt(24 / k) + 0.1:
+        r.nonzero_shape = "gaussian"
+        r.nonzero_expected_kurtosis = expected
 
 
 def judge_tensor(name: str, role: str, shape: Sequence[int], s: Summary, m: Stats, keras: bool = False,
@@ -362,6 +407,9 @@ def _nonzero_text(r: Reading) -> str:
     parts = []
     if r.nonzero_shape and r.nonzero_shape != "too_small":
         k = f" (kurtosis {r.nonzero_kurtosis:.2f})" if r.nonzero_kurtosis is not None else ""
+        if r.nonzero_expected_kurtosis is not None:  # a normal with its centre pruned away
+            k = (f" (kurtosis {r.nonzero_kurtosis:.2f}, as a normal with |w| < {_g(r.pruning_gap or 0)} removed "
+                 f"gives {r.nonzero_expected_kurtosis:.2f})")
         parts.append(f"the non-zeros are {_LABEL[r.nonzero_shape]}{k}")
     if r.pruning_gap is not None:
         parts.append(f"{'with ' if parts else 'the non-zeros have '}nothing below |w| = {_g(r.pruning_gap)}: "
@@ -489,13 +537,13 @@ def summary_paragraph(v: ModelReading, r: Reading, w: Stats, model: Stats, nz_re
     concerns: list[str] = []
     bad = [n for n, r, _ in layers if "non_finite" in r.flags]
     if bad:
-        concerns.append(f"non-finite values in {', '.join(bad[:5])}" + (" ..." if len(bad) > 5 else ""))
+        concerns.append(f"non-finite values in {', '.join(bad)}")
     dead = [(n, m) for n, r, m in layers if "dead_units" in r.flags]
     if dead:
-        concerns.append("dead units in " + ", ".join(f"{n} ({m['dead_units']}/{m['units']})" for n, m in dead[:5]))
+        concerns.append("dead units in " + ", ".join(f"{n} ({m['dead_units']}/{m['units']})" for n, m in dead))
     outl = [n for n, r, _ in layers if "outliers" in r.flags]
     if outl:
-        concerns.append("outlier weights in " + ", ".join(outl[:5]))
+        concerns.append("outlier weights in " + ", ".join(outl))
     if concerns:
         parts.append("Worth a look: " + "; ".join(concerns) + ".")
     elif v.state != "initialised":

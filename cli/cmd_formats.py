@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from wdist.cli.options import output_format
@@ -15,7 +17,7 @@ def formats(fmt: str) -> None:
     from wdist.loaders.registry import formats as registered
     from wdist.loaders.registry import plugin_errors
 
-    rows = [{"name": p.name, "title": p.title, "extensions": list(p.extensions), "variants": p.variants,
+    rows: list[dict[str, Any]] = [{"name": p.name, "title": p.title, "extensions": list(p.extensions), "variants": p.variants,
              "requires": list(p.requires), "extra": p.extra, "available": p.available()} for p in registered()]
     if fmt == "json":
         import json

@@ -17,7 +17,7 @@ def _zip_names(path: str) -> list[str]:
     try:
         with open_zip(path) as z:
             return z.namelist()
-    except (*ZIP_ERRORS, WdistError):
+    except ZIP_ERRORS + (WdistError,):
         return []
 
 

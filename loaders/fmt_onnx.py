@@ -547,10 +547,10 @@ def load_onnx(path: str) -> Checkpoint:
             axis = default_unit_axis(role, len(shape), keras=False)
         tensors.append(TensorRef(name=t.name, layer=layer, role=role, shape=shape, dtype=dtype, reader=reader,
                                  unit_axis=axis, source=os.path.basename(ext or path)))
-    norm_layers = {t.layer for t in tensors if t.role in (Role.NORM, Role.RUNNING_STAT)}
-    for i, t in enumerate(tensors):
-        if i not in decided and t.role is Role.BIAS and t.layer in norm_layers:
-            t.role = Role.NORM
+    norm_layers = {ref.layer for ref in tensors if ref.role in (Role.NORM, Role.RUNNING_STAT)}
+    for i, ref in enumerate(tensors):
+        if i not in decided and ref.role is Role.BIAS and ref.layer in norm_layers:
+            ref.role = Role.NORM
     variant = "external data" if externals else "single file"
     return Checkpoint(path=path, format="onnx", variant=variant, tensors=tensors, metadata=parsed.meta,
                       sources=[path, *externals], warnings=warnings)

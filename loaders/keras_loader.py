@@ -642,7 +642,7 @@ def load_keras_zip(path: str) -> Checkpoint:
             if member in names and names[member].file_size < 64 << 20:
                 try:  # decompressed in a stream capped at the claimed size: no zip bomb
                     data = json.loads(read_zip_member(path, names[member], 64 << 20, member))
-                except (*ZIP_ERRORS, RecursionError):
+                except ZIP_ERRORS + (RecursionError,):
                     raise CorruptCheckpointError(path, f"{member} in the archive is not valid JSON") from None
                 if member == "metadata.json" and isinstance(data, dict):
                     meta.update({k: str(v) for k, v in data.items() if isinstance(v, (str, int))})

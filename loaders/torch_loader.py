@@ -298,7 +298,7 @@ def load_torch_legacy(path: str) -> Checkpoint:
                         for d in arr.shape:
                             fstride.append(acc)
                             acc *= d
-                        reader = StridedReader(reader, count, arr.shape, tuple(fstride))
+                        reader = StridedReader(path, arr.data.offset, arr.dtype, arr.shape, tuple(fstride))
                 else:
                     held = bytes(arr.data)
                     if arr.fortran and len(arr.shape) > 1:
@@ -338,12 +338,12 @@ def load_torch_legacy(path: str) -> Checkpoint:
         pos = f.tell()
         for key in keys:
             key = str(key)
-            ref = storages.get(key)
-            if ref is None:
+            sref = storages.get(key)
+            if sref is None:
                 raise CorruptCheckpointError(path, f"storage {key!r} is listed but never used")
             f.seek(pos)
             numel = int.from_bytes(read_exact(f, 8, path, "storage size"), "little", signed=True)
-            nbytes = numel * _storage_itemsize(ref.dtype)
+            nbytes = numel * _storage_itemsize(sref.dtype)
             if numel < 0 or pos + 8 + nbytes > size:
                 raise CorruptCheckpointError(path, f"storage {key!r} claims {numel} elements, past the end of the file")
             located[key] = Located(pos + 8, numel)

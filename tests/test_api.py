@@ -125,3 +125,20 @@ def test_plot(run_dir, tmp_path):
     d, paths, _ = run_dir
     written = wdist.plot(d, tmp_path / "report")
     assert any(w.endswith(".html") for w in written) and all(os.path.exists(w) for w in written)
+
+
+def test_api_defaults_match_the_analyzers():
+    from wdist import api
+    from wdist.analyzers.trend import DEFAULT_METRICS
+
+    assert api.DEFAULT_METRICS == DEFAULT_METRICS
+
+
+def test_ls_does_not_import_the_analysis():
+    import subprocess
+    import sys
+
+    code = ("import sys, wdist; wdist.ls; "
+            "print(sorted(m for m in sys.modules if m.startswith('wdist.analyzers.') and m != 'wdist.analyzers.report'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

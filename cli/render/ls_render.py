@@ -12,7 +12,6 @@ from wdist.cli.render.common import (
     console,
     csv_row,
     csv_writer,
-    dumps,
     echo,
     human_bytes,
     md_cell,
@@ -44,7 +43,9 @@ def _dtype(t: dict[str, Any]) -> str:
 
 def render(ls: Listing, fmt: str) -> None:
     if fmt == "json":
-        click.echo(dumps(ls))
+        for piece in ls.iter_json():  # streamed: a listing of 10^6 tensors is never one string in memory
+            click.echo(piece, nl=False)
+        click.echo()
         return
     if fmt == "csv":
         w = csv_writer()

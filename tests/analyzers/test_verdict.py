@@ -254,3 +254,32 @@ def test_keras_kernel_layout_uses_keras_fans(tmp_path: Path) -> None:
     r = _analyse(p)
     k = next(t for t in r.tensors if t.role == "weight")
     assert k.reading is not None and k.reading.init == "Xavier/Glorot uniform"
+
+
+def test_magnitude_pruned_normal_weights_are_recognised(tmp_path):
+    """The non-zeros of a magnitude-pruned normal are a normal with its centre removed: their kurtosis is
+    compared with that truncated normal's (−1.72 at 80% pruning), so they read Gaussian-like; pruned
+    Laplace weights do not."""
+    import numpy as np
+    import scipy.stats as st
+    from safetensors.numpy import save_file
+
+    from wdist.analyzers.inspect import Options, analyse
+    from wdist.analyzers.verdict import truncated_normal_kurtosis
+    from wdist.loaders import open_checkpoint
+
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal(1_000_000)
+    assert abs(truncated_normal_kurtosis(1.0) - st.kurtosis(z[np.abs(z) > 1.0])) < 0.01
+    w = (rng.standard_normal((512, 512)) * 0.05).astype(np.float32)
+    t = np.quantile(np.abs(w), 0.8)
+    w[np.abs(w) < t] = 0
+    lap = rng.laplace(size=(512, 512)).astype(np.float32) * 0.05
+    lap[np.abs(lap) < np.quantile(np.abs(lap), 0.8)] = 0
+    p = tmp_path / "pruned.safetensors"
+    save_file({"fc.weight": w, "lap.weight": lap}, str(p))
+    by = {x.name: x.reading for x in analyse(open_checkpoint(str(p)), Options(jobs=1)).tensors}
+    fc = by["fc.weight"]
+    assert fc.shape == "sparse" and fc.nonzero_shape == "gaussian"
+    assert fc.pruning_gap is not None and abs(fc.pruning_gap - t) / t < 2 ** -6
+    assert by["lap.weight"].nonzero_shape != "gaussian"

@@ -165,11 +165,8 @@ def test_one_hostile_file_does_not_abort_check_or_trend(small_run, tmp_path, mon
             raise RecursionError("maximum recursion depth exceeded")
         return real(ck, *a, **k)
 
-    from wdist import api as api_mod
-
     monkeypatch.setattr(inspect_mod, "analyse", analyse)
     monkeypatch.setattr(trend_mod, "analyse", analyse)
-    monkeypatch.setattr(api_mod, "analyse", analyse)
     junit = tmp_path / "j.xml"
     r = _invoke("check", *small_run, "--no-config", "--rule", "model: std > 0", "--junit", junit)
     assert r.exit_code == 2

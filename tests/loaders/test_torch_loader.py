@@ -98,3 +98,18 @@ def test_chunks_cover_tensor(ckpts, torch_model_sd):
     np.testing.assert_array_equal(got, torch_model_sd["4.weight"].numpy().ravel())
     starts = [s for s, _ in t.chunks(max_elems=100, align=7)]
     assert all(s % 7 == 0 for s in starts)
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_numpy_pickle_of_a_large_fortran_array(tmp_path, protocol):
+    """A >= 1 MiB array payload is read from the file in place (protocol 4: a strided reader over the
+    pickle's bytes, column-major here), a protocol-2 one from memory; both equal the array."""
+    import pickle
+
+    a = np.asfortranarray(np.random.default_rng(0).normal(size=(600, 500)).astype(np.float32))
+    p = tmp_path / "model.pkl"
+    with open(p, "wb") as f:
+        pickle.dump({"blobs": {"fc_w": a}}, f, protocol=protocol)
+    ck = open_checkpoint(str(p))
+    assert ck.variant == "numpy-pickle"
+    np.testing.assert_array_equal(ck.tensors[0].read(), a)
