@@ -24,7 +24,10 @@ from wdist.analyzers.engine import (
 from wdist.analyzers.inspect import CheckpointInfo, Options, Progress, checkpoint_info, select
 from wdist.analyzers.report import ReportMixin, jsonable
 from wdist.analyzers.summary import Part, Summary
+from wdist.analyzers.verdict import group_of
 from wdist.loaders.model import Checkpoint, TensorRef
+
+_WEIGHTY = ("weight", "embedding")  # groups whose histogram a layer shows first
 
 CHANGE_METRICS = ("rel_l2_change", "cosine", "sign_flip_fraction", "changed_fraction", "max_abs_change",
                   "wasserstein", "ks")
@@ -219,6 +222,7 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
             work.append((len(rows), ta, tb))
         rows.append(row)
     layer_sums: dict[str, tuple[PairSums, Summary, Summary, int]] = {}
+    hist_sums: dict[str, tuple[str, Summary, Summary]] = {}
     done = 0
     keys: list[dict[str, Any] | None] = []
     for _, a, b in work:
@@ -246,6 +250,15 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
         row.b = metrics.compute(sb, opts.near_zero)
         row.change = change_metrics(p, sa, sb, ta.numel)
         row.delta = _delta(row.a, row.b)
+        # the layer's histograms (--hist, plots) show one judgement group only, as inspect's do: its weights
+        # if it has any, else its first tensor's group, so BatchNorm's gamma and beta are never one histogram
+        grp = group_of(ta.name, ta.role.value, ta.numel)
+        held = hist_sums.get(row.layer)
+        if held is None or (grp in _WEIGHTY and held[0] not in _WEIGHTY):
+            hist_sums[row.layer] = (grp, Summary().merge(sa), Summary().merge(sb))
+        elif grp == held[0]:
+            held[1].merge(sa)
+            held[2].merge(sb)
         acc = layer_sums.get(row.layer)
         if acc is None:
             layer_sums[row.layer] = (p, sa, sb, ta.numel)
@@ -258,7 +271,8 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
     for name, (p, sa, sb, numel) in layer_sums.items():
         ch = change_metrics(p, sa, sb, numel)
         layers.append(LayerDiff(name, numel, ch["rel_l2_change"], ch["cosine"], ch["sign_flip_fraction"],
-                                ch["changed_fraction"], ch["max_abs_change"], a_summary=pack(sa), b_summary=pack(sb)))
+                                ch["changed_fraction"], ch["max_abs_change"], a_summary=pack(hist_sums[name][1]),
+                                b_summary=pack(hist_sums[name][2])))
     notes = _notes(rows, layers)
     counts: dict[str, int] = {}
     for r in rows:

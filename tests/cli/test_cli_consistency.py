@@ -205,3 +205,15 @@ def test_epochs_n_saves_epoch_n():
 
 def test_run_helper_still_raises(small_run):
     assert run("ls", small_run[0]).exit_code == 0
+
+
+def test_identical_notes_are_grouped_without_losing_a_name_or_a_number():
+    from wdist.cli.render.common import group_notes
+
+    rows = [("conv2", ["Gaussian-like (kurtosis -0.46; a normal gives 0)"]),
+            ("conv3", ["Gaussian-like (kurtosis -0.23; a normal gives 0)"]),
+            ("h.10", ["moved +7.2% (h.10.weight)"]), ("h.11", ["moved +7.2% (h.11.weight)"])]
+    out = group_notes(rows)
+    assert out[0] == "conv2, conv3 (2): Gaussian-like (kurtosis -0.46 / -0.23; a normal gives 0)"
+    # digits inside names are part of the text, not numbers to merge: those notes stay apart
+    assert out[1:] == ["h.10: moved +7.2% (h.10.weight)", "h.11: moved +7.2% (h.11.weight)"]
