@@ -94,3 +94,17 @@ def test_formats_command_lists_every_plugin():
             "flax-msgpack"} <= names
     md = run("formats", "--format", "markdown").output.splitlines()
     assert len({line.count("|") - line.count("\\|") for line in md}) == 1
+
+
+def test_scheduler_address_of_an_existing_cluster(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    paths = [_ckpt(tmp_path / f"s{i}.safetensors", i + 1.0) for i in range(2)]
+    local = run("diff", *paths, "--format", "json", "--no-cache").output
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        r = run("diff", *paths, "--format", "json", "--no-cache", "--scheduler", cluster.scheduler_address, "-j", "2")
+        assert r.exit_code == 0, r.output
+        assert r.output == local
+        r = run("check", paths[0], "--no-config", "--rule", "model: nan_count == 0",
+                env={"WDIST_SCHEDULER": cluster.scheduler_address})
+        assert r.exit_code == 0, r.output
