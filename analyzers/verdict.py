@@ -200,6 +200,18 @@ def _pruned_normal(s: Summary, r: Reading, k: int, kz: float, t: float) -> None:
         r.nonzero_expected_kurtosis = expected
 
 
+def _shape_flags(flags: set[str], shp: str, r: Reading, m: Stats) -> None:
+    """heavy_tailed, sparse and mostly_small, by the same rules for a tensor and a pooled layer/model."""
+    zf = m.get("zero_fraction") or 0.0
+    if shp == "heavy_tailed" or r.nonzero_shape == "heavy_tailed":
+        flags.add("heavy_tailed")
+    if zf >= SPARSE:
+        flags.add("sparse")
+    nzf = m.get("near_zero_fraction")
+    if nzf is not None and nzf >= MOSTLY_SMALL and zf < PARTLY_SPARSE:
+        flags.add("mostly_small")
+
+
 def judge_tensor(name: str, role: str, shape: Sequence[int], s: Summary, m: Stats, keras: bool = False,
                  bias_fan_in: int | None = None) -> Reading:
     grp = group_of(name, role, int(m.get("numel") or 0))
@@ -214,13 +226,7 @@ def judge_tensor(name: str, role: str, shape: Sequence[int], s: Summary, m: Stat
     if s.n >= SHAPE_MIN and zf >= PARTLY_SPARSE and shp != "all_zero":
         _nonzero(s, r)
     if grp in WEIGHTY:
-        if shp == "heavy_tailed" or r.nonzero_shape == "heavy_tailed":
-            flags.add("heavy_tailed")
-        if zf >= SPARSE:
-            flags.add("sparse")
-        nzf = m.get("near_zero_fraction")
-        if nzf is not None and nzf >= MOSTLY_SMALL and zf < PARTLY_SPARSE:
-            flags.add("mostly_small")
+        _shape_flags(flags, shp, r, m)
         p999 = m.get("abs_p999")
         if p999 and s.n >= OUTLIER_MIN and _max_abs(m) >= OUTLIER_RATIO * p999:
             flags.add("outliers")
@@ -301,14 +307,7 @@ def judge_pool(members: Sequence[tuple[Reading, int]], shape_members: Sequence[t
     for x, _ in members:
         flags.update(f for f in x.flags if f in ("non_finite", "outliers", "dead_units"))
     if group in WEIGHTY:
-        zf = m.get("zero_fraction") or 0.0
-        if shp == "heavy_tailed" or r.nonzero_shape == "heavy_tailed":
-            flags.add("heavy_tailed")
-        if zf >= SPARSE:
-            flags.add("sparse")
-        nzf = m.get("near_zero_fraction")
-        if nzf is not None and nzf >= MOSTLY_SMALL and zf < PARTLY_SPARSE:
-            flags.add("mostly_small")
+        _shape_flags(flags, shp, r, m)
     if members and all("at_init" in x.flags for x, _ in members):
         flags.add("at_init")
         inits_seen = list(dict.fromkeys(x.init for x, _ in shape_members if x.init))

@@ -240,27 +240,13 @@ class StridedReader:
         return res
 
 
-class Window(io.RawIOBase):
+class Window(fs.PositionedRaw):
     """A read-only, seekable file object over bytes [offset, offset+size) of a file (a stored zip member)."""
 
     def __init__(self, path: str, offset: int, size: int) -> None:
         super().__init__()
         self._f = fs.open_binary(path)  # closed by close()
         self._offset, self._size, self._pos = offset, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
 
     def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
         n = max(0, min(len(b), self._size - self._pos))

@@ -192,17 +192,11 @@ def pread_into(path: str, offset: int, view: memoryview) -> int:
     return len(data)
 
 
-class RemoteFile(io.RawIOBase):
-    """A seekable read-only file over a URL: each read is one ranged request (with a small read-ahead
-    buffer for the many tiny reads of zip directories, pickles and HDF5 metadata)."""
+class PositionedRaw(io.RawIOBase):
+    """A read-only, seekable raw file over `_size` bytes whose subclasses implement readinto at `_pos`."""
 
-    def __init__(self, url: str, size: int | None = None) -> None:
-        super().__init__()
-        self.url = url
-        self._size = stat(url).size if size is None else size
-        self._pos = 0
-        self._buf_start, self._buf = 0, b""
-        self._lock = threading.Lock()
+    _pos = 0
+    _size = 0
 
     def readable(self) -> bool:
         return True
@@ -217,6 +211,19 @@ class RemoteFile(io.RawIOBase):
         base = {0: 0, 1: self._pos, 2: self._size}[whence]
         self._pos = max(0, base + pos)
         return self._pos
+
+
+class RemoteFile(PositionedRaw):
+    """A seekable read-only file over a URL: each read is one ranged request (with a small read-ahead
+    buffer for the many tiny reads of zip directories, pickles and HDF5 metadata)."""
+
+    def __init__(self, url: str, size: int | None = None) -> None:
+        super().__init__()
+        self.url = url
+        self._size = stat(url).size if size is None else size
+        self._pos = 0
+        self._buf_start, self._buf = 0, b""
+        self._lock = threading.Lock()
 
     def readinto(self, b: Any) -> int:
         with self._lock:

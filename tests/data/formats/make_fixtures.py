@@ -5,6 +5,8 @@ Run once, each part in a venv that has the library (neither is a wdist dependenc
     /tmp/tfvenv/bin/python tests/data/formats/make_fixtures.py tf
     python3 -m venv /tmp/flaxvenv && /tmp/flaxvenv/bin/pip install flax jax jaxlib optax   # flax 0.12.8, jax 0.10.2
     /tmp/flaxvenv/bin/python tests/data/formats/make_fixtures.py flax
+    /tmp/flaxvenv/bin/pip install orbax-checkpoint tensorstore   # orbax-checkpoint 0.12.8, tensorstore 0.1.86
+    /tmp/flaxvenv/bin/python tests/data/formats/make_fixtures.py orbax
 Every value is seeded; `expected.npz`-style reference values are written next to each fixture (as .npz of the
 same tensors under the names the library itself reports) so the tests compare wdist's reading with them."""
 
@@ -140,9 +142,54 @@ def flax_fixtures() -> None:
         f.write(serialization.msgpack_serialize({"params": {"Dense_0": {"kernel": big, "bias": np.ones(5, np.float32)}}}))
 
 
+def orbax_fixtures() -> None:
+    """Orbax StandardCheckpointer folders (OCDBT + zarr). Needs `pip install orbax-checkpoint tensorstore` in
+    the flax venv (orbax-checkpoint 0.12.8, tensorstore 0.1.86 used)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import orbax.checkpoint as ocp
+    from flax import linen as nn
+
+    out = os.path.join(HERE, "orbax")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+            tok = nn.Embed(7, 4)(jnp.zeros(x.shape[:1], jnp.int32))
+            x = nn.Dense(8)(x)
+            x = nn.BatchNorm(use_running_average=not train)(x)
+            x = nn.LayerNorm()(x) + tok.sum(-1, keepdims=True)
+            return nn.Dense(3, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)(x)
+
+    variables = MLP().init(jax.random.PRNGKey(0), jnp.ones((1, 6)))
+    opt_state = optax.adam(1e-3).init(variables["params"])
+    state = {"step": 5, "params": variables["params"], "batch_stats": variables["batch_stats"],
+             "opt_state": opt_state}
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(out, "mlp_state"), state)
+    ckptr.wait_until_finished()
+    # the two other layouts PyTreeCheckpointer writes, params only: zarr3 in OCDBT, and zarr2 without OCDBT
+    # (one folder per array)
+    for name, kw in (("mlp_zarr3", {"use_zarr3": True}), ("mlp_no_ocdbt", {"use_ocdbt": False})):
+        ck = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(**kw))
+        ck.save(os.path.join(out, name), args=ocp.args.PyTreeSave({"params": variables["params"]}))
+    for name in ("mlp_state", "mlp_zarr3", "mlp_no_ocdbt"):
+        os.remove(os.path.join(out, name, "commit_success.txt"))  # a log line naming the writer's absolute path
+    flat = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v, dtype=np.float32)
+            if v.dtype == jnp.bfloat16 else np.asarray(v)
+            for path, v in jax.tree_util.tree_leaves_with_path({"params": variables["params"],
+                                                                "batch_stats": variables["batch_stats"]})}
+    np.savez(os.path.join(out, "mlp_state_expected.npz"), **flat)  # type: ignore[arg-type]
+
+
 if __name__ == "__main__":
-    what = sys.argv[1:] or ["tf", "flax"]
+    what = sys.argv[1:] or ["tf", "flax", "orbax"]
     if "tf" in what:
         tf_fixtures()
     if "flax" in what:
         flax_fixtures()
+    if "orbax" in what:
+        orbax_fixtures()
