@@ -343,6 +343,6 @@ def sniff(head: bytes, path: str) -> bool:
 PLUGIN = FormatPlugin(
     name=NAME, title="Flax / JAX msgpack (flax.serialization)", extensions=(".msgpack",), load=load, sniff=sniff,
     variants="flax.serialization.to_bytes / msgpack_serialize files: params, batch_stats, optax opt_state "
-             "(TrainState), chunked arrays; all numpy dtypes incl. bfloat16. Orbax/OCDBT folders not read",
+             "(TrainState), chunked arrays; all numpy dtypes incl. bfloat16",
     order=90, fallback_by_extension=True,
 )

@@ -29,6 +29,7 @@ BUILTIN_FORMATS: tuple[str, ...] = (
     "wdist.loaders.fmt_gguf",
     "wdist.loaders.fmt_onnx",
     "wdist.loaders.fmt_tf", "wdist.loaders.fmt_dcp", "wdist.loaders.fmt_flax",
+    "wdist.loaders.fmt_orbax",
 )
 ENTRY_POINT_GROUP = "wdist.formats"
 MAX_INDEX_BYTES = 64 << 20  # a sharded index of 10^6 tensors is ~60 MB of JSON
@@ -92,7 +93,7 @@ def get_format(name: str) -> FormatPlugin:
 
 def supported() -> str:
     """One line naming every format, for error messages."""
-    return "; ".join(f"{p.title} ({' '.join(p.extensions)})" for p in formats())
+    return "; ".join(f"{p.title} ({' '.join(p.extensions)})" if p.extensions else p.title for p in formats())
 
 
 class _Extensions(Mapping[str, str]):

@@ -33,8 +33,9 @@ def test_debug_shows_traceback(tmp_path):
     out = subprocess.run([sys.executable, "-m", "wdist", "--debug", "ls", str(p)], capture_output=True, text=True)
     assert out.returncode != 0 and "Traceback" in out.stderr
     out = subprocess.run([sys.executable, "-m", "wdist", "ls", str(p)], capture_output=True, text=True)
-    assert out.returncode == 2 and out.stderr.strip() == f"wdist: error: {p}: text, not a supported checkpoint; " \
-        f"wdist reads {__import__('wdist.loaders', fromlist=['SUPPORTED']).SUPPORTED}"
+    expected = (f"wdist: error: {p}: text, not a supported checkpoint; "
+                f"wdist reads {__import__('wdist.loaders', fromlist=['SUPPORTED']).SUPPORTED}")
+    assert out.returncode == 2 and out.stderr.strip() == expected, out.stderr
 
 
 def test_help_does_not_import_torch():

@@ -176,7 +176,13 @@ def orbax_fixtures() -> None:
     for name, kw in (("mlp_zarr3", {"use_zarr3": True}), ("mlp_no_ocdbt", {"use_ocdbt": False})):
         ck = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(**kw))
         ck.save(os.path.join(out, name), args=ocp.args.PyTreeSave({"params": variables["params"]}))
-    for name in ("mlp_state", "mlp_zarr3", "mlp_no_ocdbt"):
+    # a CheckpointManager directory: step folder 2/ with _CHECKPOINT_METADATA and one item folder default/
+    mgr = ocp.CheckpointManager(os.path.join(out, "manager"))
+    mgr.save(2, args=ocp.args.StandardSave({"params": {"Dense_0": {
+        "kernel": np.arange(12, dtype=np.float32).reshape(3, 4), "bias": np.ones(4, np.float32)}}}))
+    mgr.wait_until_finished()
+    mgr.close()
+    for name in ("mlp_state", "mlp_zarr3", "mlp_no_ocdbt", "manager/2", "manager/2/default"):
         os.remove(os.path.join(out, name, "commit_success.txt"))  # a log line naming the writer's absolute path
     flat = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): np.asarray(v, dtype=np.float32)
             if v.dtype == jnp.bfloat16 else np.asarray(v)
