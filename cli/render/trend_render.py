@@ -6,7 +6,7 @@ import math
 
 import click
 
-from wdist.analyzers.trend import TrendReport
+from wdist.analyzers.trend import SIGNED, TrendReport
 from wdist.cli.render.common import (
     Col,
     console,
@@ -34,9 +34,13 @@ def _ridge_row(counts: list[int], top: int) -> str:
     return "".join(BLOCKS[min(8, round(8 * c / top))] if top else " " for c in counts)
 
 
-def _change_text(ch: float | None) -> str:
+def _change_text(metric: str, ch: float | None) -> str:
+    """The change against the first checkpoint: an absolute difference for signed shape metrics (kurtosis,
+    mean, ...: a percent of a number near zero means nothing), a relative change for the rest."""
     if ch is None:
         return ""
+    if metric in SIGNED:
+        return f" {ch:+.3g}"
     if math.isinf(ch):
         return " from 0"
     return f" {ch:+.0%}" if abs(ch) < 10 else f" x{1 + ch:.3g}"
@@ -72,13 +76,14 @@ def render(r: TrendReport, fmt: str, hist: bool) -> None:
             for m in r.metrics:
                 s = lt.series[m]
                 last = next((v for v in reversed(s) if v is not None), None)
-                cells.append(f"{sparkline(s)} {num(last, 3)}{_change_text(first.get(m))}")
+                cells.append(f"{sparkline(s)} {num(last, 3)}{_change_text(m, first.get(m))}")
             rows.append((lt.name, cells))
         print_table(con, "layer", [Col(SHORT.get(m, m), False) for m in r.metrics], rows)
         names = ", ".join(f"{v} = {k}" for k, v in SHORT.items() if k in r.metrics)
         prose(con, "each cell: sparkline over the checkpoints (bar heights from 0 to the series' largest value: "
                    "equal bars mean equal values), last value, change against the first readable checkpoint "
-                   "(JSON also has the change against the previous one)" + (f"; {names}" if names else ""),
+                   "(relative; for kurtosis, skewness, mean, min and max the difference) (JSON also has the change "
+                   "against the previous one)" + (f"; {names}" if names else ""),
               hang="", style="dim")
     if hist:
         width = out_width()
