@@ -83,7 +83,7 @@ def _error_line(path: str | None, reason: str) -> str:
     return f"wdist: error: {safe(path)}: {safe(reason)}" if path else f"wdist: error: {safe(reason)}"
 
 
-def _quiet_stdout() -> None:
+def quiet_stdout() -> None:
     """After a broken pipe: point stdout at /dev/null so the final flush cannot raise again."""
     try:
         fd = os.open(os.devnull, os.O_WRONLY)
@@ -137,7 +137,7 @@ class LazyGroup(click.Group):
             ctx.exit(130)
         except Exception as e:  # an unexpected failure still gets one line naming the file, unless --debug
             if _is_broken_pipe(e):  # `wdist ls x | head -1`: the reader left; that is not an error
-                _quiet_stdout()
+                quiet_stdout()
                 ctx.exit(EXIT_OK)
             if state().get("debug"):
                 raise
@@ -173,6 +173,6 @@ def main() -> None:
     except (BrokenPipeError, OSError) as e:
         if not _is_broken_pipe(e):
             raise
-        _quiet_stdout()
+        quiet_stdout()
         code = 0 if code in (0, None, 1) else code
     sys.exit(code)

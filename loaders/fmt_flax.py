@@ -274,11 +274,22 @@ def _role(path: tuple[str, ...], name: str, layer: str, param: str, shape: tuple
     top = path[0] if path else ""
     if top in OPTIMIZER_TOP:
         return Role.OPTIMIZER_STATE
-    if top in RUNNING_TOP or param in ("mean", "var"):
-        return Role.RUNNING_STAT if top in RUNNING_TOP else infer_role(name, layer, param, shape, dtype)
+    if top in RUNNING_TOP:
+        return Role.RUNNING_STAT
     if param == "embedding" and len(shape) >= 2:
         return Role.EMBEDDING
     return infer_role(name, layer, param, shape, dtype)
+
+
+def tree_tensor(path: tuple[str, ...], name: str, shape: tuple[int, ...], dtype: str, reader: Any,
+                source: str) -> TensorRef:
+    """One leaf of a flax/orbax parameter tree as a TensorRef (shared by the msgpack and Orbax readers)."""
+    layer, param = split_name(name, "/")
+    role = _role(path, name, layer, param, shape, dtype)
+    if role is Role.NORM and param == "scale" and len(shape) != 1:
+        role = Role.WEIGHT  # a multi-dimensional "scale" is a learned weight, not a norm gain
+    return TensorRef(name=name, layer=layer, role=role, shape=shape, dtype=dtype, reader=reader,
+                     unit_axis=default_unit_axis(role, len(shape), keras=True), source=source)
 
 
 def load(path: str) -> Checkpoint:
@@ -316,13 +327,7 @@ def load(path: str) -> Checkpoint:
         else:
             dtype, shape = leaf.dtype, leaf.shape
             reader = RangeReader(path, leaf.offset, dtype)
-        layer, param = split_name(name, "/")
-        role = _role(p, name, layer, param, shape, dtype)
-        if role is Role.NORM and param == "scale" and len(shape) != 1:
-            role = Role.WEIGHT
-        tensors.append(TensorRef(name=name, layer=layer, role=role, shape=shape, dtype=dtype, reader=reader,
-                                 unit_axis=default_unit_axis(role, len(shape), keras=True),
-                                 source=os.path.basename(path)))
+        tensors.append(tree_tensor(p, name, shape, dtype, reader, os.path.basename(path)))
     fix_norm_biases(tensors)
     variant = "train-state" if any(t.role is Role.OPTIMIZER_STATE for t in tensors) else "params"
     if any(isinstance(t.reader, ConcatReader) for t in tensors):

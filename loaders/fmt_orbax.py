@@ -19,10 +19,10 @@ import numpy as np
 
 from wdist.loaders.dtypes import storage_dtype
 from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError
-from wdist.loaders.fmt_flax import FLAX_DTYPES, OPTIMIZER_TOP, RUNNING_TOP
+from wdist.loaders.fmt_flax import FLAX_DTYPES, tree_tensor
 from wdist.loaders.model import Checkpoint, Role, TensorRef, dtype_itemsize
 from wdist.loaders.plugin import FormatPlugin
-from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, split_name
+from wdist.loaders.roles import fix_norm_biases
 
 NAME = "orbax"
 META_FILE = "_METADATA"
@@ -241,17 +241,6 @@ def _param_name(root: str, keys: tuple[str, ...], ocdbt: bool) -> str:
     return param
 
 
-def _role(path: tuple[str, ...], name: str, layer: str, param: str, shape: tuple[int, ...], dtype: str) -> Role:
-    top = path[0] if path else ""
-    if top in OPTIMIZER_TOP:
-        return Role.OPTIMIZER_STATE
-    if top in RUNNING_TOP:
-        return Role.RUNNING_STAT
-    if param == "embedding" and len(shape) >= 2:
-        return Role.EMBEDDING
-    return infer_role(name, layer, param, shape, dtype)
-
-
 def _load_item(path: str, root: str, prefix: tuple[str, ...], tensors: list[TensorRef], metadata: dict[str, Any],
                readers: list[OrbaxReader]) -> str:
     """Appends one item folder's arrays; returns its layout for the variant."""
@@ -291,13 +280,7 @@ def _load_item(path: str, root: str, prefix: tuple[str, ...], tensors: list[Tens
             except Exception as e:
                 raise CorruptCheckpointError(path, f"scalar {name!r} cannot be read ({type(e).__name__})") from None
         readers.append(reader)
-        layer, pname = split_name(name, "/")
-        role = _role(keys, name, layer, pname, shape, dtype)
-        if role is Role.NORM and pname == "scale" and len(shape) != 1:
-            role = Role.WEIGHT
-        tensors.append(TensorRef(name=name, layer=layer, role=role, shape=shape, dtype=dtype, reader=reader,
-                                 unit_axis=default_unit_axis(role, len(shape), keras=True),
-                                 source=os.path.basename(root)))
+        tensors.append(tree_tensor(keys, name, shape, dtype, reader, os.path.basename(root)))
     return ("OCDBT" if ocdbt else "per-array folders") + (", zarr3" if zarr3 else ", zarr")
 
 

@@ -54,3 +54,25 @@ def bad_files(tmp_path, ckpts) -> dict[str, tuple[object, type, str]]:
     return out
 
 
+
+
+def mutated_file_outcome(plugin: object, path: str) -> None:
+    """A mutated file through one plug-in and then the whole pipeline: only a valid result or a WdistError.
+
+    The plug-in is called directly first, because the registry turns any stray exception into a WdistError
+    and would hide a reader's bug; every tensor it returns must then read back exactly its element count."""
+    from wdist.analyzers.inspect import Options, analyse
+    from wdist.loaders import Role, open_checkpoint
+
+    try:
+        ck = plugin.load(path)  # type: ignore[attr-defined]
+        for t in ck.tensors:
+            if t.reader is not None and t.numel <= 1 << 22:
+                assert t.reader.read_raw(0, t.numel).size == t.numel
+    except WdistError:
+        pass
+    try:
+        with open_checkpoint(path) as ck:
+            analyse(ck, Options(jobs=1, roles=tuple(Role)))
+    except WdistError:
+        pass

@@ -70,13 +70,10 @@ def console(file: Any = None, stderr: bool = False) -> Any:
     class _Console(Console):
         def on_broken_pipe(self) -> None:
             # the reader of a pipe left (`wdist ls x | head -1`): stop quietly with exit 0, not rich's 1
+            from wdist.cli.main import quiet_stdout
+
             self.quiet = True
-            try:
-                fd = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(fd, sys.stdout.fileno())
-                os.close(fd)
-            except (OSError, ValueError, AttributeError):
-                pass
+            quiet_stdout()
             raise SystemExit(0)
 
     w = out_width()
