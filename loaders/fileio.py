@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import io
+import math
 import struct
 import zipfile
 import zlib
@@ -413,9 +414,7 @@ def read_work_limit(stored_bytes: int) -> int:
 def strided_read_cost(shape: tuple[int, ...], stride: tuple[int, ...], item: int, chunk: int) -> int:
     """Estimated bytes StridedReader reads (a pread counted as _SYSCALL_BYTES) to serve the whole view in
     chunks of `chunk` elements: the plan of the first chunk, times the number of chunks."""
-    numel = 1
-    for d in shape:
-        numel *= d
+    numel = math.prod(shape)
     if numel == 0:
         return 0
     dims = simplify_view(shape, stride)

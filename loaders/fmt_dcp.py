@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -171,13 +172,6 @@ def disjoint(chunks: list[Chunk], shape: tuple[int, ...]) -> bool:
     return True
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def _item(path: str, fp: str, fsize: int, offset: int, length: int, what: str) -> tuple[Any, zipfile.ZipFile, Window]:
     """Open the torch.save zip stored at [offset, offset+length) of a .distcp file and unpickle data.pkl."""
     if offset < 0 or length <= 0 or offset + length > fsize:
@@ -223,7 +217,7 @@ def _tensor_item(path: str, fp: str, fsize: int, offset: int, length: int, dtype
         if m.compress_type != zipfile.ZIP_STORED:
             raise CorruptCheckpointError(path, f"{what}: storage is compressed")
         item = dtype_itemsize(dtype)
-        need = (pt.offset + _numel(sizes)) * item
+        need = (pt.offset + math.prod(sizes)) * item
         if m.file_size < need:
             raise CorruptCheckpointError(path, f"{what}: storage holds {m.file_size} bytes, fewer than {need}")
         hdr_at = offset + m.header_offset
@@ -363,9 +357,9 @@ def load(path: str) -> Checkpoint:
             ch = Chunk(offs, szs, rr)
             layout(ch, shape)
             chunks.append(ch)
-            total += _numel(szs)
-        if total != _numel(shape):
-            raise CorruptCheckpointError(meta_path, f"tensor {fqn!r}: chunks hold {total} elements, the shape {_numel(shape)}")
+            total += math.prod(szs)
+        if total != math.prod(shape):
+            raise CorruptCheckpointError(meta_path, f"tensor {fqn!r}: chunks hold {total} elements, the shape {math.prod(shape)}")
         if not disjoint(chunks, shape):
             raise CorruptCheckpointError(meta_path, f"tensor {fqn!r}: chunks overlap")
         reader: Any

@@ -9,6 +9,7 @@ and no msgpack package or object hook is needed. Names join dict keys with "/" (
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -202,9 +203,7 @@ class _Walker:
         self._skip(n)
         if self.pos != end:
             raise _Bad("ndarray payload does not fill its ext object")
-        numel = 1
-        for d in shape:
-            numel *= d
+        numel = math.prod(shape)
         if numel * dtype_itemsize(dtype) != n:
             raise _Bad(f"ndarray of shape {shape} x {dtype} needs {numel * dtype_itemsize(dtype)} bytes, holds {n}")
         return ArrayDesc(tuple(shape), dtype, offset, n)
@@ -317,9 +316,7 @@ def load(path: str) -> Checkpoint:
     for p, leaf in leaves:
         name = "/".join(p) or "value"
         if isinstance(leaf, Chunked):
-            numel = 1
-            for d in leaf.shape:
-                numel *= d
+            numel = math.prod(leaf.shape)
             if sum(x.shape[0] for x in leaf.pieces) != numel:
                 raise CorruptCheckpointError(path, f"chunked array {name!r}: pieces do not add up to shape {list(leaf.shape)}")
             dtype, shape = leaf.pieces[0].dtype, leaf.shape

@@ -396,9 +396,7 @@ def load_gguf(path: str) -> Checkpoint:
     quantised = 0
     for ti in infos:
         shape = tuple(reversed(ti.ne))
-        numel = 1
-        for d in ti.ne:
-            numel *= d
+        numel = math.prod(ti.ne)
         stored_as: str | None = None
         reader: Any
         if ti.type_id in PLAIN:

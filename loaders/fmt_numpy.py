@@ -6,6 +6,7 @@ code), and only plain numeric dtypes are accepted, so an object array (a pickle 
 from __future__ import annotations
 
 import ast
+import math
 import os
 import threading
 import zipfile
@@ -175,9 +176,7 @@ def _tensor(name: str, shape: tuple[int, ...], dtype: str, fortran: bool, reader
 def _check_size(path: str, shape: tuple[int, ...], dtype: str, available: int, what: str) -> None:
     from wdist.loaders.model import dtype_itemsize
 
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     if n * dtype_itemsize(dtype) > available:
         raise CorruptCheckpointError(path, f"{what}: shape {list(shape)} x {dtype} needs {n * dtype_itemsize(dtype)} "
                                      f"bytes, but only {available} are there")

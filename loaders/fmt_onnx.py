@@ -9,6 +9,7 @@ the output-unit axis. Subgraphs (If/Loop bodies) and sparse initializers are not
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -524,9 +525,7 @@ def load_onnx(path: str) -> Checkpoint:
             raise CorruptCheckpointError(path, f"tensor {t.name!r} has a negative dim {t.dims}")
         dtype = DTYPES[t.data_type][0]
         shape = tuple(t.dims)
-        numel = 1
-        for d in shape:
-            numel *= d
+        numel = math.prod(shape)
         if numel * dtype_itemsize(dtype) > 1 << 50:
             raise CorruptCheckpointError(path, f"tensor {t.name!r}: shape {list(shape)} is absurd")
         reader, ext = _reader(path, t, dtype, numel, size)

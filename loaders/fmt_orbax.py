@@ -11,6 +11,7 @@ Names join the key path with "/" (`params/Dense_0/kernel`), as the flax msgpack 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,9 +92,7 @@ class OrbaxReader:
             filled += got.size
         if filled != count:
             raise ValueError(f"read {filled} of {count} values")
-        numel = 1
-        for d in self.shape:
-            numel *= d
+        numel = math.prod(self.shape)
         if start + count >= numel:
             self._handle = None  # reads run front to back: the decoded chunks are not needed again
         return out

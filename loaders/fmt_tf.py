@@ -13,6 +13,7 @@ its object-path key; variables reachable only through the optimizer get role `op
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -530,13 +531,6 @@ def _read_string_scalar(path: str, e: Entry, fp: str) -> bytes:
     return raw[pos + 4:]
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def _sliced(index: str, key: str, kb: bytes, e: Entry, dtype: str, by_key: dict[bytes, Entry],
             located: Any) -> ChunkedReader:
     """A partitioned variable: its slices must tile the full shape exactly; each is read (and
@@ -563,8 +557,8 @@ def _sliced(index: str, key: str, kb: bytes, e: Entry, dtype: str, by_key: dict[
                    CrcRangeReader(fp, se.offset, dtype, nbytes=se.size, crc=se.crc32c, name=key))
         layout(ch, e.shape)
         chunks.append(ch)
-        total += _numel(se.shape)
-    if total != _numel(e.shape) or not disjoint(chunks, e.shape):
+        total += math.prod(se.shape)
+    if total != math.prod(e.shape) or not disjoint(chunks, e.shape):
         raise CorruptCheckpointError(index, f"partitioned variable {key!r}: slices do not tile its shape {list(e.shape)}")
     return ChunkedReader(index, e.shape, dtype, chunks, zero_fill=len(chunks) > PAIRWISE_LIMIT)
 
@@ -608,7 +602,7 @@ def load(path: str) -> Checkpoint:
         """The shard file of an entry whose size matches its shape and whose bytes lie inside the shard."""
         if e.unknown_rank or any(d < 0 for d in e.shape):
             raise CorruptCheckpointError(index, f"entry {key!r} has an unknown or negative shape")
-        need = _numel(e.shape) * dtype_itemsize(dtype)
+        need = math.prod(e.shape) * dtype_itemsize(dtype)
         if e.size != need:
             raise CorruptCheckpointError(index, f"entry {key!r}: shape {list(e.shape)} x {dtype} needs {need} bytes "
                                          f"but the entry says {e.size}")

@@ -9,6 +9,7 @@ built-in filters, storage that is allocated, inside the file and plausible again
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import threading
@@ -146,9 +147,7 @@ def _vet_dataset(path: str, d: Any, file_size: int) -> int:
         if chunk_bytes > MAX_CHUNK_BYTES:
             raise CorruptCheckpointError(path, f"dataset {where!r} has chunks of {chunk_bytes:,} bytes (over "
                                                f"{MAX_CHUNK_BYTES >> 20} MiB); refused")
-    numel = 1
-    for s in d.shape or ():
-        numel *= int(s)
+    numel = math.prod(int(s) for s in d.shape or ())
     logical = numel * d.dtype.itemsize
     stored = int(d.id.get_storage_size())
     if logical == 0:
@@ -316,9 +315,7 @@ class H5Reader:
             if d.ndim == 0:
                 arr = np.asarray(d[()]).reshape(1)[start:start + count]
                 return arr.view(want) if arr.dtype.kind == "V" else arr.astype(want, copy=False)
-            numel = 1
-            for s in d.shape:
-                numel *= int(s)
+            numel = math.prod(int(s) for s in d.shape)
             if start < 0 or count < 0 or start + count > numel:
                 raise ValueError(f"range [{start}, {start + count}) outside {numel} elements")
             opaque = d.dtype.kind == "V"  # Keras 3 bf16/fp8: opaque bytes with a dtype attribute

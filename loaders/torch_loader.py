@@ -4,6 +4,7 @@ from the file. Tensor data is located in the file and read in bounded ranges, ne
 from __future__ import annotations
 
 import io
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -161,9 +162,7 @@ def _build(path: str, fmt: str, variant: str, result: UnpickleResult,
         if not all(0 <= v < MAX_DIM for v in (*shape, *stride, offset, vo, vn)):
             raise CorruptCheckpointError(path, f"tensor {name!r} has a size, stride or offset out of range "
                                          f"(shape {list(shape)[:8]}, stride {list(stride)[:8]}, offset {offset})")
-        numel = 1
-        for d in shape:
-            numel *= d
+        numel = math.prod(shape)
         if numel >= MAX_DIM:
             raise CorruptCheckpointError(path, f"tensor {name!r} claims {numel:,} elements")
         # a legacy view storage is a window [vo, vo + vn) of its root storage, in storage elements
