@@ -99,6 +99,21 @@ def prose(con: Any, text: str, indent: str = "", hang: str = "    ", style: str 
         echo(con, line, style)
 
 
+def heading(con: Any, parts: Sequence[str], detail: str | None = None, style: str | None = "bold") -> None:
+    """A heading: the parts (paths, each with what it is) and an optional detail joined by two spaces on one
+    line when that fits the output width; else each part whole on a line of its own (a path is never split
+    and its spaces never folded) and the detail wrapped below them."""
+    line = "  ".join([*parts, detail] if detail else parts)
+    w = out_width()
+    if w is None or _len(line) <= w:
+        echo(con, line, style)
+        return
+    for p in parts:
+        echo(con, p, style)
+    if detail:
+        prose(con, detail, indent="  ", hang="  ", style=style)
+
+
 # ---------------------------------------------------------------- tables
 
 Cell = str | tuple[str, str | None]  # text, or (text, rich style)

@@ -17,6 +17,7 @@ from wdist.cli.render.common import (
     dumps,
     echo,
     fit_bins,
+    heading,
     md_cell,
     md_table,
     num,
@@ -24,6 +25,7 @@ from wdist.cli.render.common import (
     pct,
     print_reading,
     print_table,
+    prose,
     safe,
 )
 
@@ -87,9 +89,9 @@ def render(r: DiffReport, fmt: str, per_tensor: bool, hist: bool, top: int | Non
         click.echo("\n".join(out))
         return
     con = console()
-    echo(con, f"A {safe(r.a.path)} ({safe(r.a.format)})  B {safe(r.b.path)} ({safe(r.b.format)})", "bold")
+    heading(con, [f"A {safe(r.a.path)} ({safe(r.a.format)})", f"B {safe(r.b.path)} ({safe(r.b.format)})"])
     s = r.summary
-    echo(con, f"overall: relative L2 change {num(s.get('rel_l2_change'), 3)}, cosine {num(s.get('cosine'), 4)}; "
+    prose(con, f"overall: relative L2 change {num(s.get('rel_l2_change'), 3)}, cosine {num(s.get('cosine'), 4)}; "
               + ", ".join(f"{safe(k)} {v}" for k, v in s["statuses"].items()))
     print_table(con, "tensor" if per_tensor else "layer", [Col(h) for h in head],
                 [(n, c) for (n, _), c in zip(rows, cells)])

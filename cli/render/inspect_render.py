@@ -17,6 +17,7 @@ from wdist.cli.render.common import (
     dumps,
     echo,
     fit_bins,
+    heading,
     human_bytes,
     md_cell,
     md_table,
@@ -99,12 +100,17 @@ def render(r: InspectReport, fmt: str, rows: list[Any], per_tensor: bool, hist: 
         _table(r, rows, per_tensor, hist, log_counts)
 
 
+def _what(r: InspectReport) -> str:
+    ck = r.checkpoint
+    return (f"{safe(ck.format)}, {safe(ck.variant)}; {plural(ck.tensors, 'tensor')}, "
+            f"{plural(ck.parameters, 'parameter')}, {human_bytes(ck.bytes)}")
+
+
 def _header(r: InspectReport) -> list[str]:
     ck, m = r.checkpoint, r.model.stats
     roles = ", ".join(f"{safe(k)} {v:,}" for k, v in ck.parameters_by_role.items())
     dtypes = ", ".join(f"{safe(k)} {v:,}" for k, v in ck.parameters_by_dtype.items())
-    lines = [f"{safe(ck.path)}  ({safe(ck.format)}, {safe(ck.variant)}; {plural(ck.tensors, 'tensor')}, "
-             f"{plural(ck.parameters, 'parameter')}, {human_bytes(ck.bytes)})"]
+    lines = [f"{safe(ck.path)}  ({_what(r)})"]
     if roles:
         lines.append(f"by role: {roles}")
     if dtypes:
@@ -124,7 +130,7 @@ def _header(r: InspectReport) -> list[str]:
 def _table(r: InspectReport, rows: list[Any], per_tensor: bool, hist: bool, log_counts: bool) -> None:
     con = console()
     head = _header(r)
-    echo(con, head[0], "bold")
+    heading(con, [safe(r.checkpoint.path)], f"({_what(r)})")
     for line in head[1:]:
         prose(con, line)
     for w in r.checkpoint.warnings:
