@@ -86,16 +86,19 @@ def echo(con: Any, text: Any, style: str | None = None) -> None:
     con.print(text, style=style, soft_wrap=True)
 
 
-def prose(con: Any, text: str, indent: str = "", hang: str = "    ", style: str | None = None) -> None:
-    """A paragraph wrapped at spaces to the output width (never inside a word, name or number)."""
-    w = out_width()
+def fold(text: str, width: int | None, indent: str = "", hang: str = "    ") -> list[str]:
+    """Terminal-safe text as lines wrapped at spaces to `width` (never inside a word, name or number); one
+    line when width is None (natural width)."""
     text = safe(text)
-    if w is None:
-        echo(con, indent + text, style)
-        return
-    lines = textwrap.wrap(text, width=max(20, w), initial_indent=indent, subsequent_indent=indent + hang,
-                          break_long_words=False, break_on_hyphens=False) or [indent]
-    for line in lines:
+    if width is None:
+        return [indent + text]
+    return textwrap.wrap(text, width=max(20, width), initial_indent=indent, subsequent_indent=indent + hang,
+                         break_long_words=False, break_on_hyphens=False) or [indent]
+
+
+def prose(con: Any, text: str, indent: str = "", hang: str = "    ", style: str | None = None) -> None:
+    """A paragraph wrapped at spaces to the output width."""
+    for line in fold(text, out_width(), indent, hang):
         echo(con, line, style)
 
 

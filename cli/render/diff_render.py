@@ -17,6 +17,7 @@ from wdist.cli.render.common import (
     dumps,
     echo,
     fit_bins,
+    fold,
     heading,
     md_cell,
     md_table,
@@ -60,7 +61,8 @@ def _overlay(a: Summary, b: Summary, bins: int, width: int | None = None) -> lis
     scale_a = bars([*ca, top], 3)
     scale_b = bars([*cb, top], 3)
     merged = f", {k}:1 merged to fit" if k > 1 else ""
-    return ([f"  w in [{-half:.3g}, {half:.3g}]  A (top) / B (bottom), same bins and scale{merged}"]
+    return (fold(f"w in [{-half:.3g}, {half:.3g}]  A (top) / B (bottom), same bins and scale{merged}", width,
+                 indent="  ")
             + ["  A |" + line[:-1] + "|" for line in scale_a] + ["  B |" + line[:-1] + "|" for line in scale_b])
 
 

@@ -17,6 +17,7 @@ from wdist.cli.render.common import (
     dumps,
     echo,
     fit_bins,
+    fold,
     heading,
     human_bytes,
     md_cell,
@@ -71,14 +72,14 @@ def hist_lines(row: TensorReport | LayerReport, log_counts: bool, width: int | N
     if h:
         counts, k = fit_bins(h.counts, avail)
         merged = f"; shown {k}:1 merged to fit" if k > 1 else ""
-        out.append(f"  w in [{h.edges[0]:.3g}, {h.edges[-1]:.3g}]  ({len(h.counts)} bins{merged}; beyond: "
-                   f"{h.underflow} below, {h.overflow} above)")
+        out += fold(f"w in [{h.edges[0]:.3g}, {h.edges[-1]:.3g}]  ({len(h.counts)} bins{merged}; beyond: "
+                    f"{h.underflow} below, {h.overflow} above)", width, indent="  ")
         out += ["  |" + line + "|" for line in bars(counts, 5, log_counts)]
     if lh:
         counts, k = fit_bins(lh.counts, avail)
         merged = f"; shown {k}:1 merged" if k > 1 else ""
-        out.append(f"  log10|w| in [{lh.edges[0]:.2f}, {lh.edges[-1]:.2f}]  (zeros {lh.zeros}, smaller "
-                   f"{lh.underflow}{merged})")
+        out += fold(f"log10|w| in [{lh.edges[0]:.2f}, {lh.edges[-1]:.2f}]  (zeros {lh.zeros}, smaller "
+                    f"{lh.underflow}{merged})", width, indent="  ")
         out += ["  |" + line + "|" for line in bars(counts, 4, log_counts)]
     return out
 

@@ -15,6 +15,7 @@ from wdist.cli.render.common import (
     dumps,
     echo,
     fit_bins,
+    heading,
     num,
     out_width,
     plural,
@@ -60,7 +61,7 @@ def render(r: TrendReport, fmt: str, hist: bool) -> None:
         return
     con = console()
     order = f"ordered {r.order}" if r.order.startswith(("by ", "as ")) else f"in {r.order}"
-    echo(con, f"{plural(len(r.checkpoints), 'checkpoint')}, {order}:", "bold")
+    prose(con, f"{plural(len(r.checkpoints), 'checkpoint')}, {order}:", style="bold")
     for i, p in enumerate(r.checkpoints):
         step = "" if p.step is None else f"  ({safe(p.step_source)} {p.step})"
         echo(con, f"  {i + 1}. {safe(p.label)}{step}")
@@ -98,8 +99,7 @@ def render(r: TrendReport, fmt: str, hist: bool) -> None:
             k = max(kk for _, kk in rows_c)
             top = max(max(c) for c, _ in rows_c if c)
             merged = f", {k}:1 merged to fit" if k > 1 else ""
-            echo(con, f"{safe(lt.name)}  w in [{hs[0].edges[0]:.3g}, {hs[0].edges[-1]:.3g}] on shared bins{merged}",
-                 "bold")
+            heading(con, [safe(lt.name)], f"w in [{hs[0].edges[0]:.3g}, {hs[0].edges[-1]:.3g}] on shared bins{merged}")
             for label, (c, _) in zip(labels, rows_c):
                 echo(con, f"  {label:>{lw}} |{_ridge_row(c, top) if c else ''}|")
     print_reading(con, [(lt.name, lt.notes) for lt in r.layers], r.notes)

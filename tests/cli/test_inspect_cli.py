@@ -129,3 +129,13 @@ def test_heading_keeps_a_long_path_with_spaces_whole(ckpts, tmp_path):
         else:
             assert wide[0] == f"A {p} (torch-zip)  B {p} (torch-zip)" and narrow[:2] == [f"A {p} (torch-zip)",
                                                                                       f"B {p} (torch-zip)"]
+
+
+def test_histogram_headers_fit_the_width(ckpts, monkeypatch):
+    # run beside the file so that the path itself is short; every line then fits 40 columns
+    monkeypatch.chdir(ckpts["zip"].parent)
+    for args in (["inspect", "model.pt", "--hist"], ["diff", "model.pt", "model.pt", "--hist"]):
+        r = run("--width", "40", *args)
+        assert r.exit_code == 0, r.output
+        assert "w in [" in r.output
+        assert [ln for ln in r.output.splitlines() if len(ln) > 40] == [], args
