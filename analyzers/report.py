@@ -8,7 +8,7 @@ import dataclasses
 import html
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _enc_str
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from wdist.loaders.errors import MissingDependencyError
-from wdist.loaders.model import Checkpoint
+from wdist.loaders.model import Checkpoint, TensorRef
 
 
 def jsonable(obj: Any) -> Any:
@@ -137,6 +137,64 @@ def _key(k: Any) -> str:
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(k).__name__}")
 
 
+def _ls_row(t: TensorRef) -> dict[str, Any]:
+    # plain Python values only (int() of numpy dimensions too), so rows can be handed out as they are
+    row = {"name": t.name, "layer": t.layer, "role": t.role.value, "shape": [int(d) for d in t.shape],
+           "dtype": t.dtype, "numel": int(t.numel), "nbytes": int(t.nbytes), "aliases": [str(a) for a in t.aliases]}
+    if t.stored_as is not None:
+        row["stored_as"] = t.stored_as
+    return row
+
+
+class TensorRows(Sequence[dict[str, Any]]):
+    """A listing's rows, each made when it is asked for from the checkpoint's tensor records: a listing of
+    a million tensors holds no million dicts (about 600 bytes each), and every reader of the rows (table,
+    JSON, pandas) sees the same plain data. Compares equal to the list of the same rows."""
+
+    __slots__ = ("_refs",)
+
+    def __init__(self, refs: Sequence[TensorRef]) -> None:
+        self._refs = refs
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [_ls_row(t) for t in self._refs[i]]
+        return _ls_row(self._refs[i])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return map(_ls_row, self._refs)
+
+    def json_rows(self, lo: int, hi: int, pad: str, step: str) -> Iterator[str]:
+        """pad + _encode(row, pad, step) of rows [lo, hi), each from one template straight from the tensor
+        record (no dict, no call per value): a million-row `ls --format json` spent most of its time in
+        _encode. Identical text (tested); rows of other kinds take the generic path."""
+        i = pad + step
+        j = i + step
+        sep = ",\n" + j
+        for t in self._refs[lo:hi]:
+            if t.stored_as is not None:
+                yield pad + _encode(_ls_row(t), pad, step)
+                continue
+            shape = f"[\n{j}{sep.join(map(str, map(int, t.shape)))}\n{i}]" if t.shape else "[]"
+            aliases = f"[\n{j}{sep.join(_enc_str(str(a)) for a in t.aliases)}\n{i}]" if t.aliases else "[]"
+            yield (f'{pad}{{\n{i}"name": {_enc_str(t.name)},\n{i}"layer": {_enc_str(t.layer)},\n'
+                   f'{i}"role": {_enc_str(t.role.value)},\n{i}"shape": {shape},\n{i}"dtype": {_enc_str(t.dtype)},\n'
+                   f'{i}"numel": {int(t.numel)},\n{i}"nbytes": {int(t.nbytes)},\n{i}"aliases": {aliases}\n{pad}}}')
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (TensorRows, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"TensorRows({len(self)} rows)"
+
+
 @dataclass
 class Listing(ReportMixin):
     """`wdist ls`: a checkpoint's tensors from headers only (JSON schema wdist/ls/1)."""
@@ -149,26 +207,15 @@ class Listing(ReportMixin):
     metadata: dict[str, Any]
     unsafe_globals: list[str]
     warnings: list[str]
-    tensors: list[dict[str, Any]] = field(default_factory=list)
+    tensors: Sequence[dict[str, Any]] = field(default_factory=list)  # a list, or TensorRows from `of`
 
     SCHEMA = "wdist/ls/1"
 
     @classmethod
     def of(cls, ck: Checkpoint) -> Listing:
-        # rows hold plain Python values only (int() of numpy dimensions too), so to_dict can hand them out
-        # without a second, recursive copy: that copy doubled the memory of a million-tensor listing
-        tensors: list[dict[str, Any]] = []
-        append = tensors.append
-        for t in ck.tensors:
-            row = {"name": t.name, "layer": t.layer, "role": t.role.value, "shape": [int(d) for d in t.shape],
-                   "dtype": t.dtype, "numel": int(t.numel), "nbytes": int(t.nbytes),
-                   "aliases": [str(a) for a in t.aliases]}
-            if t.stored_as is not None:
-                row["stored_as"] = t.stored_as
-            append(row)
         meta = {k: v for k, v in ck.metadata.items() if isinstance(v, (str, int, float))}
         return cls(ck.path, ck.format, ck.variant, ck.parameters, ck.nbytes, meta, list(ck.unsafe_globals),
-                   list(ck.warnings), tensors)
+                   list(ck.warnings), TensorRows(list(ck.tensors)))
 
     def _head(self, tensors: list[dict[str, Any]]) -> dict[str, Any]:
         return {"schema": self.SCHEMA,
@@ -198,7 +245,10 @@ class Listing(ReportMixin):
         yield head[:-len(tail)] + "[\n"
         rows = self.tensors
         for lo in range(0, len(rows), batch):
-            text = ",\n".join(pad + _encode(r, pad, " " * indent) for r in rows[lo:lo + batch])
+            if isinstance(rows, TensorRows):
+                text = ",\n".join(rows.json_rows(lo, lo + batch, pad, " " * indent))
+            else:
+                text = ",\n".join(pad + _encode(r, pad, " " * indent) for r in rows[lo:lo + batch])
             yield (",\n" if lo else "") + text
         yield "\n" + " " * indent + "]\n}"
 

@@ -78,7 +78,7 @@ def _pread_into(src: Any, view: memoryview, pos: int, path: str) -> None:
         got += n
 
 
-@dataclass
+@dataclass(slots=True)  # no instance dict: one reader per tensor, millions of tensors
 class RangeReader:
     """Reads a contiguous C-order tensor stored at a byte offset of a plain file."""
 
@@ -209,7 +209,7 @@ def _read_box(fd: Any, path: str, base: int, dt: np.dtype, off: int, box: Dims, 
             dstp[(*idx, slice(g0, g1))] = view
 
 
-@dataclass
+@dataclass(slots=True)
 class StridedReader:
     """A tensor that is a strided view of a stored buffer (a saved transpose, an expand, overlapping
     slices). Each read_raw(start, count) reads only the byte ranges that cover the requested elements,

@@ -416,7 +416,7 @@ class _Collector:
         if addr in self.by_addr:  # the same dataset again, through another hard link
             first = self.by_addr[addr]
             if first is not None:
-                first.aliases.append(name)
+                first.aliases += (name,)
             return
         dtype = _dtype_of(d)
         if dtype is None:

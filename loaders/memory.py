@@ -96,7 +96,7 @@ def _torch_tensors(sd: Mapping[str, Any], kinds: dict[str, str]) -> list[TensorR
         dtype, view = _TORCH[key]
         ident = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), key) if t.device.type != "meta" else None
         if ident is not None and ident in by_ptr:  # tied weights are listed once, with their aliases
-            by_ptr[ident].aliases.append(name)
+            by_ptr[ident].aliases += (name,)
             continue
         layer = name.rsplit(".", 1)[0] if "." in name else ""
         ref = _ref(name, tuple(int(d) for d in t.shape), dtype, TorchTensorReader(t, view), kinds.get(layer), False)

@@ -61,7 +61,7 @@ class TensorRef:
     dtype: str
     reader: TensorReader | None
     unit_axis: int | None = None  # output-unit axis: PyTorch conv/linear 0, Keras kernels -1
-    aliases: list[str] = field(default_factory=list)
+    aliases: tuple[str, ...] = ()  # other names of the same data (tied weights); a shared () when none
     source: str = ""
     # Block-quantised or otherwise packed storage (e.g. GGUF "Q4_K"): `dtype` is then the dtype the reader
     # decodes to, `stored_as` the storage type and `stored_nbytes` the bytes the tensor takes in the file.

@@ -3,8 +3,12 @@ bounded ranges. No torch, no safetensors package needed for reading; every dtype
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+from typing import Any
+
+import numpy as np
 
 from wdist.loaders import fs
 from wdist.loaders.errors import CorruptCheckpointError
@@ -21,10 +25,24 @@ ST_DTYPES = {
     "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
     "C64": "complex64",
 }
+_ITEM = {k: dtype_itemsize(v) for k, v in ST_DTYPES.items()}
 
 
-def read_header(path: str) -> tuple[dict, dict, int]:
-    """(tensor entries, __metadata__, data start offset), validated against the file size."""
+_ENTRY_KEYS = ("dtype", "shape", "data_offsets")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> Any:
+    """json's object hook: a tensor entry ({"dtype": str, "shape", "data_offsets"} in that order, as every
+    writer puts them) becomes the tuple (dtype, shape, data_offsets) instead of a dict: a million small dicts
+    are most of a parsed header's memory. Any other object is the dict json would make (last key wins)."""
+    if len(pairs) == 3 and type(pairs[0][1]) is str and tuple(k for k, _ in pairs) == _ENTRY_KEYS:
+        return (pairs[0][1], pairs[1][1], pairs[2][1])
+    return dict(pairs)
+
+
+def read_header(path: str) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """(tensor entries, __metadata__, data start offset), validated against the file size. Each entry is
+    the tuple (safetensors dtype, shape list, data_offsets list)."""
     size = file_size(path)
     if size < 8:
         raise CorruptCheckpointError(path, "file too small for a safetensors header")
@@ -35,7 +53,10 @@ def read_header(path: str) -> tuple[dict, dict, int]:
         raise CorruptCheckpointError(path, f"safetensors header length {n} runs past the end of the file")
     raw = fs.pread(path, 8, n)  # one ranged read: `ls` of a remote file fetches the header only
     try:
-        header = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        del raw
+        header = json.loads(text, object_pairs_hook=_object)
+        del text
     except (UnicodeDecodeError, ValueError):
         raise CorruptCheckpointError(path, "safetensors header is not valid JSON") from None
     except RecursionError:
@@ -43,42 +64,70 @@ def read_header(path: str) -> tuple[dict, dict, int]:
     if not isinstance(header, dict):
         raise CorruptCheckpointError(path, "safetensors header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
+    if type(meta) is tuple:  # string metadata that happened to be keyed like a tensor entry
+        meta = dict(zip(_ENTRY_KEYS, meta))
     if not isinstance(meta, dict):
         raise CorruptCheckpointError(path, "safetensors __metadata__ is not an object")
     data_len = size - 8 - n
-    spans = []
-    for name, e in header.items():
-        if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= e.keys():
+    # one lean pass per entry (a header may list a million tensors): exact type checks (bool is not int),
+    # then the data spans checked for gaps and overlaps on int64 arrays instead of a million tuples
+    begins = np.empty(len(header), dtype=np.int64)
+    ends = np.empty(len(header), dtype=np.int64)
+    for i, (name, e) in enumerate(header.items()):
+        if type(e) is tuple:
+            dt, shape, offs = e
+        elif type(e) is dict and "dtype" in e and "shape" in e and "data_offsets" in e:
+            dt, shape, offs = header[name] = e["dtype"], e["shape"], e["data_offsets"]
+        else:
             raise CorruptCheckpointError(path, f"tensor {name!r}: entry lacks dtype/shape/data_offsets")
-        if e["dtype"] not in ST_DTYPES:
-            raise CorruptCheckpointError(path, f"tensor {name!r}: unknown dtype {e['dtype']!r}")
-        shape, offs = e["shape"], e["data_offsets"]
-        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        item = _ITEM.get(dt) if type(dt) is str else None
+        if item is None:
+            raise CorruptCheckpointError(path, f"tensor {name!r}: unknown dtype {dt!r}")
+        if type(shape) is not list:
             raise CorruptCheckpointError(path, f"tensor {name!r}: bad shape {shape!r}")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) and o >= 0 for o in offs)):
-            raise CorruptCheckpointError(path, f"tensor {name!r}: bad data_offsets {offs!r}")
-        begin, end = offs
         numel = 1
         for d in shape:
+            if type(d) is not int or d < 0:
+                raise CorruptCheckpointError(path, f"tensor {name!r}: bad shape {shape!r}")
             numel *= d
-        need = numel * dtype_itemsize(ST_DTYPES[e["dtype"]])
+        if type(offs) is not list or len(offs) != 2 or type(offs[0]) is not int or type(offs[1]) is not int:
+            raise CorruptCheckpointError(path, f"tensor {name!r}: bad data_offsets {offs!r}")
+        begin, end = offs
+        if begin < 0 or end < 0:
+            raise CorruptCheckpointError(path, f"tensor {name!r}: bad data_offsets {offs!r}")
+        need = numel * item
         if end < begin or end - begin != need:
             raise CorruptCheckpointError(
-                path, f"tensor {name!r}: shape {shape} x {e['dtype']} needs {need} bytes but offsets give {end - begin}")
+                path, f"tensor {name!r}: shape {shape} x {dt} needs {need} bytes but offsets give {end - begin}")
         if end > data_len:
             raise CorruptCheckpointError(path, f"tensor {name!r}: data offsets {offs} run past the end of the file")
-        spans.append((begin, end, name))
-    pos = 0
-    for begin, end, name in sorted(spans):
-        if begin != pos:
-            why = "overlaps another tensor" if begin < pos else "leaves a gap before it"
-            raise CorruptCheckpointError(path, f"tensor {name!r}: data offsets {begin}..{end} {why}")
-        pos = end
+        begins[i], ends[i] = begin, end  # both <= data_len < 2^63 here
+    order = np.lexsort((ends, begins))  # by begin, then end: the order sorted() of (begin, end, name) gave
+    b, e_ = begins[order], ends[order]
+    prev = np.concatenate((np.zeros(1, dtype=np.int64), e_[:-1]))
+    bad = np.flatnonzero(b != prev)
+    if bad.size:
+        j = int(bad[0])
+        name = next(itertools.islice(header.keys(), int(order[j]), None))
+        why = "overlaps another tensor" if b[j] < prev[j] else "leaves a gap before it"
+        raise CorruptCheckpointError(path, f"tensor {name!r}: data offsets {int(b[j])}..{int(e_[j])} {why}")
     return header, {str(k): v for k, v in meta.items()}, 8 + n
 
 
-def _natural(s: str) -> list:
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", s)]
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _digit_run(m: re.Match) -> str:
+    d = m.group().lstrip("0") or "0"
+    return f"\0{len(d):08x}{d}"
+
+
+def _natural(s: str) -> str:
+    """Natural sort key: 'layers.2' before 'layers.10'. One string per name (a million keys live at once
+    during the sort): each run of ASCII digits becomes NUL, its length without leading zeros in 8 hex
+    digits, then the digits, so runs compare by numeric value and a name that stops where another goes on
+    with a number sorts first. No int() conversion: a 5,000-digit run in a name is just a long key."""
+    return _DIGITS.sub(_digit_run, s)
 
 
 def load_safetensors_files(path: str, files: list[str], variant: str) -> Checkpoint:
@@ -88,21 +137,25 @@ def load_safetensors_files(path: str, files: list[str], variant: str) -> Checkpo
     for fp in files:
         header, meta, data_start = read_header(fp)
         metadata.update(meta)
-        for name in header:
+        source = fs.basename(fp)  # once per file: a million tensors share one string and one path lookup
+        for name in header if len(files) > 1 else ():
             if name in owner:  # the same name in two shards: which one is the model's is undecidable
                 raise CorruptCheckpointError(path, f"tensor {name!r} is in two shards: "
-                                             f"{fs.basename(owner[name])} and {fs.basename(fp)}")
+                                             f"{fs.basename(owner[name])} and {source}")
             owner[name] = fp
-        # writers reorder tensors (by dtype, by name); natural name order puts layers.2 before layers.10
-        for name, e in sorted(header.items(), key=lambda kv: _natural(kv[0])):
-            dtype = ST_DTYPES[e["dtype"]]
-            shape = tuple(e["shape"])
+        first = len(tensors)
+        while header:  # entries popped as their refs are made: the parsed header and the refs never both peak
+            name, (st_dtype, st_shape, offs) = header.popitem()
+            dtype = ST_DTYPES[st_dtype]
+            shape = tuple(st_shape)
             layer, param = split_name(name)
             role = infer_role(name, layer, param, shape, dtype)
             tensors.append(TensorRef(
                 name=name, layer=layer, role=role, shape=shape, dtype=dtype,
-                reader=RangeReader(fp, data_start + e["data_offsets"][0], dtype),
-                unit_axis=default_unit_axis(role, len(shape), keras=False), source=fs.basename(fp)))
+                reader=RangeReader(fp, data_start + offs[0], dtype),
+                unit_axis=default_unit_axis(role, len(shape), keras=False), source=source))
+        tensors[first:] = tensors[first:][::-1]  # popitem went last to first: back to header order
+    # writers reorder tensors (by dtype, by name); natural name order puts layers.2 before layers.10, and
     # across shards too: a model split over files lists its layers in model order, not file order
     tensors.sort(key=lambda t: _natural(t.name))
     fix_norm_biases(tensors)

@@ -175,7 +175,7 @@ def _build(path: str, fmt: str, variant: str, result: UnpickleResult,
         byte_offset = loc.offset + vo * sitem + offset * item
         key = (pt.storage.key, byte_offset, shape, stride, dtype)
         if key in by_identity:  # tied weights: same storage, offset and view
-            by_identity[key].aliases.append(name)
+            by_identity[key].aliases += (name,)
             continue
         logical += numel * item
         elements += numel
@@ -284,7 +284,7 @@ def load_torch_legacy(path: str) -> Checkpoint:
             by_id: dict[int, TensorRef] = {}
             for name, arr in arrays:
                 if id(arr) in by_id:
-                    by_id[id(arr)].aliases.append(name)
+                    by_id[id(arr)].aliases += (name,)
                     continue
                 count = 1
                 for d in arr.shape:

@@ -219,15 +219,36 @@ def test_listing_streams_the_same_json(tmp_path: Path) -> None:
               str(tmp_path / "m.safetensors"), metadata={"format": "pt", "note": "a\x1b[31m\ud7ff"})
     ls = wdist.ls(str(tmp_path / "m.safetensors"))
     assert len(ls.tensors) == 3000
-    ls.tensors[0]["aliases"] = ["x", "tab\there", "\ud800"]
-    ls.tensors[1]["stored_as"] = "Q4_K"
-    ls.tensors[2]["shape"] = []
     want = json.dumps(ls.to_dict(), indent=2, allow_nan=False)
     pieces = list(ls.iter_json(batch=256))
     assert len(pieces) > 10 and "".join(pieces) == want
+    # rows given as a list of dicts (the generic path), with odd values
+    rows = ls.to_dict()["tensors"]
+    rows[0]["aliases"] = ["x", "tab\there", "\ud800"]
+    rows[1]["stored_as"] = "Q4_K"
+    rows[2]["shape"] = []
+    odd = Listing(ls.path, ls.format, ls.variant, ls.parameters, ls.bytes, ls.metadata, [], [], rows)
+    want = json.dumps(odd.to_dict(), indent=2, allow_nan=False)
+    assert "".join(odd.iter_json(batch=256)) == want
     assert json.loads(want)["tensors"][0]["aliases"][1] == "tab\there"
     empty = Listing("p", "safetensors", "single", 0, 0, {"step": 3}, [], ["w"], [])
     assert "".join(empty.iter_json()) == json.dumps(empty.to_dict(), indent=2, allow_nan=False)
+
+
+def test_lazy_listing_rows_encode_as_json_does() -> None:
+    """A listing made from a checkpoint writes its rows from one template per row: the same text as
+    json.dumps of the same rows, for aliases, packed storage, scalars and names that need escaping."""
+    from wdist.analyzers.report import Listing, TensorRows
+    from wdist.loaders.model import Role, TensorRef
+
+    refs = [TensorRef('a\x1b"\u00e9\ud800', "l", Role.WEIGHT, (2, 3), "float32", None, aliases=("x", "y\u2028")),
+            TensorRef("s", "s", Role.OTHER, (), "int64", None),
+            TensorRef("q", "q", Role.WEIGHT, (4, 4), "float32", None, stored_as="Q4_K", stored_nbytes=10)]
+    ls = Listing("p", "gguf", "single", 34, 10, {}, [], [], TensorRows(refs))
+    for indent in (1, 2, 4):
+        assert "".join(ls.iter_json(indent=indent, batch=2)) == json.dumps(ls.to_dict(), indent=indent)
+    assert ls.tensors == ls.to_dict()["tensors"] and ls.tensors[-1]["stored_as"] == "Q4_K"
+    assert ls.tensors[1:] == [ls.tensors[1], ls.tensors[2]] and len(ls.tensors) == 3
 
 
 def test_tensor_refs_have_no_instance_dict(tmp_path: Path) -> None:

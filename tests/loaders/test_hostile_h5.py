@@ -173,7 +173,7 @@ def test_soft_link_inside_the_file_is_followed(tmp_path):
     with h5py.File(p, "a") as h:
         h["layers/dense/vars/1"] = h5py.SoftLink("/layers/dense/vars/0")
     ck = open_checkpoint(str(p))
-    assert [t.name for t in ck.tensors] == ["d/kernel"] and ck.tensors[0].aliases == ["d/bias"]
+    assert [t.name for t in ck.tensors] == ["d/kernel"] and ck.tensors[0].aliases == ("d/bias",)
     np.testing.assert_array_equal(ck.tensors[0].read(), k)
     ck.close()
     with h5py.File(p, "a") as h:

@@ -65,7 +65,7 @@ def test_bf16_and_tied_weights():
     lin = torch.nn.Linear(8, 8).to(torch.bfloat16)
     sd = {"a.weight": lin.weight, "b.weight": lin.weight}  # the same tensor twice: tied
     ck = from_object(sd)
-    assert len(ck.tensors) == 1 and ck.tensors[0].aliases == ["b.weight"]
+    assert len(ck.tensors) == 1 and ck.tensors[0].aliases == ("b.weight",)
     np.testing.assert_array_equal(ck.tensors[0].read(), lin.weight.detach().float().numpy())
 
 

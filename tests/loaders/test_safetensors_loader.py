@@ -63,6 +63,18 @@ def _write(p, header: dict, data: bytes, declared_len: int | None = None) -> Non
     ({"w": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "unknown dtype"),
     ({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 8]}}, b"\0" * 8, "bad shape"),
     ({"w": [1, 2]}, b"", "lacks"),
+    ({"w": {"shape": [2], "data_offsets": [0, 8], "dtype": "F32"},  # keys in another order: still checked
+      "v": {"data_offsets": [8, 8], "shape": [2], "dtype": "F32"}}, b"\0" * 8, "needs 8 bytes"),
+    ({"w": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, b"\0" * 4, "bad shape"),
+    ({"w": {"dtype": "F32", "shape": [1.0], "data_offsets": [0, 4]}}, b"\0" * 4, "bad shape"),
+    ({"w": {"dtype": "F32", "shape": 1, "data_offsets": [0, 4]}}, b"\0" * 4, "bad shape"),
+    ({"w": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, "unknown dtype"),
+    ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, True]}}, b"\0" * 4, "bad data_offsets"),
+    ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4, 8]}}, b"\0" * 8, "bad data_offsets"),
+    ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [-4, 0]}}, b"\0" * 4, "bad data_offsets"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8, "'a'.*leaves a gap"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+      "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}, b"\0" * 12, "'b'.*8..12 leaves a gap"),
 ])
 def test_lying_headers(tmp_path, header, data, match):
     p = tmp_path / "bad.safetensors"
@@ -86,3 +98,33 @@ def test_numpy_written_file(tmp_path):
     np_save({"layer.weight": x}, str(tmp_path / "n.safetensors"))
     (t,) = open_checkpoint(str(tmp_path / "n.safetensors")).tensors
     np.testing.assert_array_equal(t.read(), x)
+
+
+def test_natural_order_key_matches_numeric_comparison():
+    """Tensors are listed in natural name order; the one-string key orders names exactly as comparing
+    their text and digit runs part by part (runs as integers) does, and a 5,000-digit run is just a long
+    key (int() of it raised ValueError: a valid file was refused)."""
+    import random
+    import re
+
+    from wdist.loaders.safetensors_loader import _natural
+
+    def by_parts(s: str) -> list:
+        return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"([0-9]+)", s)]
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        names = ["".join(rng.choice("ab._09170") for _ in range(rng.randint(0, 9))) for _ in range(8)]
+        assert sorted(names, key=_natural) == sorted(names, key=by_parts)
+    assert sorted(["l.10.w", "l.2.w", "l.2", "e", "l.02.b"], key=_natural) == ["e", "l.2", "l.02.b", "l.2.w", "l.10.w"]
+    assert _natural("a" + "9" * 5000) > _natural("a" + "9" * 4999) > _natural("a" + "1" * 10)
+
+
+def test_long_digit_run_name_and_entry_shaped_metadata(tmp_path):
+    p = tmp_path / "m.safetensors"
+    big = "layer" + "7" * 5000 + ".weight"
+    np_save({big: np.ones((2, 2), np.float32), "layer2.weight": np.zeros((2, 2), np.float32)}, str(p),
+            metadata={"dtype": "x", "shape": "y", "data_offsets": "z"})  # string metadata keyed like an entry
+    ck = open_checkpoint(str(p))
+    assert [t.name for t in ck.tensors] == ["layer2.weight", big]
+    assert ck.metadata == {"dtype": "x", "shape": "y", "data_offsets": "z"}

@@ -57,7 +57,7 @@ def test_dtypes_views_and_tied_weights(tmp_path):
     torch.save(d, p)
     ck = open_checkpoint(str(p))
     by = {t.name: t for t in ck.tensors}
-    assert "head.weight" not in by and by["emb.weight"].aliases == ["head.weight"]
+    assert "head.weight" not in by and by["emb.weight"].aliases == ("head.weight",)
     assert by["emb.weight"].role is Role.EMBEDDING
     assert by["bf"].dtype == "bfloat16" and by["f8a"].dtype == "float8_e4m3fn" and by["f8b"].dtype == "float8_e5m2"
     for name, t in by.items():
