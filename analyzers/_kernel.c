@@ -2,7 +2,7 @@
 
    blocks(x, block, hist, rows) -> (zeros, nans, infs)
        x: C-contiguous float32 buffer; hist: writable int64[65536], incremented with each finite value's top
-       16 bits; rows: writable float64[nblocks * 8] receiving, per block of `block` values (the last may be
+       16 bits, or an empty buffer for no histogram (a small tensor's bins come from its kept values); rows: writable float64[nblocks * 8] receiving, per block of `block` values (the last may be
        shorter): finite count, mean, central sums m2 m3 m4, sum |x|, min, max.
    pair_blocks(a, b, block, rtol, atol, rows) -> None
        rows: float64[nblocks * 9]: over elements finite in both, count, sum a*a, b*b, a*b, (b-a)^2, count of
@@ -33,8 +33,9 @@ static inline int finite_bits(uint32_t u) { return (u & 0x7f800000u) != 0x7f8000
 
 /* One block: histogram, counts, extremes, then the central moment sums around the block's own mean (a
    second pass while the block is still in cache). */
-static void one_block(const float *x, Py_ssize_t k, int64_t *hist, double *row, int64_t *zeros,
-                      int64_t *nans, int64_t *infs) {
+static inline __attribute__((always_inline)) void one_block_impl(
+        const float *x, Py_ssize_t k, int64_t *hist, double *row, int64_t *zeros, int64_t *nans, int64_t *infs,
+        const int with_hist) {
     double s[4] = {0, 0, 0, 0}, a[4] = {0, 0, 0, 0};
     float lo[4] = {INFINITY, INFINITY, INFINITY, INFINITY}, hi[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
     int64_t z = 0;
@@ -43,7 +44,7 @@ static void one_block(const float *x, Py_ssize_t k, int64_t *hist, double *row, 
         for (int j = 0; j < 4; j++) {
             uint32_t u = bits(x + i + j);
             float v = x[i + j];
-            hist[u >> 16]++;
+            if (with_hist) hist[u >> 16]++;
             z += (u << 1) == 0;
             s[j] += v;
             a[j] += fabsf(v);
@@ -54,7 +55,7 @@ static void one_block(const float *x, Py_ssize_t k, int64_t *hist, double *row, 
     for (int j = 0; i < k; i++, j++) {
         uint32_t u = bits(x + i);
         float v = x[i];
-        hist[u >> 16]++;
+        if (with_hist) hist[u >> 16]++;
         z += (u << 1) == 0;
         s[j] += v;
         a[j] += fabsf(v);
@@ -135,6 +136,17 @@ static void one_block(const float *x, Py_ssize_t k, int64_t *hist, double *row, 
     row[7] = mx;
 }
 
+/* Two copies of the block loop, with and without the histogram: the flag is a constant in each. */
+static void one_block(const float *x, Py_ssize_t k, int64_t *hist, double *row, int64_t *zeros,
+                      int64_t *nans, int64_t *infs) {
+    one_block_impl(x, k, hist, row, zeros, nans, infs, 1);
+}
+
+static void one_block_nohist(const float *x, Py_ssize_t k, double *row, int64_t *zeros, int64_t *nans,
+                             int64_t *infs) {
+    one_block_impl(x, k, NULL, row, zeros, nans, infs, 0);
+}
+
 static PyObject *k_blocks(PyObject *self, PyObject *args) {
     Py_buffer xb, hb, rb;
     Py_ssize_t block;
@@ -143,7 +155,7 @@ static PyObject *k_blocks(PyObject *self, PyObject *args) {
     PyObject *ret = NULL;
     Py_ssize_t n = xb.len / (Py_ssize_t)sizeof(float);
     Py_ssize_t nblocks = block > 0 ? (n + block - 1) / block : 0;
-    if (block <= 0 || xb.len % (Py_ssize_t)sizeof(float) || hb.len != NBINS * (Py_ssize_t)sizeof(int64_t)
+    if (block <= 0 || xb.len % (Py_ssize_t)sizeof(float) || (hb.len != NBINS * (Py_ssize_t)sizeof(int64_t) && hb.len != 0)
         || rb.len < nblocks * ROW * (Py_ssize_t)sizeof(double)) {
         PyErr_SetString(PyExc_ValueError, "blocks: bad buffer sizes");
         goto done;
@@ -155,9 +167,10 @@ static PyObject *k_blocks(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t b = 0; b < nblocks; b++) {
         Py_ssize_t lo = b * block, k = n - lo < block ? n - lo : block;
-        one_block(x + lo, k, hist, rows + b * ROW, &zeros, &nans, &infs);
+        if (hb.len) one_block(x + lo, k, hist, rows + b * ROW, &zeros, &nans, &infs);
+        else one_block_nohist(x + lo, k, rows + b * ROW, &zeros, &nans, &infs);
     }
-    if (nans || infs) {  /* only NaN/Inf land in these bins: keep the histogram over finite values */
+    if (hb.len && (nans || infs)) {  /* only NaN/Inf land in these bins: keep the histogram over finite values */
         memset(hist + 0x7f80, 0, 0x80 * sizeof(int64_t));
         memset(hist + 0xff80, 0, 0x80 * sizeof(int64_t));
     }

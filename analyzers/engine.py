@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from wdist.analyzers import kernel
-from wdist.analyzers.summary import NBINS, Part, RangeAccumulator, Summary, combine
+from wdist.analyzers.summary import NBINS, SMALL, Part, RangeAccumulator, Summary, combine
 from wdist.analyzers.units import UnitTracker
 from wdist.loaders.dtypes import BF16_EXACT
 from wdist.loaders.model import DEFAULT_CHUNK, TensorRef
@@ -59,7 +59,7 @@ class TensorAccumulator:
     order (inspect and diff). `lo` is the first element of the range (a multiple of kernel.BLOCK)."""
 
     def __init__(self, ref: TensorRef, lo: int = 0) -> None:
-        self.acc = RangeAccumulator(lo, ref.dtype in BF16_EXACT)
+        self.acc = RangeAccumulator(lo, ref.dtype in BF16_EXACT, small=lo == 0 and ref.numel <= SMALL)
         self.tracker = UnitTracker(ref.shape, ref.unit_axis) if ref.unit_axis is not None and ref.numel else None
         self.align = self.tracker.align if self.tracker else 1  # chunk lengths that keep units whole
 
@@ -80,7 +80,7 @@ class TensorAccumulator:
 def join_parts(parts: list[Part]) -> Summary:
     """A tensor's Summary from the Parts of its ranges (task_ranges order); dead units from the union of
     the ranges' alive units."""
-    s = combine([unpack_part(p) for p in parts])
+    s = combine(parts if len(parts) == 1 else [unpack_part(p) for p in parts])
     s.tensors = 1
     alive = [p.alive for p in parts if p.alive is not None]
     if alive:

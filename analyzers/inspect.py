@@ -20,7 +20,6 @@ from wdist.analyzers.engine import (
     pack_part,
     summarize_range,
     task_ranges,
-    unpack,
 )
 from wdist.analyzers.histogram import Histogram
 from wdist.analyzers.metrics import NearZero
@@ -308,7 +307,7 @@ def summaries(refs: list[TensorRef], opts: Options, progress: Progress | None = 
         done += refs[i].nbytes
         if progress:
             progress(done, i + 1)
-        yield unpack(s)
+        yield s  # histogram packed (engine.pack): the pools and metrics take it as it is
 
 
 _PARAM_GROUPS = ("weight", "embedding", "bias", "norm_scale", "norm_shift")

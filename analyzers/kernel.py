@@ -56,10 +56,12 @@ def _moments(xd: np.ndarray) -> Row:
 
 
 def blocks_numpy(x: np.ndarray, hist: np.ndarray) -> tuple[np.ndarray, int, int, int]:
-    """Reference implementation of `_kernel.blocks`: (rows, zeros, nans, infs); hist is incremented."""
+    """Reference implementation of `_kernel.blocks`: (rows, zeros, nans, infs); hist is incremented (an
+    empty hist: none kept)."""
     nb = -(-x.size // BLOCK)
     rows = np.empty((nb, ROW))
-    hist += np.bincount(x.view(np.uint32) >> 16, minlength=NBINS)
+    if hist.size:
+        hist += np.bincount(x.view(np.uint32) >> 16, minlength=NBINS)
     zeros = nans = infs = 0
     for b in range(nb):
         xd = x[b * BLOCK:(b + 1) * BLOCK].astype(np.float64)
@@ -75,7 +77,7 @@ def blocks_numpy(x: np.ndarray, hist: np.ndarray) -> tuple[np.ndarray, int, int,
             l1 = float(a.sum())
         lo, hi = (float(xd.min()), float(xd.max())) if xd.size else (np.inf, -np.inf)
         rows[b] = (*_moments(xd), l1, lo, hi)
-    if nans or infs:  # only NaN/Inf land in these bins
+    if (nans or infs) and hist.size:  # only NaN/Inf land in these bins
         hist[0x7F80:0x8000] = 0
         hist[0xFF80:] = 0
     return rows, zeros, nans, infs
@@ -83,7 +85,8 @@ def blocks_numpy(x: np.ndarray, hist: np.ndarray) -> tuple[np.ndarray, int, int,
 
 def blocks(x: np.ndarray, hist: np.ndarray, k: ModuleType | None) -> tuple[np.ndarray, int, int, int]:
     """Rows of per-block sums of float32 `x` (BLOCK values per block, the last may be short), with its
-    zero / NaN / Inf counts; the top-16-bit histogram of its finite values is added to `hist`."""
+    zero / NaN / Inf counts; the top-16-bit histogram of its finite values is added to `hist` (65,536
+    counts, or an empty array for none)."""
     if k is None:
         return blocks_numpy(x, hist)
     rows = np.empty((-(-x.size // BLOCK), ROW))

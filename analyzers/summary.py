@@ -15,6 +15,7 @@ from wdist.analyzers import kernel
 
 NBINS = 1 << 16
 SAMPLE_MAX = 1 << 16  # up to this many finite values a summary also keeps them all (exact W1/KS on small tensors)
+SMALL = 4096  # a tensor of at most this many values keeps its histogram packed (bins, counts) from the start
 
 
 def _no_sample() -> np.ndarray:
@@ -112,10 +113,13 @@ class RangeAccumulator:
     (`start` is the range's first element in the tensor). Thread-safe per instance: all state, the kernel's
     included, belongs to the instance."""
 
-    def __init__(self, start: int = 0, exact_bins: bool = False) -> None:
+    def __init__(self, start: int = 0, exact_bins: bool = False, small: bool = False) -> None:
+        """`small`: the caller feeds at most SMALL values in all; the histogram is then made from the kept
+        values at the end (packed, the same counts) instead of 65,536 counts per tensor."""
         if start % kernel.BLOCK:
             raise ValueError(f"range start {start} is not on a {kernel.BLOCK}-element block boundary")
-        self.hist = np.zeros(NBINS, dtype=np.int64)
+        self.small = small
+        self.hist = np.zeros(0 if small else NBINS, dtype=np.int64)
         self.tree = kernel.BlockTree(kernel.merge_moments)
         self.buf = kernel.Buffered(1)
         self.exact_bins = exact_bins
@@ -136,7 +140,9 @@ class RangeAccumulator:
         if self.sample is None:
             return
         if self.nsample + x.size <= SAMPLE_MAX:
-            f = x[np.isfinite(x)] if not np.isfinite(x.sum(dtype=np.float64)) else x.copy()
+            with np.errstate(invalid="ignore", over="ignore"):  # +Inf and -Inf together sum to NaN
+                clean = np.isfinite(x.sum(dtype=np.float64))
+            f = x.copy() if clean else x[np.isfinite(x)]
         else:  # most chunks end the sample here; only a chunk mostly NaN/Inf keeps it going
             fin = np.isfinite(x)
             f = x[fin] if self.nsample + int(np.count_nonzero(fin)) <= SAMPLE_MAX else None
@@ -151,6 +157,8 @@ class RangeAccumulator:
         if x.size == 0:
             return
         self.numel += x.size
+        if self.small and self.numel > SMALL:
+            raise ValueError(f"a small range holds at most {SMALL} values")
         self._keep_sample(x)
         self.buf.feed((x,), self._run)
 
@@ -160,7 +168,12 @@ class RangeAccumulator:
         total = self.tree.total()
         n = int(total[0]) if total else 0
         sample = None if self.sample is None else (np.concatenate(self.sample) if self.sample else _no_sample())
-        s = Summary(numel=self.numel, n=n, zeros=self.zeros, nans=self.nans, infs=self.infs, hist=self.hist,
+        hist = self.hist
+        if self.small:  # every finite value was kept (SMALL <= SAMPLE_MAX): its bins are the histogram
+            assert sample is not None
+            idx, cnt = np.unique(sample.view(np.uint32) >> 16, return_counts=True)
+            hist = np.array((idx.astype(np.int64), cnt.astype(np.int64)))
+        s = Summary(numel=self.numel, n=n, zeros=self.zeros, nans=self.nans, infs=self.infs, hist=hist,
                     exact_bins=self.exact_bins, sample=sample)
         if total and n:
             s.min, s.max = float(total[6]), float(total[7])
@@ -172,11 +185,24 @@ class RangeAccumulator:
 
 def combine(parts: list[Part]) -> Summary:
     """One Summary from the Parts of consecutive ranges, in order (the ranges aligned to their size, as
-    engine.task_ranges makes them): identical to accumulating all of it in one range."""
-    out = Summary(exact_bins=all(p.summary.exact_bins for p in parts) if parts else True)
+    engine.task_ranges makes them): identical to accumulating all of it in one range. One part keeps its
+    histogram as it is (dense or packed); several are summed dense."""
+    one = len(parts) == 1
+    out = Summary(exact_bins=all(p.summary.exact_bins for p in parts) if parts else True,
+                  hist=np.zeros(0, dtype=np.int64) if one else np.zeros(NBINS, dtype=np.int64))
     tree = kernel.BlockTree(kernel.merge_moments)
     for p in parts:
-        out.merge(p.summary)  # counts, extremes, histogram, sample; the moments are set below
+        if one:
+            hist, p.summary.hist = p.summary.hist, out.hist
+            try:
+                out.merge(p.summary)
+            finally:
+                p.summary.hist = hist
+            out.hist = hist
+        else:
+            if p.summary.hist.ndim == 2:
+                raise ValueError("combine: parts of a split tensor carry dense histograms")
+            out.merge(p.summary)  # counts, extremes, histogram, sample; the moments are set below
         for level, v in p.subtrees:
             tree.push(v, level)
     t = tree.total()

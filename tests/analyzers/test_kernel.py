@@ -157,3 +157,45 @@ def test_summary_fields_all_set(rng):
     s = summarize_chunk((rng.standard_normal(1000)).astype(np.float32))
     assert {f.name for f in dataclasses.fields(Summary)} >= {"mean", "m2", "m3", "m4", "l1", "sumsq", "sample"}
     assert s.sumsq == pytest.approx(s.m2 + s.n * s.mean ** 2) and s.sample is not None and s.sample.size == 1000
+
+
+@pytest.mark.parametrize("force_numpy", [False, True])
+@pytest.mark.parametrize("case", ["special", "subnormal", "bf16", "fp16", "fp8_e5m2", "tiny", "zeros", "all_nan"])
+def test_small_range_keeps_the_same_summary_packed(case, force_numpy, rng, monkeypatch):
+    """A small range (<= SMALL values) runs the kernel without a histogram and makes its bins from the kept
+    values: the same counts, rows, sample and metrics as the 65,536-bin path, only packed."""
+    from wdist.analyzers.engine import unpack
+    from wdist.analyzers.summary import SMALL, RangeAccumulator
+
+    if force_numpy:
+        monkeypatch.setenv("WDIST_KERNEL", "numpy")
+    x, exact = crafted(rng)[case]
+    x = x[:SMALL] if x.size > SMALL else x
+    if case == "special":  # the specials are spread over 200,003 values: put some into the first SMALL
+        x = x.copy()
+        x[[1, 7, 99]] = [np.nan, np.inf, -0.0]
+    dense, small = RangeAccumulator(0, exact), RangeAccumulator(0, exact, small=True)
+    for acc in (dense, small):
+        acc.add(x[: x.size // 3])  # in two chunks, as a tensor's chunks arrive
+        acc.add(x[x.size // 3:])
+    d, s = dense.result(), small.result()
+    assert s.hist.ndim == 2 and d.hist.ndim == 1
+    assert np.array_equal(unpack(dataclasses.replace(s)).hist, d.hist)
+    for f in dataclasses.fields(Summary):
+        if f.name not in ("hist", "sample"):
+            assert getattr(s, f.name) == getattr(d, f.name) or (getattr(s, f.name) != getattr(s, f.name)), f.name
+    assert np.array_equal(s.sample, d.sample)
+    assert compute(s, NearZero()) == compute(d, NearZero())
+    with pytest.raises(ValueError, match="at most"):
+        small.add(np.zeros(SMALL + 1, np.float32))
+
+
+@needs_c
+def test_kernel_without_histogram_gives_the_same_rows(rng):
+    x = rng.standard_normal(200_000).astype(np.float32)
+    x[::997] = np.nan
+    h = np.zeros(kernel.NBINS, dtype=np.int64)
+    a, b = kernel.blocks(x, h, kernel.native()), kernel.blocks(x, np.zeros(0, np.int64), kernel.native())
+    assert np.array_equal(a[0], b[0]) and a[1:] == b[1:] and h.sum() == np.isfinite(x).sum()
+    with pytest.raises(ValueError, match="bad buffer"):
+        kernel.native().blocks(x, kernel.BLOCK, np.zeros(3, np.int64), np.empty((4, kernel.ROW)))
