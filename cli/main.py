@@ -9,8 +9,6 @@ from typing import Any
 
 import click
 
-from wdist import __version__
-
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 
 # command name -> "module:function"; imported only when the command runs, so --help stays fast
@@ -146,8 +144,19 @@ class LazyGroup(click.Group):
             ctx.exit(EXIT_ERROR)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    # the version is looked up only when asked for: importlib.metadata costs every other command ~60 ms
+    if not value or ctx.resilient_parsing:
+        return
+    from wdist import __version__
+
+    click.echo(f"wdist, version {__version__}")
+    ctx.exit()
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="wdist")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show the version and exit.")
 @click.option("--debug", is_flag=True, help=DEBUG_HELP)
 @click.option("--quiet", "-q", is_flag=True, help=QUIET_HELP)
 @click.option("--width", type=click.IntRange(20, 100_000), default=None, metavar="N", help=WIDTH_HELP)
