@@ -217,3 +217,16 @@ def test_identical_notes_are_grouped_without_losing_a_name_or_a_number():
     assert out[0] == "conv2, conv3 (2): Gaussian-like (kurtosis -0.46 / -0.23; a normal gives 0)"
     # digits inside names are part of the text, not numbers to merge: those notes stay apart
     assert out[1:] == ["h.10: moved +7.2% (h.10.weight)", "h.11: moved +7.2% (h.11.weight)"]
+
+
+def test_version_is_the_installed_one_and_costs_nothing_elsewhere():
+    from importlib.metadata import version
+
+    from wdist.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["--version"])
+    assert r.exit_code == 0 and r.output == f"wdist, version {version('wdist')}\n"
+    # `wdist --help` (and every command) starts without importlib.metadata: the version is looked up lazily
+    code = "import sys; from wdist.cli.main import cli; print('importlib.metadata' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
