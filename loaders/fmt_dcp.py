@@ -26,7 +26,6 @@ from wdist.loaders.fileio import ZIP_ERRORS, RangeReader, Window, file_size
 from wdist.loaders.model import Checkpoint, Role, TensorRef, dtype_itemsize
 from wdist.loaders.plugin import FormatPlugin
 from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, split_name
-from wdist.loaders.safe_pickle import PickledTensor, Placeholder, safe_load
 
 NAME = "torch-dcp"
 META_FILE = ".metadata"
@@ -41,6 +40,7 @@ OPTIMIZER_PREFIXES = ("optim", "optimizer", "optimizer_state", "optim_state", "o
 
 def _state(obj: Any) -> dict:
     """Field dict of a placeholder built from a dataclass (plain, slotted or with __setstate__)."""
+    from wdist.loaders.safe_pickle import Placeholder  # the pickle VM is imported only to read DCP
     if not isinstance(obj, Placeholder):
         return {}
     st = obj.wdist_state
@@ -174,6 +174,7 @@ def disjoint(chunks: list[Chunk], shape: tuple[int, ...]) -> bool:
 
 def _item(path: str, fp: str, fsize: int, offset: int, length: int, what: str) -> tuple[Any, zipfile.ZipFile, Window]:
     """Open the torch.save zip stored at [offset, offset+length) of a .distcp file and unpickle data.pkl."""
+    from wdist.loaders.safe_pickle import safe_load  # the pickle VM is imported only to read DCP
     if offset < 0 or length <= 0 or offset + length > fsize:
         raise CorruptCheckpointError(path, f"{what}: byte range {offset}+{length} lies outside {os.path.basename(fp)}")
     win = Window(fp, offset, length)
@@ -199,6 +200,7 @@ def _item(path: str, fp: str, fsize: int, offset: int, length: int, what: str) -
 
 def _tensor_item(path: str, fp: str, fsize: int, offset: int, length: int, dtype: str,
                  sizes: tuple[int, ...], what: str) -> RangeReader:
+    from wdist.loaders.safe_pickle import PickledTensor  # the pickle VM is imported only to read DCP
     (res, prefix), zf, win = _item(path, fp, fsize, offset, length, what)
     try:
         pt = res.obj
@@ -259,6 +261,7 @@ def _resolve_dir(path: str) -> str:
 
 
 def _dtype_of(props: Any, path: str, fqn: str) -> str:
+    from wdist.loaders.safe_pickle import Placeholder  # the pickle VM is imported only to read DCP
     if isinstance(props, Placeholder):
         st = props.wdist_state
         if isinstance(st, tuple) and st and isinstance(st[0], str):
@@ -270,6 +273,7 @@ def _dtype_of(props: Any, path: str, fqn: str) -> str:
 
 
 def load(path: str) -> Checkpoint:
+    from wdist.loaders.safe_pickle import Placeholder, safe_load  # the pickle VM is imported only to read DCP
     folder = _resolve_dir(path)
     meta_path = os.path.join(folder, META_FILE)
     if not os.path.isfile(meta_path):
