@@ -172,8 +172,12 @@ def disjoint(chunks: list[Chunk], shape: tuple[int, ...]) -> bool:
     return True
 
 
-def _item(path: str, fp: str, fsize: int, offset: int, length: int, what: str) -> tuple[Any, zipfile.ZipFile, Window]:
-    """Open the torch.save zip stored at [offset, offset+length) of a .distcp file and unpickle data.pkl."""
+def _item(path: str, fp: str, fsize: int, offset: int, length: int, what: str,
+          parsed: dict[bytes, Any] | None = None) -> tuple[Any, zipfile.ZipFile, Window]:
+    """Open the torch.save zip stored at [offset, offset+length) of a .distcp file and unpickle data.pkl.
+    `parsed` (one load's own dict) maps data.pkl bytes already run to their result: every chunk of the
+    same dtype, shape and layout pickles to the same bytes, so a checkpoint of 10^4 such chunks runs the
+    pickle VM once per distinct layout instead of 10^4 times."""
     from wdist.loaders.safe_pickle import safe_load  # the pickle VM is imported only to read DCP
     if offset < 0 or length <= 0 or offset + length > fsize:
         raise CorruptCheckpointError(path, f"{what}: byte range {offset}+{length} lies outside {os.path.basename(fp)}")
@@ -194,14 +198,23 @@ def _item(path: str, fp: str, fsize: int, offset: int, length: int, what: str) -
     except ZIP_ERRORS as e:
         win.close()
         raise CorruptCheckpointError(path, f"{what}: stored torch.save archive is damaged ({str(e)[:80]})") from None
-    res = safe_load(io.BytesIO(blob), path, what=f"{what} data.pkl")
+    res = parsed.get(blob) if parsed is not None else None
+    if res is None:
+        try:
+            res = safe_load(io.BytesIO(blob), path, what=f"{what} data.pkl")
+        except BaseException:
+            zf.close()
+            win.close()
+            raise
+        if parsed is not None:
+            parsed[blob] = res
     return (res, info.filename[: -len("data.pkl")]), zf, win
 
 
 def _tensor_item(path: str, fp: str, fsize: int, offset: int, length: int, dtype: str,
-                 sizes: tuple[int, ...], what: str) -> RangeReader:
+                 sizes: tuple[int, ...], what: str, parsed: dict[bytes, Any] | None = None) -> RangeReader:
     from wdist.loaders.safe_pickle import PickledTensor  # the pickle VM is imported only to read DCP
-    (res, prefix), zf, win = _item(path, fp, fsize, offset, length, what)
+    (res, prefix), zf, win = _item(path, fp, fsize, offset, length, what, parsed)
     try:
         pt = res.obj
         if not isinstance(pt, PickledTensor):
@@ -285,6 +298,7 @@ def load(path: str) -> Checkpoint:
     md = res.obj
     if not (isinstance(md, Placeholder) and md.wdist_global.endswith("checkpoint.metadata.Metadata")):
         raise CorruptCheckpointError(meta_path, ".metadata does not hold a torch.distributed.checkpoint Metadata")
+    parsed: dict[bytes, Any] = {}  # data.pkl bytes -> result, for this load only (see _item)
     fields = _state(md)
     sdm, storage = fields.get("state_dict_metadata"), fields.get("storage_data")
     if not isinstance(sdm, dict) or not isinstance(storage, dict):
@@ -357,7 +371,8 @@ def load(path: str) -> Checkpoint:
             if loc is None:
                 raise CorruptCheckpointError(meta_path, f"tensor {fqn!r} chunk at {list(offs)} has no storage entry")
             fp, fs = shard(loc[0])
-            rr = _tensor_item(meta_path, fp, fs, loc[1], loc[2], dtype, szs, f"tensor {fqn!r} chunk {list(offs)}")
+            rr = _tensor_item(meta_path, fp, fs, loc[1], loc[2], dtype, szs, f"tensor {fqn!r} chunk {list(offs)}",
+                              parsed)
             ch = Chunk(offs, szs, rr)
             layout(ch, shape)
             chunks.append(ch)

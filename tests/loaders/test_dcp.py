@@ -346,3 +346,23 @@ def test_two_rank_dtensor_checkpoint(tmp_path):
     np.testing.assert_array_equal(by["w1"].read(), np.arange(24.0).reshape(4, 6))
     np.testing.assert_array_equal(by["rep"].read(), np.ones(3))
     assert len(by["w1"].reader.chunks) == 2 and by["w1"].source == "__0_0.distcp,__1_0.distcp"
+
+
+def test_chunks_of_one_layout_run_the_pickle_vm_once(tmp_path, monkeypatch):
+    """Every chunk of the same dtype, shape and layout pickles to the same data.pkl bytes: one load runs the
+    pickle VM once for them (plus once for .metadata), and each chunk still reads its own data."""
+    import wdist.loaders.safe_pickle as sp
+
+    g = torch.Generator().manual_seed(3)
+    state = {f"blocks.{i}.weight": torch.randn(6, 5, generator=g) * (i + 1) for i in range(40)}
+    state["head.bias"] = torch.randn(7, generator=g)
+    _save(state, tmp_path / "ck")
+    calls = []
+    real = sp.safe_load
+    monkeypatch.setattr(sp, "safe_load", lambda *a, **k: calls.append(k.get("what")) or real(*a, **k))
+    ck = open_checkpoint(str(tmp_path / "ck"))
+    assert len(calls) == 3  # .metadata, the 6x5 float32 layout, the 7-element one
+    got = {t.name: t.read() for t in ck.tensors}
+    assert got.keys() == state.keys()
+    for k, v in state.items():
+        np.testing.assert_array_equal(got[k], v.numpy())
