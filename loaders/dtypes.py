@@ -10,14 +10,15 @@ import numpy as np
 STORAGE: dict[str, np.dtype] = {
     "float64": np.dtype("<f8"), "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
     "bfloat16": np.dtype("<u2"), "float8_e4m3fn": np.dtype("u1"), "float8_e5m2": np.dtype("u1"),
-    "float8_e4m3fnuz": np.dtype("u1"), "float8_e5m2fnuz": np.dtype("u1"),
+    "float8_e4m3fnuz": np.dtype("u1"), "float8_e5m2fnuz": np.dtype("u1"), "float8_e8m0fnu": np.dtype("u1"),
     "int64": np.dtype("<i8"), "int32": np.dtype("<i4"), "int16": np.dtype("<i2"), "int8": np.dtype("i1"),
     "uint64": np.dtype("<u8"), "uint32": np.dtype("<u4"), "uint16": np.dtype("<u2"), "uint8": np.dtype("u1"),
     "bool": np.dtype("?"), "complex64": np.dtype("<c8"), "complex128": np.dtype("<c16"),
 }
 
 # Formats whose every value is exactly a bfloat16 value: their 16-bit histogram bins hold one value each.
-BF16_EXACT = frozenset({"bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz"})
+BF16_EXACT = frozenset({"bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz",
+                        "float8_e8m0fnu"})
 
 
 def storage_dtype(dtype: str) -> np.dtype:
@@ -30,6 +31,9 @@ def storage_dtype(dtype: str) -> np.dtype:
 @functools.cache
 def fp8_table(dtype: str) -> np.ndarray:
     """float32 value of each of the 256 bit patterns of an fp8 format (OCP / MLIR definitions)."""
+    if dtype == "float8_e8m0fnu":  # OCP MX scale: exponent only, 2^(code - 127), 0xFF is NaN
+        t = np.array([2.0 ** (c - 127) for c in range(255)] + [float("nan")], dtype=np.float64)
+        return t.astype(np.float32)
     exp_bits, bias, fnuz = {
         "float8_e4m3fn": (4, 7, False), "float8_e5m2": (5, 15, False),
         "float8_e4m3fnuz": (4, 8, True), "float8_e5m2fnuz": (5, 16, True),

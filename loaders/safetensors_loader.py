@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 from wdist.loaders import fs
 from wdist.loaders.errors import CorruptCheckpointError
 from wdist.loaders.fileio import RangeReader, file_size
-from wdist.loaders.model import Checkpoint, Format, TensorRef, dtype_itemsize
+from wdist.loaders.model import Checkpoint, Format, Role, TensorRef, dtype_itemsize
 from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, split_name
 
 MAX_HEADER = 100_000_000  # the reference implementation's limit
@@ -23,21 +24,51 @@ ST_DTYPES = {
     "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "F8_E4M3FNUZ": "float8_e4m3fnuz",
     "F8_E5M2FNUZ": "float8_e5m2fnuz", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
     "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
-    "C64": "complex64",
+    "C64": "complex64", "F8_E8M0": "float8_e8m0fnu",
 }
 _ITEM = {k: dtype_itemsize(v) for k, v in ST_DTYPES.items()}
+# Packed sub-byte dtypes of the format (MX / NVFP4 weights): listed with their bytes, not analysed.
+SUB_BYTE = {"F4": ("float4_e2m1fn", 4), "F6_E2M3": ("float6_e2m3fn", 6), "F6_E3M2": ("float6_e3m2fn", 6)}
+MAX_NDIM = 64  # numpy's limit; real tensors have a handful
+_U64 = 1 << 64  # the format's dimensions and offsets are u64
 
 
 _ENTRY_KEYS = ("dtype", "shape", "data_offsets")
 
 
+class _Duplicate(ValueError):
+    pass
+
+
 def _object(pairs: list[tuple[str, Any]]) -> Any:
     """json's object hook: a tensor entry ({"dtype": str, "shape", "data_offsets"} in that order, as every
     writer puts them) becomes the tuple (dtype, shape, data_offsets) instead of a dict: a million small dicts
-    are most of a parsed header's memory. Any other object is the dict json would make (last key wins)."""
+    are most of a parsed header's memory. A key twice in one object is an error (json would keep the last,
+    another reader the first: two tools would see different tensors)."""
     if len(pairs) == 3 and type(pairs[0][1]) is str and tuple(k for k, _ in pairs) == _ENTRY_KEYS:
         return (pairs[0][1], pairs[1][1], pairs[2][1])
-    return dict(pairs)
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _Duplicate(k)
+            seen.add(k)
+    return d
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # json.loads would accept NaN, Infinity and -Infinity
+
+
+def _brief(v: Any) -> str:
+    """repr of a value from the file for a message: at most 60 characters, and never an exception (the
+    repr of an int of more than 4,300 digits raises ValueError)."""
+    try:
+        r = repr(v)
+    except ValueError:
+        return "(a number too long to print)"
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def read_header(path: str) -> tuple[dict[str, Any], dict[str, Any], int]:
@@ -55,19 +86,24 @@ def read_header(path: str) -> tuple[dict[str, Any], dict[str, Any], int]:
     try:
         text = raw.decode("utf-8")
         del raw
-        header = json.loads(text, object_pairs_hook=_object)
+        header = json.loads(text, object_pairs_hook=_object, parse_constant=_constant)
         del text
+    except _Duplicate as dup:
+        raise CorruptCheckpointError(path, f"safetensors header has the key {_brief(str(dup))} twice in one "
+                                           "object") from None
     except (UnicodeDecodeError, ValueError):
         raise CorruptCheckpointError(path, "safetensors header is not valid JSON") from None
     except RecursionError:
         raise CorruptCheckpointError(path, "safetensors header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise CorruptCheckpointError(path, "safetensors header is not a JSON object")
-    meta = header.pop("__metadata__", None) or {}
+    meta = header.pop("__metadata__", None)
+    if meta is None:
+        meta = {}
     if type(meta) is tuple:  # string metadata that happened to be keyed like a tensor entry
         meta = dict(zip(_ENTRY_KEYS, meta))
-    if not isinstance(meta, dict):
-        raise CorruptCheckpointError(path, "safetensors __metadata__ is not an object")
+    if not isinstance(meta, dict) or not all(type(v) is str for v in meta.values()):
+        raise CorruptCheckpointError(path, "safetensors __metadata__ is not an object of strings")
     data_len = size - 8 - n
     # one lean pass per entry (a header may list a million tensors): exact type checks (bool is not int),
     # then the data spans checked for gaps and overlaps on int64 arrays instead of a million tuples
@@ -81,26 +117,31 @@ def read_header(path: str) -> tuple[dict[str, Any], dict[str, Any], int]:
         else:
             raise CorruptCheckpointError(path, f"tensor {name!r}: entry lacks dtype/shape/data_offsets")
         item = _ITEM.get(dt) if type(dt) is str else None
-        if item is None:
-            raise CorruptCheckpointError(path, f"tensor {name!r}: unknown dtype {dt!r}")
-        if type(shape) is not list:
-            raise CorruptCheckpointError(path, f"tensor {name!r}: bad shape {shape!r}")
-        numel = 1
+        bits = 8 * item if item is not None else (SUB_BYTE[dt][1] if type(dt) is str and dt in SUB_BYTE else 0)
+        if not bits:
+            raise CorruptCheckpointError(path, f"tensor {name!r}: unknown dtype {_brief(dt)}")
+        if type(shape) is not list or len(shape) > MAX_NDIM:
+            raise CorruptCheckpointError(path, f"tensor {name!r}: bad shape {_brief(shape)}")
+        zero = False
         for d in shape:
-            if type(d) is not int or d < 0:
-                raise CorruptCheckpointError(path, f"tensor {name!r}: bad shape {shape!r}")
-            numel *= d
+            if type(d) is not int or not 0 <= d < _U64:
+                raise CorruptCheckpointError(path, f"tensor {name!r}: bad shape {_brief(shape)}")
+            zero = zero or d == 0
+        numel = 0 if zero else math.prod(shape)  # at most 64 factors below 2^64: cheap, however hostile
         if type(offs) is not list or len(offs) != 2 or type(offs[0]) is not int or type(offs[1]) is not int:
-            raise CorruptCheckpointError(path, f"tensor {name!r}: bad data_offsets {offs!r}")
+            raise CorruptCheckpointError(path, f"tensor {name!r}: bad data_offsets {_brief(offs)}")
         begin, end = offs
-        if begin < 0 or end < 0:
-            raise CorruptCheckpointError(path, f"tensor {name!r}: bad data_offsets {offs!r}")
-        need = numel * item
+        if not (0 <= begin < _U64 and 0 <= end < _U64):
+            raise CorruptCheckpointError(path, f"tensor {name!r}: bad data_offsets {_brief(offs)}")
+        if (numel * bits) % 8:
+            raise CorruptCheckpointError(path, f"tensor {name!r}: {numel} values of {dt} do not fill whole bytes")
+        need = numel * bits // 8
         if end < begin or end - begin != need:
             raise CorruptCheckpointError(
-                path, f"tensor {name!r}: shape {shape} x {dt} needs {need} bytes but offsets give {end - begin}")
+                path, f"tensor {name!r}: shape {_brief(shape)} x {dt} needs {_brief(need)} bytes but offsets give "
+                      f"{end - begin}")
         if end > data_len:
-            raise CorruptCheckpointError(path, f"tensor {name!r}: data offsets {offs} run past the end of the file")
+            raise CorruptCheckpointError(path, f"tensor {name!r}: data offsets {_brief(offs)} run past the end of the file")
         begins[i], ends[i] = begin, end  # both <= data_len < 2^63 here
     order = np.lexsort((ends, begins))  # by begin, then end: the order sorted() of (begin, end, name) gave
     b, e_ = begins[order], ends[order]
@@ -111,6 +152,10 @@ def read_header(path: str) -> tuple[dict[str, Any], dict[str, Any], int]:
         name = next(itertools.islice(header.keys(), int(order[j]), None))
         why = "overlaps another tensor" if b[j] < prev[j] else "leaves a gap before it"
         raise CorruptCheckpointError(path, f"tensor {name!r}: data offsets {int(b[j])}..{int(e_[j])} {why}")
+    covered = int(e_[-1]) if e_.size else 0
+    if covered != data_len:  # as the reference: bytes after the last tensor are not part of any tensor
+        raise CorruptCheckpointError(path, f"{data_len - covered} bytes of data after the last tensor (the file "
+                                           "is not fully covered by its header)")
     return header, {str(k): v for k, v in meta.items()}, 8 + n
 
 
@@ -134,6 +179,7 @@ def load_safetensors_files(path: str, files: list[str], variant: str) -> Checkpo
     tensors: list[TensorRef] = []
     metadata: dict = {}
     owner: dict[str, str] = {}
+    packed: list[str] = []
     for fp in files:
         header, meta, data_start = read_header(fp)
         metadata.update(meta)
@@ -146,9 +192,15 @@ def load_safetensors_files(path: str, files: list[str], variant: str) -> Checkpo
         first = len(tensors)
         while header:  # entries popped as their refs are made: the parsed header and the refs never both peak
             name, (st_dtype, st_shape, offs) = header.popitem()
-            dtype = ST_DTYPES[st_dtype]
             shape = tuple(st_shape)
             layer, param = split_name(name)
+            if st_dtype in SUB_BYTE:  # listed with its bytes; no reader: not a dtype wdist analyses
+                packed.append(name)
+                tensors.append(TensorRef(name=name, layer=layer, role=Role.OTHER, shape=shape,
+                                         dtype=SUB_BYTE[st_dtype][0], reader=None, source=source,
+                                         stored_as=st_dtype, stored_nbytes=offs[1] - offs[0]))
+                continue
+            dtype = ST_DTYPES[st_dtype]
             role = infer_role(name, layer, param, shape, dtype)
             tensors.append(TensorRef(
                 name=name, layer=layer, role=role, shape=shape, dtype=dtype,
@@ -159,5 +211,9 @@ def load_safetensors_files(path: str, files: list[str], variant: str) -> Checkpo
     # across shards too: a model split over files lists its layers in model order, not file order
     tensors.sort(key=lambda t: _natural(t.name))
     fix_norm_biases(tensors)
+    warnings = []
+    if packed:
+        warnings.append(f"{len(packed)} tensor(s) of packed sub-byte dtypes (F4/F6) are listed but not analysed: "
+                        + ", ".join(packed[:5]) + (f" and {len(packed) - 5} more" if len(packed) > 5 else ""))
     return Checkpoint(path=path, format=Format.SAFETENSORS, variant=variant, tensors=tensors,
-                      metadata=metadata, sources=list(files))
+                      metadata=metadata, sources=list(files), warnings=warnings)

@@ -7,7 +7,7 @@ import torch
 from safetensors.numpy import save_file as np_save
 from safetensors.torch import save_file
 
-from wdist.loaders import Format, open_checkpoint
+from wdist.loaders import Format, Role, open_checkpoint
 from wdist.loaders.errors import CorruptCheckpointError
 
 
@@ -128,3 +128,79 @@ def test_long_digit_run_name_and_entry_shaped_metadata(tmp_path):
     ck = open_checkpoint(str(p))
     assert [t.name for t in ck.tensors] == ["layer2.weight", big]
     assert ck.metadata == {"dtype": "x", "shape": "y", "data_offsets": "z"}
+
+
+_ENTRY_OF = '{"a":{"dtype":"F32","shape":[%s],"data_offsets":[0,0]}}'  # noqa: UP031 (JSON braces)
+
+
+def _raw(p, header: bytes, data: bytes = b"") -> str:
+    p.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    return str(p)
+
+
+def test_hostile_shapes_are_refused_in_linear_time(tmp_path):
+    """Dimensions are u64 and a tensor has at most 64 of them: 300 dimensions of 4,000 digits (a 1.2 MB
+    header whose product took 29 s to compute) and a million dimensions are refused at once."""
+    import time
+
+    cases = [(",".join(["9" * 4000] * 300) + ",0", "bad shape"), (",".join(["2"] * 1_000_000), "bad shape"),
+             ("18446744073709551616,0", "bad shape"), (",".join(["18446744073709551615"] * 64), r"needs \d+\.\.\. bytes")]
+    for i, (dims, match) in enumerate(cases):
+        p = _raw(tmp_path / f"s{i}.safetensors",
+                 (_ENTRY_OF % dims).encode())
+        t = time.perf_counter()
+        with pytest.raises(CorruptCheckpointError, match=match) as e:
+            open_checkpoint(p)
+        assert time.perf_counter() - t < 2.0 and len(str(e.value)) < 300
+    # 64 huge dimensions and a zero one: a valid empty tensor
+    dims = ",".join(["18446744073709551615"] * 63 + ["0"])
+    p = _raw(tmp_path / "empty.safetensors", (_ENTRY_OF % dims).encode())
+    (t,) = open_checkpoint(p).tensors
+    assert t.numel == 0 and len(t.shape) == 64
+
+
+@pytest.mark.parametrize("header, data, match", [
+    (b'{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}', bytes(32), "16 bytes of data after the last"),
+    (b'{}', bytes(4), "4 bytes of data after the last"),
+    (b'{"a":{"dtype":"F32","dtype":"I32","shape":[4],"data_offsets":[0,16]}}', bytes(16), "'dtype' twice"),
+    (b'{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"a":{"dtype":"I32","shape":[4],'
+     b'"data_offsets":[0,16]}}', bytes(16), "'a' twice"),
+    (b'{"__metadata__":{"k":"1"},"__metadata__":{"k":"2"}}', b"", "'__metadata__' twice"),
+    (b'{"__metadata__":{"k":NaN}}', b"", "not valid JSON"),
+    (b'{"__metadata__":{"k":1}}', b"", "object of strings"),
+    (b'{"__metadata__":[]}', b"", "object of strings"),
+    (b'{"__metadata__":false}', b"", "object of strings"),
+    (b'{"__metadata__":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}', b"", "object of strings"),
+    (b'{"a":{"dtype":"F32","shape":[%s],"data_offsets":[0,16]}}' % (b"1" * 5000), bytes(16), "not valid JSON"),
+    (b'{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}', bytes(2), "do not fill whole bytes"),
+])
+def test_header_checks_match_the_reference(tmp_path, header, data, match):
+    """Files the reference implementation refuses (found in an adversarial review): trailing bytes, a key
+    twice, non-JSON constants, metadata that is not strings; and messages never fail to print a number."""
+    p = _raw(tmp_path / "bad.safetensors", header, data)
+    with pytest.raises(CorruptCheckpointError, match=match):
+        open_checkpoint(p)
+
+
+def test_mx_dtypes(tmp_path):
+    """F8_E8M0 (MX scales: 2^(code-127), 0xFF NaN) is read and analysed; packed F4 values are listed with
+    their bytes and a warning, not analysed."""
+    import json as _json
+
+    codes = np.arange(256, dtype=np.uint8)
+    hdr = {"s": {"dtype": "F8_E8M0", "shape": [256], "data_offsets": [0, 256]},
+           "w": {"dtype": "F4", "shape": [4, 8], "data_offsets": [256, 272]}}
+    p = _raw(tmp_path / "mx.safetensors", _json.dumps(hdr).encode(), codes.tobytes() + bytes(16))
+    ck = open_checkpoint(p)
+    s, w = ck.tensors
+    want = np.array([2.0 ** (c - 127) for c in range(255)] + [np.nan], dtype=np.float32)
+    np.testing.assert_array_equal(s.read(), want)
+    assert (w.dtype, w.nbytes, w.stored_as, w.reader, w.is_float) == ("float4_e2m1fn", 16, "F4", None, False)
+    assert any("F4/F6" in x and "w" in x for x in ck.warnings)
+    from wdist.analyzers.inspect import Options, analyse
+
+    rep = analyse(ck, Options(jobs=1, roles=tuple(Role)))
+    st = rep.tensors[0].stats
+    fin = want[np.isfinite(want)].astype(np.float64)
+    assert [t.name for t in rep.tensors] == ["s"] and st["nan_count"] == 1 and st["max"] == fin.max()
+    assert st["mean"] == pytest.approx(fin.mean(), rel=1e-12)
