@@ -21,6 +21,7 @@ _TORCH = {
     "float8_e5m2": ("float8_e5m2", "uint8"), "float8_e4m3fnuz": ("float8_e4m3fnuz", "uint8"),
     "float8_e5m2fnuz": ("float8_e5m2fnuz", "uint8"), "int64": ("int64", None), "int32": ("int32", None),
     "int16": ("int16", None), "int8": ("int8", None), "uint8": ("uint8", None), "bool": ("bool", None),
+    "float8_e8m0fnu": ("float8_e8m0fnu", "uint8"),
 }
 _NUMPY = {"float64": "float64", "float32": "float32", "float16": "float16", "int64": "int64", "int32": "int32",
           "int16": "int16", "int8": "int8", "uint64": "uint64", "uint32": "uint32", "uint16": "uint16",

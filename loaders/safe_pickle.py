@@ -31,7 +31,7 @@ STORAGE_DTYPES = {
     "ComplexDoubleStorage": "complex128", "Float8_e4m3fnStorage": "float8_e4m3fn",
     "Float8_e5m2Storage": "float8_e5m2", "Float8_e4m3fnuzStorage": "float8_e4m3fnuz",
     "Float8_e5m2fnuzStorage": "float8_e5m2fnuz", "UInt16Storage": "uint16", "UInt32Storage": "uint32",
-    "UInt64Storage": "uint64",
+    "UInt64Storage": "uint64", "Float8_e8m0fnuStorage": "float8_e8m0fnu",
 }
 TORCH_DTYPES = {
     "float32": "float32", "float": "float32", "float64": "float64", "double": "float64", "float16": "float16",
@@ -39,7 +39,7 @@ TORCH_DTYPES = {
     "int": "int32", "int16": "int16", "int8": "int8", "uint8": "uint8", "bool": "bool",
     "float8_e4m3fn": "float8_e4m3fn", "float8_e5m2": "float8_e5m2", "float8_e4m3fnuz": "float8_e4m3fnuz",
     "float8_e5m2fnuz": "float8_e5m2fnuz", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
-    "complex64": "complex64", "cfloat": "complex64", "complex128": "complex128",
+    "complex64": "complex64", "cfloat": "complex64", "complex128": "complex128", "float8_e8m0fnu": "float8_e8m0fnu",
 }
 # numpy type strings (as numpy.dtype() receives them when unpickling) that are plain numbers
 NUMPY_DTYPES = {

@@ -204,3 +204,19 @@ def test_mx_dtypes(tmp_path):
     fin = want[np.isfinite(want)].astype(np.float64)
     assert [t.name for t in rep.tensors] == ["s"] and st["nan_count"] == 1 and st["max"] == fin.max()
     assert st["mean"] == pytest.approx(fin.mean(), rel=1e-12)
+
+
+def test_e8m0_written_by_torch_and_safetensors(tmp_path):
+    """float8_e8m0fnu from the real writers (torch.save, safetensors.torch, an in-memory state dict) decodes
+    exactly as torch's own .float() does, NaN code included."""
+    import wdist
+
+    t = torch.arange(256, dtype=torch.uint8).view(torch.float8_e8m0fnu)
+    want = t.float().numpy()
+    torch.save({"scale": t}, str(tmp_path / "e8.pt"))
+    save_file({"scale": t}, str(tmp_path / "e8.safetensors"))
+    for src in (str(tmp_path / "e8.pt"), str(tmp_path / "e8.safetensors"), {"scale": t}):
+        with wdist.open(src) as ck:
+            (r,) = ck.tensors
+            assert r.dtype == "float8_e8m0fnu"
+            np.testing.assert_array_equal(r.read(), want)
