@@ -2,8 +2,9 @@
 
    blocks(x, block, hist, rows) -> (zeros, nans, infs)
        x: C-contiguous float32 buffer; hist: writable int64[65536], incremented with each finite value's top
-       16 bits, or an empty buffer for no histogram (a small tensor's bins come from its kept values); rows: writable float64[nblocks * 8] receiving, per block of `block` values (the last may be
-       shorter): finite count, mean, central sums m2 m3 m4, sum |x|, min, max.
+       16 bits, or an empty buffer for no histogram (a small tensor's bins come from its kept values);
+       rows: writable float64[nblocks * 8] receiving, per block of `block` values (the last may be shorter):
+       finite count, mean, central sums m2 m3 m4, sum |x|, min, max.
    pair_blocks(a, b, block, rtol, atol, rows) -> None
        rows: float64[nblocks * 9]: over elements finite in both, count, sum a*a, b*b, a*b, (b-a)^2, count of
        a*b != 0, count of a*b < 0, count of |b-a| > atol + rtol*|a|, max |b-a|.

@@ -170,9 +170,10 @@ class RangeAccumulator:
         sample = None if self.sample is None else (np.concatenate(self.sample) if self.sample else _no_sample())
         hist = self.hist
         if self.small:  # every finite value was kept (SMALL <= SAMPLE_MAX): its bins are the histogram
+            from wdist.analyzers.bins import sample_bins  # bins imports this module: imported at use
+
             assert sample is not None
-            idx, cnt = np.unique(sample.view(np.uint32) >> 16, return_counts=True)
-            hist = np.array((idx.astype(np.int64), cnt.astype(np.int64)))
+            hist = np.array(sample_bins(sample))
         s = Summary(numel=self.numel, n=n, zeros=self.zeros, nans=self.nans, infs=self.infs, hist=hist,
                     exact_bins=self.exact_bins, sample=sample)
         if total and n:
@@ -201,7 +202,7 @@ def combine(parts: list[Part]) -> Summary:
             out.hist = hist
         else:
             if p.summary.hist.ndim == 2:
-                raise ValueError("combine: parts of a split tensor carry dense histograms")
+                raise ValueError("combine: the parts of a split tensor must carry dense histograms")
             out.merge(p.summary)  # counts, extremes, histogram, sample; the moments are set below
         for level, v in p.subtrees:
             tree.push(v, level)

@@ -16,7 +16,7 @@ from wdist.analyzers.histogram import Histogram
 from wdist.analyzers.inspect import Options, analyse
 from wdist.analyzers.report import ReportMixin, jsonable
 from wdist.analyzers.summary import Summary
-from wdist.loaders import fs
+from wdist.loaders import fs, roles
 from wdist.loaders.errors import UsageError, WdistError
 from wdist.loaders.registry import EXTENSIONS, find_in_dir, is_model_dir, open_checkpoint
 
@@ -29,9 +29,10 @@ _STEP_PATTERNS = (
 )
 
 
-def natural_key(s: str) -> list[Any]:
-    """'epoch2' < 'epoch10': digit runs compare as numbers."""
-    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", s)]
+def natural_key(s: str) -> str:
+    """'epoch2' < 'epoch10', case-insensitively: the loaders' natural key of the lower-cased name (its own
+    int() of each digit run raised ValueError on a file name with a 5,000-digit run)."""
+    return roles.natural_key(s.lower())
 
 
 def step_from_name(path: str) -> tuple[str, int] | None:

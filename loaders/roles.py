@@ -15,6 +15,22 @@ _CONV1D_LAYERS = {"c_attn", "c_proj", "c_fc"}
 _EMBED = re.compile(r"(embed|(^|[._/])emb([._/]|$)|wte|wpe|tok_embeddings|word_embeddings|position_embeddings)", re.IGNORECASE)
 
 
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _digit_run(m: re.Match) -> str:
+    d = m.group().lstrip("0") or "0"
+    return f"\0{len(d):08x}{d}"
+
+
+def natural_key(s: str) -> str:
+    """Natural sort key, shared by every sort of names: 'layers.2' before 'layers.10'. One string per name (a million keys live at once
+    during the sort): each run of ASCII digits becomes NUL, its length without leading zeros in 8 hex
+    digits, then the digits, so runs compare by numeric value and a name that stops where another goes on
+    with a number sorts first. No int() conversion: a 5,000-digit run in a name is just a long key."""
+    return _DIGITS.sub(_digit_run, s)
+
+
 def split_name(name: str, sep: str = ".") -> tuple[str, str]:
     """'features.0.weight' -> ('features.0', 'weight'); a bare name is its own layer."""
     if sep in name:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 from typing import Any
 
 import numpy as np
@@ -15,7 +14,7 @@ from wdist.loaders import fs
 from wdist.loaders.errors import CorruptCheckpointError
 from wdist.loaders.fileio import RangeReader, file_size
 from wdist.loaders.model import Checkpoint, Format, Role, TensorRef, dtype_itemsize
-from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, split_name
+from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, natural_key, split_name
 
 MAX_HEADER = 100_000_000  # the reference implementation's limit
 
@@ -159,22 +158,6 @@ def read_header(path: str) -> tuple[dict[str, Any], dict[str, Any], int]:
     return header, {str(k): v for k, v in meta.items()}, 8 + n
 
 
-_DIGITS = re.compile(r"[0-9]+")
-
-
-def _digit_run(m: re.Match) -> str:
-    d = m.group().lstrip("0") or "0"
-    return f"\0{len(d):08x}{d}"
-
-
-def _natural(s: str) -> str:
-    """Natural sort key: 'layers.2' before 'layers.10'. One string per name (a million keys live at once
-    during the sort): each run of ASCII digits becomes NUL, its length without leading zeros in 8 hex
-    digits, then the digits, so runs compare by numeric value and a name that stops where another goes on
-    with a number sorts first. No int() conversion: a 5,000-digit run in a name is just a long key."""
-    return _DIGITS.sub(_digit_run, s)
-
-
 def load_safetensors_files(path: str, files: list[str], variant: str) -> Checkpoint:
     tensors: list[TensorRef] = []
     metadata: dict = {}
@@ -209,7 +192,7 @@ def load_safetensors_files(path: str, files: list[str], variant: str) -> Checkpo
         tensors[first:] = tensors[first:][::-1]  # popitem went last to first: back to header order
     # writers reorder tensors (by dtype, by name); natural name order puts layers.2 before layers.10, and
     # across shards too: a model split over files lists its layers in model order, not file order
-    tensors.sort(key=lambda t: _natural(t.name))
+    tensors.sort(key=lambda t: natural_key(t.name))
     fix_norm_biases(tensors)
     warnings = []
     if packed:

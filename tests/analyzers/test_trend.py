@@ -56,3 +56,10 @@ def test_bad_checkpoint_is_reported_and_others_analysed(tmp_path):
     r = run(expand_inputs([str(tmp_path)]), Options(jobs=1))
     assert r.errors == 1 and r.checkpoints[1].error
     assert r.layers[0].series["std"][0] is not None and r.layers[0].series["std"][1] is None
+
+
+def test_natural_order_of_odd_file_names():
+    """The checkpoint order key is the loaders' natural key (no int() of a digit run): a 5,000-digit run
+    sorts instead of raising ValueError; case is ignored as before."""
+    names = ["Epoch10.pt", "epoch2.pt", "run²3.pt", "x" + "9" * 5000 + ".pt", "x1.pt"]
+    assert sorted(names, key=natural_key) == ["epoch2.pt", "Epoch10.pt", "run²3.pt", "x1.pt", names[3]]

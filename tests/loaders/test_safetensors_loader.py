@@ -107,7 +107,7 @@ def test_natural_order_key_matches_numeric_comparison():
     import random
     import re
 
-    from wdist.loaders.safetensors_loader import _natural
+    from wdist.loaders.roles import natural_key as _natural
 
     def by_parts(s: str) -> list:
         return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"([0-9]+)", s)]
