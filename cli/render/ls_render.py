@@ -12,7 +12,7 @@ from wdist.cli.render.common import (
     console,
     csv_row,
     csv_writer,
-    echo,
+    heading,
     human_bytes,
     md_cell,
     md_table,
@@ -65,8 +65,9 @@ def render(ls: Listing, fmt: str) -> None:
         click.echo("\n".join(lines))
         return
     con = console()
-    echo(con, f"{safe(ls.path)}  {safe(ls.format)} ({safe(ls.variant)})  {plural(n, 'tensor')}  "
-              f"{plural(ls.parameters, 'parameter')}  {human_bytes(ls.bytes)}", "bold")
+    # the heading the other commands share: the path whole on its own line when the one-line form is too wide
+    heading(con, [safe(ls.path)], f"{safe(ls.format)} ({safe(ls.variant)})  {plural(n, 'tensor')}  "
+                                  f"{plural(ls.parameters, 'parameter')}  {human_bytes(ls.bytes)}")
     cols = [Col("layer", False), Col("role", False), Col("shape", False), Col("dtype", False), Col("parameters"),
             Col("bytes")]
     rows = [(t["name"] + (f" (= {', '.join(t['aliases'])})" if t["aliases"] else ""),

@@ -46,4 +46,7 @@ def test_ls_golden_at_narrow_widths(ckpts):
     for width in (40, 60):
         r = run("--width", width, "ls", path)
         assert r.exit_code == 0
+        # the heading follows the width too (it was one line of path and details, however long the path)
+        assert all(len(line) <= width for line in r.output.splitlines() if str(path) not in line)
+        assert str(path) in r.output.splitlines()
         golden(f"ls_keras2_lstm_w{width}.txt", r.output.replace(str(path), "keras2_lstm.h5"))
