@@ -321,7 +321,10 @@ def judge_model(tensors: Sequence[tuple[Reading, int]], shape_reading: Reading, 
     """State: `trained` when a step/epoch > 0 or optimizer state is recorded, or fewer than 10% of the judged
     weight parameters sit at an init signature; `initialised` when at least half do and nothing records
     training; else `unknown`."""
-    judged = [(r, n) for r, n in tensors if r.group in WEIGHTY and r.shape not in ("too_small", "all_zero")]
+    # all-zero and constant tensors are neither evidence of training nor a random-init signature (a constant
+    # weight is what nn.init.constant_ leaves, or a collapse): they are left out of the share
+    judged = [(r, n) for r, n in tensors
+              if r.group in WEIGHTY and r.shape not in ("too_small", "all_zero", "constant")]
     total = sum(n for _, n in judged)
     at = sum(n for r, n in judged if "at_init" in r.flags)
     share = at / total if total else None
@@ -343,7 +346,8 @@ def judge_model(tensors: Sequence[tuple[Reading, int]], shape_reading: Reading, 
         evidence.append(f"{n_at} of {len(judged)} weight tensors ({100 * share:.0f}% of weight parameters) match an "
                         "initialisation signature" + (": " + ", ".join(schemes) if schemes else ""))
     else:
-        evidence.append("no weight tensor large enough to compare with initialisation signatures")
+        evidence.append("no weight tensor large enough (and not constant) to compare with initialisation "
+                        "signatures")
     if record:
         state = "trained"
     elif share is not None and share >= INIT_SHARE:
@@ -476,7 +480,8 @@ def note_mostly_small(r: Reading, m: Stats) -> str | None:
 def notes(r: Reading, m: Stats, pooled: bool = False) -> list[str]:
     """The text notes, each rendered from the verdict `r` (and the numbers in `m` that justify it)."""
     if (m.get("numel") or 0) == 0:
-        return ["empty tensor (0 elements)"]
+        # a pool of nothing is not an empty tensor: no selected tensor held floating-point values
+        return ["no floating-point values analysed" if pooled else "empty tensor (0 elements)"]
     out = [note_non_finite(r, m), note_degenerate(r, m)]
     if r.shape not in ("all_zero", "constant"):
         out += [note_dead_units(r, m), note_sparse(r, m), note_shape(r, m, pooled), note_init(r, m, pooled),

@@ -264,35 +264,54 @@ class Window(fs.PositionedRaw):
         super().close()
 
 
-def zip_member_offset(path: str, header_offset: int, compressed_size: int) -> int:
-    """Byte offset of a stored zip member's data, from its local header; checked against the file size."""
+def zip_member_offset(path: str, header_offset: int, compressed_size: int, name: bytes | None = None) -> int:
+    """Byte offset of a stored zip member's data, from its local header; checked against the file size.
+    With `name` (the central directory's raw name), the local header must carry the same name, as Python's
+    zipfile (so numpy.load and Keras) insists: a reader that walks local headers would see another file."""
     size = file_size(path)
     if header_offset < 0 or compressed_size < 0 or header_offset + 30 > size:
         raise CorruptCheckpointError(path, "zip member points outside the file")
-    hdr = fs.pread(path, header_offset, 30)
-    if len(hdr) != 30:
+    hdr = fs.pread(path, header_offset, 30 + (len(name) if name is not None else 0))  # one read for both
+    if len(hdr) < 30:
         raise CorruptCheckpointError(path, "file is truncated (zip local header)")
     if hdr[:4] != b"PK\x03\x04":
         raise CorruptCheckpointError(path, "zip local header is damaged")
     name_len = int.from_bytes(hdr[26:28], "little")
     extra_len = int.from_bytes(hdr[28:30], "little")
     start = header_offset + 30 + name_len + extra_len
+    if name is not None and hdr[30:30 + name_len] != name:
+        raise CorruptCheckpointError(path, f"zip member {name[:80]!r}: its local header names another file")
     if start + compressed_size > size:
         raise CorruptCheckpointError(path, "zip member points outside the file (truncated archive?)")
     return start
 
 
-def _raw_name(info: zipfile.ZipInfo) -> bytes:
+def crc32_of_range(path: str, offset: int, size: int) -> int:
+    """zlib.crc32 of bytes [offset, offset+size) of a file, read in blocks."""
+    crc, left = 0, size
+    with fs.open_binary(path) as f:
+        f.seek(offset)
+        while left > 0:
+            data = f.read(min(_BLOCK, left))
+            if not data:
+                raise CorruptCheckpointError(path, "file is truncated (zip member)")
+            crc = zlib.crc32(data, crc)
+            left -= len(data)
+    return crc
+
+
+def raw_name(info: zipfile.ZipInfo) -> bytes:
     """The member name's bytes as stored (zipfile decodes them: UTF-8 when flagged, else cp437)."""
     return info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437", errors="replace")
 
 
-def zip_members(zf: zipfile.ZipFile, path: str) -> dict[str, zipfile.ZipInfo]:
+def zip_members(zf: zipfile.ZipFile, path: str, fold_case: bool = True) -> dict[str, zipfile.ZipInfo]:
     """The archive's members by name, refusing any archive on which two readers could disagree about which
     bytes a name means: duplicate names (Python's zipfile keeps the last, torch's miniz finds either),
     names equal but for ASCII case (miniz looks names up case-insensitively), names with a NUL (zipfile
     cuts them there, miniz does not), data before the archive (zipfile shifts every offset, miniz does
-    not) and a central directory whose entry count disagrees with its size."""
+    not) and a central directory whose entry count disagrees with its size. `fold_case=False` for archives
+    only Python's zipfile reads (.npz: np.savez(W=..., w=...) is a legitimate pair of names)."""
     infos = zf.infolist()
     try:
         end = zipfile._EndRecData(zf.fp)  # type: ignore[attr-defined]
@@ -312,7 +331,7 @@ def zip_members(zf: zipfile.ZipFile, path: str) -> dict[str, zipfile.ZipInfo]:
         name = info.filename
         if "\x00" in info.orig_filename:
             raise CorruptCheckpointError(path, f"zip member name {info.orig_filename[:80]!r} holds a NUL byte")
-        key = _raw_name(info).lower()
+        key = raw_name(info).lower() if fold_case else raw_name(info)
         if name in members or key in folded:
             raise CorruptCheckpointError(path, f"zip archive holds two members named {name[:80]!r}; readers "
                                          "would disagree on which one is the data")
@@ -336,7 +355,7 @@ def read_zip_member(path: str, info: zipfile.ZipInfo, limit: int, what: str) -> 
     if method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2):
         raise UnsupportedFormatError(path, f"{what} uses zip compression method {method}; torch.save writes "
                                      "stored members (stored, deflate and bzip2 are read)")
-    start = zip_member_offset(path, info.header_offset, info.compress_size)
+    start = zip_member_offset(path, info.header_offset, info.compress_size, raw_name(info))
     cap = claimed + 1  # one byte more than claimed is enough to see a lie
     got = bytearray()
     left = info.compress_size

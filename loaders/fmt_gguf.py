@@ -10,6 +10,7 @@ numpy/PyTorch order, so `blk.0.attn_q.weight` with ne = [n_in, n_out] is reporte
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import os
@@ -31,8 +32,12 @@ MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NAME = 1 << 16  # llama.cpp allows 64; anything longer than this is not a name
 MAX_KEY = 1 << 16
 MAX_META_STRING = 256  # longer metadata strings (chat templates) are summarised, not copied
-MAX_META_ENTRIES = 4096  # metadata entries kept (all are parsed)
-MAX_ARRAY_STRINGS = 1 << 22  # string arrays are walked one by one; real vocabularies hold well under 1M
+MAX_META_ENTRIES = 4096  # metadata entries kept for display (all are parsed and checked)
+MAX_KV = 1 << 16  # metadata entries at all: real files hold tens (gguf-py and llama.cpp set no limit)
+# strings in all metadata arrays together: they are walked one by one (~0.3 us each), and real files hold
+# under a million (a 262K vocabulary, its merges and a few small arrays)
+MAX_ARRAY_STRINGS = 1 << 22
+ALIGNMENT_KEY = "general.alignment"
 SCALE_BLOCKS_PER_READ = 1 << 16
 
 # ggml type id -> (name, numpy dtype it is stored as / decoded to, elements per block, bytes per block)
@@ -92,6 +97,21 @@ class _Cursor:
     def u64(self, what: str) -> int:
         return int(struct.unpack("<Q", self.take(8, what))[0])
 
+    def skip_strings(self, count: int, what: str) -> None:
+        """Skips `count` length-prefixed strings; reads their lengths from the buffer directly, as this is
+        the one loop whose length a file controls (a vocabulary)."""
+        unpack = struct.unpack_from
+        for _ in range(count):
+            rel = self.pos - self._buf_at
+            if rel >= 0 and rel + 8 <= len(self._buf):
+                n = unpack("<Q", self._buf, rel)[0]
+                self.pos += 8
+            else:
+                n = self.u64(what)
+            if n > self.size - self.pos:
+                raise CorruptCheckpointError(self.path, f"GGUF {what} runs past the end of the file")
+            self.pos += n
+
     def string(self, what: str, limit: int | None) -> str | int:
         """The string, or its byte length when it is longer than `limit` (it is then skipped)."""
         n = self.u64(what)
@@ -105,8 +125,9 @@ class _Cursor:
             raise CorruptCheckpointError(self.path, f"GGUF {what} is not valid UTF-8") from None
 
 
-def _value(c: _Cursor, vtype: int, key: str) -> Any:
-    """One metadata value: numbers and short strings as themselves, anything else summarised as a string."""
+def _value(c: _Cursor, vtype: int, key: str, budget: list[int]) -> Any:
+    """One metadata value: numbers and short strings as themselves, anything else summarised as a string.
+    `budget` holds the strings that metadata arrays may still hold (shared by all of them)."""
     what = f"metadata value {key!r}"
     if vtype in _SCALAR:
         fmt, n = _SCALAR[vtype]
@@ -128,16 +149,21 @@ def _value(c: _Cursor, vtype: int, key: str) -> Any:
             if count > (c.size - c.pos) // 8:
                 raise CorruptCheckpointError(
                     c.path, f"GGUF {what}: array of {count} strings runs past the end of the file")
-            if count > MAX_ARRAY_STRINGS:
+            if count > budget[0]:
                 raise CorruptCheckpointError(
-                    c.path, f"GGUF {what}: array of {count} strings is implausibly long")
-            for _ in range(count):
-                c.skip(c.u64(what), what)
+                    c.path, f"GGUF {what}: array of {count} strings takes the metadata over "
+                            f"{MAX_ARRAY_STRINGS:,} strings in all, implausibly many")
+            budget[0] -= count
+            c.skip_strings(count, what)
         else:
             # nested arrays are legal but no model metadata uses them; refusing keeps the parser non-recursive
             raise CorruptCheckpointError(c.path, f"GGUF {what}: array of value type {itype} is not supported")
         return f"<array of {count} {_TYPE_NAMES.get(itype, '?')}>"
     raise CorruptCheckpointError(c.path, f"GGUF {what} has unknown value type {vtype}")
+
+
+def _brief(s: str) -> str:
+    return s if len(s) <= 80 else s[:77] + "..."
 
 
 @dataclass(frozen=True)
@@ -170,13 +196,30 @@ def read_header(path: str) -> tuple[int, dict[str, Any], list[_Info], int, int]:
         if n_kv > (size - c.pos) // 13 or n_tensors > (size - c.pos) // 24:
             raise CorruptCheckpointError(path, f"GGUF header claims {n_tensors} tensors and {n_kv} metadata "
                                                f"entries, more than a {size}-byte file can hold")
+        if n_kv > MAX_KV:
+            raise CorruptCheckpointError(path, f"GGUF header claims {n_kv:,} metadata entries, over the limit "
+                                               f"of {MAX_KV:,} (real files hold tens)")
         meta: dict[str, Any] = {}
+        keys: set[str | bytes] = set()  # every key, to refuse duplicates (long ones by digest: bounded memory)
+        budget = [MAX_ARRAY_STRINGS]
+        alignment: Any = DEFAULT_ALIGNMENT
         for _ in range(n_kv):
             key = c.string("metadata key", MAX_KEY)
             if not isinstance(key, str):
                 raise CorruptCheckpointError(path, f"GGUF metadata key of {key} bytes is too long")
-            vtype = c.u32(f"metadata type of {key!r}")
-            value = _value(c, vtype, key)
+            seen_as: str | bytes = key if len(key) <= 64 else hashlib.blake2b(key.encode(), digest_size=16).digest()
+            if seen_as in keys:  # gguf-py and llama.cpp refuse them: which one counts is up to the reader
+                raise CorruptCheckpointError(path, f"GGUF metadata key {_brief(key)!r} appears twice")
+            keys.add(seen_as)
+            vtype = c.u32(f"metadata type of {_brief(key)!r}")
+            value = _value(c, vtype, _brief(key), budget)
+            if key == ALIGNMENT_KEY:
+                # looked up apart from the display copy below, which stops at MAX_META_ENTRIES: an alignment
+                # after that many entries still decides where the tensor data starts
+                if vtype != 4:
+                    raise CorruptCheckpointError(path, f"GGUF {ALIGNMENT_KEY} has value type "
+                                                       f"{_TYPE_NAMES.get(vtype, vtype)}, not uint32")
+                alignment = value
             if len(meta) < MAX_META_ENTRIES and len(key) <= MAX_META_STRING:
                 meta[key] = value
         infos: list[_Info] = []
@@ -196,9 +239,7 @@ def read_header(path: str) -> tuple[int, dict[str, Any], list[_Info], int, int]:
             type_id = c.u32(f"tensor {name!r} type")
             offset = c.u64(f"tensor {name!r} offset")
             infos.append(_Info(name, ne, type_id, offset))
-        alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
-        if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 \
-                or alignment & (alignment - 1):
+        if alignment <= 0 or alignment & (alignment - 1):
             raise CorruptCheckpointError(path, f"GGUF general.alignment {alignment!r} is not a power of two")
         data_start = -(-c.pos // alignment) * alignment
     return version, meta, infos, alignment, data_start

@@ -91,13 +91,18 @@ def _parse_header(read: Any, path: str, what: str) -> tuple[tuple[int, ...], str
 @dataclass
 class _Inflater:
     """Sequential reader of a deflated zip member: chunks are requested in order, so one decompressor state
-    is kept and restarted only when a read goes backwards. Memory: one chunk plus zlib's window."""
+    is kept and restarted only when a read goes backwards. Memory: one chunk plus zlib's window. Every byte
+    of the member passes through the decompressor from its start, so the CRC-32 is computed on the way and
+    checked, with the claimed size, once the stream reaches the member's end (as numpy.load does)."""
 
     path: str
     offset: int  # of the compressed data in the file
     csize: int
     data_start: int  # of the array inside the uncompressed member
     dtype: str
+    usize: int = -1  # claimed uncompressed size of the member (-1: not checked)
+    crc: int = 0  # claimed CRC-32
+    what: str = "compressed .npz member"
     _state: Any = field(default=None, repr=False, compare=False)
     _lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -119,7 +124,8 @@ class _Inflater:
         with self._lock:
             st = self._state
             if st is None or st["upos"] > lo:  # a read backwards restarts the stream (workers read in order)
-                st = {"z": zlib.decompressobj(-15), "cpos": 0, "tail": b"", "upos": 0, "buf": b""}
+                st = {"z": zlib.decompressobj(-15), "cpos": 0, "tail": b"", "upos": 0, "buf": b"", "out": 0,
+                      "crc": 0}
             self._state = None  # a failure below leaves no half-updated state behind
             with open(self.path, "rb") as f:
                 while st["upos"] + len(st["buf"]) < lo + want:
@@ -139,6 +145,8 @@ class _Inflater:
                     st["tail"] = st["z"].unconsumed_tail
                     if not data and not st["tail"] and st["cpos"] >= self.csize:
                         raise CorruptCheckpointError(self.path, "compressed .npz member is truncated")
+                    st["out"] += len(data)
+                    st["crc"] = zlib.crc32(data, st["crc"])
                     buf = st["buf"] + data
                     if st["upos"] + len(buf) <= lo:  # all before the wanted range: drop it
                         st["upos"] += len(buf)
@@ -147,16 +155,86 @@ class _Inflater:
                         buf = buf[lo - st["upos"]:]
                         st["upos"] = lo
                     st["buf"] = buf
+                if self.usize >= 0 and st["out"] >= self.usize:
+                    self._finish(f, st)
             a = lo - st["upos"]
             out = st["buf"][a:a + want]
             st["buf"], st["upos"] = st["buf"][a + want:], lo + want
             self._state = st
         return np.frombuffer(out, dtype=dt).copy()
 
+    def _finish(self, f: Any, st: dict) -> None:
+        """At the member's claimed end: the stream must end there too, and the CRC-32 must match."""
+        if st.get("checked"):
+            return
+        z = st["z"]
+        while not z.eof:  # what is left of the compressed data may only close the stream
+            inp = st["tail"]
+            if not inp and st["cpos"] < self.csize:
+                f.seek(self.offset + st["cpos"])
+                inp = f.read(min(1 << 20, self.csize - st["cpos"]))
+                st["cpos"] += len(inp)
+            if not inp:
+                raise CorruptCheckpointError(self.path, f"{self.what} is truncated (its stream does not end)")
+            try:
+                extra = z.decompress(inp, 1)
+            except zlib.error as e:
+                raise CorruptCheckpointError(self.path, f"{self.what} is damaged ({e})") from None
+            st["tail"] = z.unconsumed_tail
+            st["out"] += len(extra)
+            st["crc"] = zlib.crc32(extra, st["crc"])
+            if st["out"] > self.usize:
+                break
+        if st["out"] != self.usize:
+            raise CorruptCheckpointError(self.path, f"{self.what} holds more than the {self.usize:,} bytes its "
+                                         "zip entry claims")
+        if st["crc"] != self.crc:
+            raise CorruptCheckpointError(self.path, f"{self.what} fails its CRC-32 check (damaged data)")
+        st["checked"] = True
+
+
+@dataclass(slots=True)
+class _StoredMember:
+    """A stored (uncompressed) .npz member read by range through `inner`, whose CRC-32 is checked once, by
+    one streaming pass over the member, before its first values are returned: numpy.load refuses a member
+    whose CRC does not match, so wdist never reports numbers from one. Listing reads nothing."""
+
+    inner: Any  # RangeReader, or StridedReader for a column-major array
+    member_offset: int
+    member_size: int
+    crc: int
+    what: str
+    verified: bool = False
+    reuses_buffer = True
+
+    @property
+    def path(self) -> str:
+        return str(self.inner.path)
+
+    @property
+    def offset(self) -> int:
+        return int(self.inner.offset)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.inner.dtype)
+
+    def read_raw(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+        from wdist.loaders.fileio import crc32_of_range
+
+        if not self.verified:
+            if crc32_of_range(self.path, self.member_offset, self.member_size) != self.crc:
+                raise CorruptCheckpointError(self.path, f"{self.what} fails its CRC-32 check (damaged data)")
+            self.verified = True
+        return self.inner.read_raw(start, count, out)  # type: ignore[no-any-return]
+
 
 def _tensor(name: str, shape: tuple[int, ...], dtype: str, fortran: bool, reader: Any, source: str) -> TensorRef:
     from wdist.loaders.fileio import RangeReader, StridedReader
 
+    checked = reader if isinstance(reader, _StoredMember) else None
+    if checked is not None:
+        reader = checked.inner
     if fortran and len(shape) > 1:
         if not isinstance(reader, RangeReader):
             raise UnsupportedFormatError(reader.path, f"array {name!r} is column-major inside a compressed .npz; "
@@ -167,6 +245,9 @@ def _tensor(name: str, shape: tuple[int, ...], dtype: str, fortran: bool, reader
             strides.append(acc)
             acc *= d
         reader = StridedReader(reader.path, reader.offset, dtype, shape, tuple(strides))
+    if checked is not None:
+        checked.inner = reader
+        reader = checked
     layer, param = split_name(name)
     role = infer_role(name, layer, param, shape, dtype)
     return TensorRef(name=name, layer=layer, role=role, shape=shape, dtype=dtype, reader=reader,
@@ -195,7 +276,7 @@ def load_npy(path: str) -> Checkpoint:
 
 
 def load_npz(path: str) -> Checkpoint:
-    from wdist.loaders.fileio import ZIP_ERRORS, RangeReader, Window, zip_member_offset
+    from wdist.loaders.fileio import ZIP_ERRORS, RangeReader, Window, raw_name, zip_member_offset, zip_members
 
     try:
         zf = zipfile.ZipFile(path)
@@ -203,36 +284,41 @@ def load_npz(path: str) -> Checkpoint:
     except ZIP_ERRORS as e:
         raise CorruptCheckpointError(path, f"not a readable zip archive ({str(e)[:80]})") from None
     tensors: list[TensorRef] = []
-    seen: set[str] = set()
     with zf:
         if len(infos) > MAX_MEMBERS:
             raise CorruptCheckpointError(path, f"archive has {len(infos)} members, over the {MAX_MEMBERS} limit")
+        # duplicate names, NUL in names, data before the archive, a miscounted directory: refused, as two
+        # readers could disagree on which bytes a name means (names equal but for case are distinct arrays)
+        zip_members(zf, path, fold_case=False)
         for info in infos:
-            if info.filename in seen:  # which duplicate numpy.load would use is an accident of the zip
-                raise CorruptCheckpointError(path, f"archive holds member {info.filename!r} twice")
-            seen.add(info.filename)
             if not info.filename.endswith(".npy"):
                 continue
+            what = f"member {info.filename!r}"
+            if info.flag_bits & 0x1:
+                raise UnsupportedFormatError(path, f"{what} is encrypted")
             name = info.filename[:-4]
-            offset = zip_member_offset(path, info.header_offset, info.compress_size)
+            offset = zip_member_offset(path, info.header_offset, info.compress_size, raw_name(info))
             if info.compress_type == zipfile.ZIP_STORED:
+                if info.compress_size != info.file_size:
+                    raise CorruptCheckpointError(path, f"{what} is stored but its zip sizes disagree")
                 w = Window(path, offset, info.compress_size)
                 try:
-                    shape, dtype, fortran, start = _parse_header(w.read, path, f"member {info.filename!r}")
+                    shape, dtype, fortran, start = _parse_header(w.read, path, what)
                 finally:
                     w.close()
-                _check_size(path, shape, dtype, info.compress_size - start, f"member {info.filename!r}")
-                reader: Any = RangeReader(path, offset + start, dtype)
+                _check_size(path, shape, dtype, info.compress_size - start, what)
+                reader: Any = _StoredMember(RangeReader(path, offset + start, dtype), offset, info.compress_size,
+                                            info.CRC, what)
             elif info.compress_type == zipfile.ZIP_DEFLATED:
                 try:
                     with zf.open(info) as m:
-                        shape, dtype, fortran, start = _parse_header(m.read, path, f"member {info.filename!r}")
+                        shape, dtype, fortran, start = _parse_header(m.read, path, what)
                 except ZIP_ERRORS as e:
-                    raise CorruptCheckpointError(path, f"member {info.filename!r} cannot be read ({str(e)[:60]})") from None
-                _check_size(path, shape, dtype, info.file_size - start, f"member {info.filename!r}")
-                reader = _Inflater(path, offset, info.compress_size, start, dtype)
+                    raise CorruptCheckpointError(path, f"{what} cannot be read ({str(e)[:60]})") from None
+                _check_size(path, shape, dtype, info.file_size - start, what)
+                reader = _Inflater(path, offset, info.compress_size, start, dtype, info.file_size, info.CRC, what)
             else:
-                raise CorruptCheckpointError(path, f"member {info.filename!r} uses an unsupported zip compression")
+                raise CorruptCheckpointError(path, f"{what} uses an unsupported zip compression")
             tensors.append(_tensor(name, shape, dtype, fortran, reader, os.path.basename(path)))
     if not tensors:
         raise CorruptCheckpointError(path, ".npz archive holds no .npy arrays")

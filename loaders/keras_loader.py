@@ -29,7 +29,15 @@ from wdist.loaders.errors import (
     UnsafeContentError,
     WdistError,
 )
-from wdist.loaders.fileio import ZIP_ERRORS, Window, open_zip, read_zip_member, zip_member_offset, zip_members
+from wdist.loaders.fileio import (
+    ZIP_ERRORS,
+    Window,
+    open_zip,
+    raw_name,
+    read_zip_member,
+    zip_member_offset,
+    zip_members,
+)
 from wdist.loaders.model import Checkpoint, Format, Role, TensorRef
 from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role
 
@@ -646,7 +654,7 @@ def load_keras_zip(path: str) -> Checkpoint:
                 elif isinstance(data, dict):
                     meta["model_class"] = str(data.get("class_name", ""))
                     order = _config_layer_order(data)
-        offset = zip_member_offset(path, info.header_offset, info.compress_size)
+        offset = zip_member_offset(path, info.header_offset, info.compress_size, raw_name(info))
     ck = _read_h5(path, (offset, info.file_size), "keras3-archive", meta)
     ck.format = Format.KERAS_ZIP
     if order:  # HDF5 lists groups alphabetically; config.json has the model's own layer order

@@ -97,8 +97,7 @@ class TensorRef:
         next one is requested (its buffer is reused)."""
         from wdist.loaders.dtypes import to_float32
 
-        if self.reader is None:
-            raise ValueError(f"{self.name}: tensor has no data reader")
+        self._check_real()
         n = self.numel
         step = max_elems
         if 1 < align <= max_elems:
@@ -132,9 +131,18 @@ class TensorRef:
         """The whole tensor as float32 with its shape (one tensor only; use chunks() for big ones)."""
         from wdist.loaders.dtypes import to_float32
 
+        self._check_real()
+        return to_float32(self._raw(0, self.numel), self.dtype).reshape(self.shape)
+
+    def _check_real(self) -> None:
+        from wdist.loaders.errors import UnsupportedFormatError
+
         if self.reader is None:
             raise ValueError(f"{self.name}: tensor has no data reader")
-        return to_float32(self._raw(0, self.numel), self.dtype).reshape(self.shape)
+        if self.dtype.startswith("complex"):  # a float32 cast would drop the imaginary part without a word
+            raise UnsupportedFormatError(getattr(self.reader, "path", None),
+                                         f"tensor {self.name!r} is {self.dtype}: complex values have no float32 "
+                                         "form (reader.read_raw gives the stored values)")
 
 
 

@@ -20,6 +20,7 @@ from wdist.loaders.fileio import (
     StridedReader,
     file_size,
     open_zip,
+    raw_name,
     read_exact,
     read_work_limit,
     read_zip_member,
@@ -258,7 +259,7 @@ def load_torch_zip(path: str) -> Checkpoint:
             need = ref.numel * _storage_itemsize(ref.dtype)
             if m.file_size < need:
                 raise CorruptCheckpointError(path, f"storage {key!r} holds {m.file_size} bytes, fewer than the {need} its tensors need")
-            located[key] = Located(zip_member_offset(path, m.header_offset, m.compress_size), ref.numel)
+            located[key] = Located(zip_member_offset(path, m.header_offset, m.compress_size, raw_name(m)), ref.numel)
     ck = _build(path, Format.TORCH_ZIP, "torchscript" if torchscript else "zip", result, located, [path])
     if result.storages and not ck.tensors:  # never an empty result that a gate would pass
         raise CorruptCheckpointError(path, f"the pickle references {len(result.storages)} storage(s) but no tensor "

@@ -123,6 +123,9 @@ def _header(r: InspectReport) -> list[str]:
     lines.append(f"analysed: {plural(m.get('numel') or 0, 'value')} in {plural(len(r.tensors), 'tensor')}; "
                  f"global sparsity: {pct(m.get('zero_fraction'))} exactly zero, {pct(m.get('near_zero_fraction'))} "
                  f"near zero (|w| <= {rule})")
+    if r.skipped:  # selected but not floating point: said (every name), never silently left out
+        lines.append(f"not analysed (not floating point): {plural(len(r.skipped), 'tensor')}: "
+                     + ", ".join(safe(n) for n in r.skipped))
     if ck.step is not None:
         lines.append(f"step: {ck.step}")
     return lines
@@ -152,8 +155,6 @@ def _table(r: InspectReport, rows: list[Any], per_tensor: bool, hist: bool, log_
         from wdist.cli.render.spectral_render import print_spectral
 
         print_spectral(con, r.spectral.to_dict())
-    if r.skipped:
-        prose(con, f"not analysed (not floating point): {', '.join(r.skipped)}")
 
 
 def _markdown(r: InspectReport, rows: list[Any], per_tensor: bool) -> str:

@@ -283,3 +283,43 @@ def test_magnitude_pruned_normal_weights_are_recognised(tmp_path):
     assert fc.shape == "sparse" and fc.nonzero_shape == "gaussian"
     assert fc.pruning_gap is not None and abs(fc.pruning_gap - t) / t < 2 ** -6
     assert by["lap.weight"].nonzero_shape != "gaussian"
+
+
+def test_constant_weights_are_no_evidence_of_training(tmp_path: Path) -> None:
+    """nn.init.constant_ leaves a constant matrix: neither a trained spread nor a random-init signature, so
+    it cannot make the model `trained` (it used to: 0 of 1 judged tensors at init -> "trained")."""
+    sd = {"fc.weight": torch.ones(64, 64), "fc2.weight": torch.full((64, 64), 0.5)}
+    r = _analyse(_save(tmp_path, "const.pt", sd))
+    mr = r.model.reading
+    assert mr is not None and mr.shape == "constant" and mr.state == "unknown"
+    assert any("not constant" in e for e in mr.evidence)
+    # a trained-looking matrix beside them still decides
+    g = torch.Generator().manual_seed(0)
+    sd["fc3.weight"] = torch.randn(256, 256, generator=g) * 0.01
+    mr = _analyse(_save(tmp_path, "mixed.pt", sd)).model.reading
+    assert mr is not None and mr.state == "trained"
+
+
+def test_nothing_floating_point_is_not_an_empty_tensor(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from wdist.cli.main import cli
+
+    p = tmp_path / "c.npy"
+    np.save(p, (np.arange(16) + 1j).astype(np.complex64))
+    r = _analyse(p, Options(jobs=1, roles=tuple(Role)))
+    assert r.skipped == ["c"] and r.model.notes == ["no floating-point values analysed"]
+    out = CliRunner().invoke(cli, ["inspect", str(p), "--role", "all"]).output
+    assert "not analysed (not floating point): 1 tensor: c" in out and "empty tensor" not in out
+    js = json.loads(CliRunner().invoke(cli, ["inspect", str(p), "--role", "all", "--format", "json"]).output)
+    assert js["skipped"] == ["c"]
+    with open_checkpoint(str(p)) as ck:  # the library never drops the imaginary part silently
+        from wdist.loaders.errors import UnsupportedFormatError
+
+        with pytest.raises(UnsupportedFormatError, match="complex64"):
+            ck.tensors[0].read()
+        with pytest.raises(UnsupportedFormatError, match="complex64"):
+            next(ck.tensors[0].chunks())
+        assert ck.tensors[0].reader.read_raw(0, 2).tolist() == [1j, 1 + 1j]

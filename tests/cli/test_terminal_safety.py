@@ -29,6 +29,7 @@ NAMES = {
     "surrogate": "bad\ud800name.weight",
     "emoji": ":warning:.weight",
 }
+INT_NAME = f"int{FAKE}.weight"
 
 
 def _invoke(*args: object) -> tuple[int, str, str]:
@@ -41,6 +42,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     d = tmp_path_factory.mktemp("hostile")
     torch.manual_seed(0)
     sd = {name: torch.randn(4, 3) for name in NAMES.values()}
+    sd[INT_NAME] = torch.arange(12).reshape(4, 3)  # listed as not analysed: escaped there too
     a, b = d / "model[v2].pt", d / "model[v3].pt"
     torch.save(sd, a)
     torch.save({k: v * 1.1 for k, v in sd.items()}, b)
@@ -76,6 +78,12 @@ def test_no_escape_byte_reaches_the_terminal(hostile, args):
         assert "model[v2].pt" in out  # a path with brackets prints as is
     if args[0] in ("ls", "inspect") and "json" not in args:
         assert re.search(r"(?<!\S)\[/x\]", out) and "[bold red]loud[/]" in out and ":warning:" in out
+
+
+def test_tensors_not_analysed_are_listed_escaped(hostile):
+    code, out, err = _invoke("inspect", hostile["a"], "--role", "all")
+    assert code == 0 and ESC not in out + err
+    assert "not analysed (not floating point): 1 tensor: " + safe(INT_NAME) in out.replace("\n", " ")
 
 
 def test_refused_global_names_are_escaped(tmp_path):
@@ -138,16 +146,17 @@ def test_csv_parses_back(hostile, args):
     names = {r[col] for r in rows[1:]}
     if args[0] == "trend":
         names = {r[0] for r in rows[1:]}
-    expected = {safe(n) for n in NAMES.values()}
+    listed = list(NAMES.values()) + ([INT_NAME] if args[0] in ("ls", "trend") else [])
+    expected = {safe(n) for n in listed}
     if args[0] == "trend":
-        expected = {safe(n).rsplit(".", 1)[0] for n in NAMES.values()}
+        expected = {safe(n).rsplit(".", 1)[0] for n in listed}
     assert names == expected
 
 
 def test_json_keeps_exact_names(hostile):
     code, out, _ = _invoke("ls", hostile["a"], "--format", "json")
     assert code == 0 and ESC not in out
-    assert {t["name"] for t in json.loads(out)["tensors"]} == set(NAMES.values())
+    assert {t["name"] for t in json.loads(out)["tensors"]} == set(NAMES.values()) | {INT_NAME}
 
 
 def test_junit_and_github_output_stay_valid(hostile, tmp_path):

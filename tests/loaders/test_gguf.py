@@ -512,3 +512,76 @@ def test_cli_trend_over_quantisations(tmp_path, weights):
     assert [c["format"] for c in d["checkpoints"]] == ["gguf"] * 3
     assert all(c["error"] is None for c in d["checkpoints"])
     assert [t["name"] for t in d["tensors"]] == ["blk.0.attn_q.weight"]
+
+
+# ---- metadata that decides where the data is: review findings ---------------------------------------------
+
+def test_alignment_after_thousands_of_entries_still_places_the_data(tmp_path, weights):
+    """general.alignment written after more entries than are kept for display: it must still decide where
+    the tensor data starts (it used to be looked up in the display copy and silently fall back to 32)."""
+    w = gguf.GGUFWriter(str(tmp_path / "late.gguf"), "llama")
+    for i in range(5000):
+        w.add_uint32(f"filler.{i}", i)
+    w.add_custom_alignment(256)
+    arr = weights["output.weight"]
+    w.add_tensor("output.weight", arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    p = tmp_path / "late.gguf"
+    ref = gguf.GGUFReader(str(p))  # the reference reader agrees on the alignment and the values
+    assert ref.alignment == 256
+    with open_checkpoint(str(p)) as ck:
+        assert "general.alignment" not in ck.metadata  # past the display cap ...
+        assert ck.tensors[0].reader.offset % 256 == 0  # ... yet it placed the data
+        np.testing.assert_array_equal(ck.tensors[0].read(), arr)
+        np.testing.assert_array_equal(ck.tensors[0].read(), np.asarray(ref.tensors[0].data))
+
+
+ALIGN_U32 = struct.pack("<I", 64)
+META_BAD = {
+    # gguf-py raises KeyError("Duplicate ...") and llama.cpp "duplicate key": which copy counts is up to the reader
+    "duplicate key": (_kv(b"general.name", 8, _s(b"a")) + _kv(b"general.name", 8, _s(b"b")), 2, "appears twice"),
+    "duplicate alignment": (_kv(b"general.alignment", 4, ALIGN_U32) + _kv(b"general.alignment", 4, ALIGN_U32), 2,
+                            "appears twice"),
+    "duplicate long key": (_kv(b"k" * 200, 4, ALIGN_U32) + _kv(b"k" * 200, 4, ALIGN_U32), 2, "appears twice"),
+    # both reference readers insist on uint32 for the alignment
+    "alignment as uint64": (_kv(b"general.alignment", 10, struct.pack("<Q", 64)), 1, "not uint32"),
+    "alignment as string": (_kv(b"general.alignment", 8, _s(b"64")), 1, "not uint32"),
+    "alignment as float": (_kv(b"general.alignment", 6, struct.pack("<f", 64.0)), 1, "not uint32"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(META_BAD))
+def test_ambiguous_metadata_is_refused_like_the_reference(tmp_path, what):
+    kvs, n_kv, match = META_BAD[what]
+    p = tmp_path / "m.gguf"
+    p.write_bytes(build([(b"a.weight", [4, 2], 0, 0)], np.arange(8, dtype=np.float32).tobytes(), kvs=kvs,
+                        n_kv=n_kv, align=64))
+    with pytest.raises((ValueError, KeyError)):  # the reference refuses it too
+        gguf.GGUFReader(str(p))
+    with pytest.raises(CorruptCheckpointError, match=match):
+        open_checkpoint(str(p))
+    code, out = _cli("ls", str(p))
+    assert code == 2 and out.startswith("wdist: error:") and out.count("\n") == 1, out
+
+
+def test_many_keys_and_strings_are_bounded(tmp_path):
+    from wdist.loaders import fmt_gguf
+
+    p = tmp_path / "kv.gguf"
+    p.write_bytes(build([], b"", n_kv=fmt_gguf.MAX_KV + 1, kvs=bytes(13 * (fmt_gguf.MAX_KV + 1))))
+    with pytest.raises(CorruptCheckpointError, match="over the limit"):
+        open_checkpoint(str(p))
+    # the string budget is shared by all arrays: two arrays of 3/4 of it each are refused at the second
+    n = fmt_gguf.MAX_ARRAY_STRINGS * 3 // 4
+    arr = struct.pack("<IQ", 8, n) + bytes(8 * n)
+    p.write_bytes(build([], b"", n_kv=2, kvs=_kv(b"a", 9, arr) + _kv(b"b", 9, arr)))
+    with pytest.raises(CorruptCheckpointError, match="strings in all"):
+        open_checkpoint(str(p))
+    # a real-sized vocabulary of empty strings is fine
+    p.write_bytes(build([(b"a.weight", [4, 2], 0, 0)], np.arange(8, dtype=np.float32).tobytes(), n_kv=1,
+                        kvs=_kv(b"tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 300_000) + bytes(8 * 300_000))))
+    with open_checkpoint(str(p)) as ck:
+        assert ck.metadata["tokenizer.ggml.tokens"] == "<array of 300000 string>"

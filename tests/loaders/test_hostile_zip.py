@@ -519,3 +519,23 @@ def test_window_reads_a_stored_member_in_place(tmp_path: Path) -> None:
         w.close()
     with pytest.raises(CorruptCheckpointError):
         zip_member_offset(str(p), info.header_offset, p.stat().st_size)
+
+
+def test_local_header_naming_another_member_is_refused(tmp_path: Path) -> None:
+    """A storage whose local header carries another name than the central directory: a reader walking local
+    headers and one using the directory would take different bytes for the same tensor."""
+    p = tmp_path / "m.pt"
+    torch.save({"w": torch.arange(16, dtype=torch.float32)}, p)
+    data = bytearray(p.read_bytes())
+    with zipfile.ZipFile(p) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+    at = info.header_offset + 30 + len(info.filename) - 1
+    assert data[at:at + 1] == b"0"
+    data[at:at + 1] = b"7"
+    q = tmp_path / "bad.pt"
+    q.write_bytes(bytes(data))
+    with zipfile.ZipFile(q) as z, pytest.raises(zipfile.BadZipFile, match="differ"):
+        z.read(info.filename)  # Python's zipfile refuses it too
+    with pytest.raises(CorruptCheckpointError, match="local header names another file"):
+        open_checkpoint(str(q))
+    assert open_checkpoint(str(p)).tensors[0].read().tolist() == list(range(16))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import numpy as np
 import pytest
 from cli_helpers import run
@@ -100,3 +102,122 @@ def test_cli_reads_npz(tmp_path, rng):
     assert r.exit_code == 0 and '"format": "numpy"' in r.output
     r = run("ls", p, "--input-format", "numpy")
     assert r.exit_code == 0
+
+
+# ---- archive integrity: what numpy.load refuses, wdist refuses (review findings) -------------------------
+
+def _central(data: bytes, name: bytes) -> int:
+    """Offset of the central directory entry of member `name`."""
+    i = data.index(b"PK\x01\x02")
+    while True:
+        n = int.from_bytes(data[i + 28:i + 30], "little")
+        if data[i + 46:i + 46 + n] == name:
+            return i
+        i = data.index(b"PK\x01\x02", i + 46)
+
+
+def _patched(tmp_path, compressed: bool, edit) -> tuple:
+    import zipfile
+
+    a = np.arange(4096, dtype=np.float32).reshape(64, 64)
+    p = tmp_path / "m.npz"
+    (np.savez_compressed if compressed else np.savez)(p, **{"fc.weight": a})
+    data = bytearray(p.read_bytes())
+    with zipfile.ZipFile(p) as zf:
+        local = zf.getinfo("fc.weight.npy").header_offset
+    edit(data, local, _central(bytes(data), b"fc.weight.npy"))
+    q = tmp_path / "bad.npz"
+    q.write_bytes(bytes(data))
+    return q, a
+
+
+def _wrong_crc(data: bytearray, local: int, central: int) -> None:
+    for at in (local + 14, central + 16):  # both headers, as a forger would
+        data[at] ^= 0xFF
+
+
+def _encrypted(data: bytearray, local: int, central: int) -> None:
+    data[local + 6] |= 1
+    data[central + 8] |= 1
+
+
+def _other_local_name(data: bytearray, local: int, central: int) -> None:
+    data[local + 30:local + 32] = b"gc"  # "gc.weight.npy" in the local header, "fc.weight.npy" in the directory
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("edit, exc, match, lists", [
+    (_wrong_crc, CorruptCheckpointError, "CRC-32", True),
+    (_encrypted, UnsupportedFormatError, "encrypted", False),
+    (_other_local_name, CorruptCheckpointError, "local header names another file", False),
+])
+def test_npz_integrity_like_numpy(tmp_path, compressed, edit, exc, match, lists):
+    q, a = _patched(tmp_path, compressed, edit)
+    with pytest.raises((zipfile.BadZipFile, RuntimeError)):  # numpy.load refuses to give these values
+        np.load(q)["fc.weight"]
+    if lists:  # a CRC is only known once the data is read: listing works, reading values does not
+        ck = open_checkpoint(str(q))
+        assert [t.name for t in ck.tensors] == ["fc.weight"]
+        with pytest.raises(exc, match=match):
+            ck.tensors[0].read()
+        with pytest.raises(exc, match=match):
+            ck.tensors[0].reader.read_raw(4000, 96)  # any range, also the last one alone
+    else:
+        with pytest.raises(exc, match=match):
+            open_checkpoint(str(q))
+    r = run("inspect", q)
+    assert r.exit_code == 2 and r.output.startswith("wdist: error:") and r.output.count("\n") == 1, r.output
+    assert match.split()[0] in r.output
+    r = run("check", q, "--rule", "model: nan_count == 0")  # a gate never passes on such a file
+    assert r.exit_code == 2 and r.output.splitlines()[-1].startswith("wdist: error:"), r.output
+
+
+def test_npz_crc_checked_once_and_values_right(tmp_path, monkeypatch, rng):
+    from wdist.loaders import fileio
+
+    a = rng.normal(size=(256, 64)).astype(np.float32)
+    p = tmp_path / "m.npz"
+    np.savez(p, w=a, W=a * 2)  # names equal but for case are two arrays for numpy, and for wdist
+    calls = []
+    real = fileio.crc32_of_range
+    monkeypatch.setattr(fileio, "crc32_of_range", lambda *x: calls.append(x) or real(*x))
+    ck = open_checkpoint(str(p))
+    assert sorted(t.name for t in ck.tensors) == ["W", "w"]
+    t = next(t for t in ck.tensors if t.name == "w")
+    for start in range(0, a.size, 1000):
+        np.testing.assert_array_equal(t.reader.read_raw(start, min(1000, a.size - start)),
+                                      a.ravel()[start:start + 1000])
+    assert len(calls) == 1
+
+
+def test_npz_deflated_stream_longer_than_its_claim(tmp_path):
+    """A deflate stream that goes on past its member's claimed size (and CRC) hides bytes that a reader
+    trusting the stream would see: refused once the read reaches the claimed end."""
+    import io
+    import zipfile
+    import zlib
+
+    a = np.arange(1024, dtype=np.float32)
+    buf = io.BytesIO()
+    np.save(buf, a)
+    npy = buf.getvalue()
+    p = tmp_path / "long.npz"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("w.npy", npy + b"hidden payload" * 8)
+    data = bytearray(p.read_bytes())
+    with zipfile.ZipFile(p) as zf:
+        local = zf.getinfo("w.npy").header_offset
+    central = _central(bytes(data), b"w.npy")
+    crc = zlib.crc32(npy).to_bytes(4, "little")
+    size = len(npy).to_bytes(4, "little")
+    data[local + 14:local + 18], data[central + 16:central + 20] = crc, crc
+    data[local + 22:local + 26], data[central + 24:central + 28] = size, size
+    q = tmp_path / "bad.npz"
+    q.write_bytes(bytes(data))
+    t = open_checkpoint(str(q)).tensors[0]
+    with pytest.raises(CorruptCheckpointError, match="holds more than"):
+        t.read()
+    # the same member, honestly sized, is read
+    with zipfile.ZipFile(tmp_path / "ok.npz", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("w.npy", npy)
+    np.testing.assert_array_equal(open_checkpoint(str(tmp_path / "ok.npz")).tensors[0].read(), a)
