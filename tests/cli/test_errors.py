@@ -53,3 +53,19 @@ def test_unsafe_pickle_exit_2(tmp_path):
         pickle.dump(os.system, f)
     r = CliRunner().invoke(cli, ["inspect", str(p)])
     assert r.exit_code == 2 and "posix.system" in r.output
+
+
+def test_the_command_runs_one_blas_thread_unless_told(tmp_path):
+    """OpenBLAS starts a thread per core at numpy's import (~50 ms here): the command's own process asks for
+    one unless the user set a count; the library (import wdist) leaves the environment alone."""
+    code = ("import os, sys\nfrom wdist.cli.main import main\nsys.argv = ['wdist', '--version']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\nprint('BLAS', os.environ.get('OPENBLAS_NUM_THREADS'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout
+    assert out.splitlines()[-1] == "BLAS 1"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "OMP_NUM_THREADS": "3"}).stdout
+    assert out.splitlines()[-1] == "BLAS None"
+    lib = "import os, wdist\nwdist.options\nprint('BLAS', os.environ.get('OPENBLAS_NUM_THREADS'))"
+    assert subprocess.run([sys.executable, "-c", lib], capture_output=True, text=True,
+                          env=env).stdout.splitlines()[-1] == "BLAS None"
