@@ -233,7 +233,10 @@ def ordered_map(fn: Callable[..., R], items: Iterable[tuple], jobs: int, total_b
 
     # fork starts workers in milliseconds; it is safe here only while this process runs no other thread
     # (the progress bar refreshes without one). Readers reopen their files in the worker (see loaders).
-    method = "fork" if sys.platform == "linux" and threading.active_count() == 1 else "spawn"
+    # tensorstore (Orbax) runs native threads that threading does not count, and aborts a forked child
+    # that uses it ("fork() use detected"): once it is loaded, workers are spawned.
+    forkable = threading.active_count() == 1 and "tensorstore" not in sys.modules
+    method = "fork" if sys.platform == "linux" and forkable else "spawn"
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context(method),
                              initializer=one_blas_thread) as ex:
         yield from ex.map(_call, ((fn, it) for it in items), chunksize=1)

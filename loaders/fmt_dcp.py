@@ -327,6 +327,11 @@ def load(path: str) -> Checkpoint:
         if os.path.dirname(fp) != os.path.normpath(folder) or not rel.endswith(".distcp"):
             raise CorruptCheckpointError(meta_path, f"storage file {rel!r} is not a .distcp file of this folder")
         if fp not in sizes_cache:
+            from wdist.loaders.registry import inside_model_folder  # knows the Hugging Face cache layout
+
+            if not inside_model_folder(fp, folder):
+                raise CorruptCheckpointError(meta_path, f"storage file {rel!r} resolves outside the checkpoint's "
+                                                        "folder (a symlink out of it is not followed)")
             if not os.path.isfile(fp):
                 raise CorruptCheckpointError(meta_path, f"storage file {rel!r} is missing")
             sizes_cache[fp] = file_size(fp)

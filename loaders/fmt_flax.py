@@ -25,7 +25,7 @@ from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, 
 
 NAME = "flax-msgpack"
 MAX_DEPTH = 128
-MAX_NODES = 20_000_000  # every msgpack object costs at least one byte, this bounds the walk's time
+MAX_NODES = 1 << 21  # msgpack objects walked: real Flax states hold ~10^4-10^5; 2M empty maps take ~1 s
 MAX_KEY = 1 << 16
 MAX_STR = 1 << 20  # strings kept as metadata; longer ones are skipped over
 MAX_DIMS = 64

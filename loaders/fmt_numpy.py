@@ -290,14 +290,25 @@ def load_npz(path: str) -> Checkpoint:
         # duplicate names, NUL in names, data before the archive, a miscounted directory: refused, as two
         # readers could disagree on which bytes a name means (names equal but for case are distinct arrays)
         zip_members(zf, path, fold_case=False)
+        keys: dict[str, str] = {}  # array name -> member
+        others: list[str] = []
         for info in infos:
-            if not info.filename.endswith(".npy"):
-                continue
             what = f"member {info.filename!r}"
+            if info.is_dir():
+                continue
             if info.flag_bits & 0x1:
                 raise UnsupportedFormatError(path, f"{what} is encrypted")
-            name = info.filename[:-4]
+            # numpy.load names an array after its member, less a ".npy" suffix, and reads any member that
+            # starts with the .npy magic as an array, suffix or not
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
             offset = zip_member_offset(path, info.header_offset, info.compress_size, raw_name(info))
+            if not info.filename.endswith(".npy") and not _starts_with_magic(zf, info, path, offset):
+                others.append(info.filename)  # not an array: numpy.load would give its bytes
+                continue
+            if name in keys:  # "w" and "w.npy": numpy.load(...)["w"] takes one, its `files` lists both
+                raise CorruptCheckpointError(path, f"members {keys[name]!r} and {info.filename!r} are both "
+                                                   f"the array {name!r}; readers would disagree on which")
+            keys[name] = info.filename
             if info.compress_type == zipfile.ZIP_STORED:
                 if info.compress_size != info.file_size:
                     raise CorruptCheckpointError(path, f"{what} is stored but its zip sizes disagree")
@@ -323,7 +334,29 @@ def load_npz(path: str) -> Checkpoint:
     if not tensors:
         raise CorruptCheckpointError(path, ".npz archive holds no .npy arrays")
     fix_norm_biases(tensors)
-    return Checkpoint(path=path, format="numpy", variant="npz", tensors=tensors, sources=[path])
+    warnings = []
+    if others:
+        warnings.append(f"{len(others)} archive member(s) that are not .npy arrays were not read: "
+                        + ", ".join(repr(o) for o in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else ""))
+    return Checkpoint(path=path, format="numpy", variant="npz", tensors=tensors, sources=[path], warnings=warnings)
+
+
+def _starts_with_magic(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, offset: int) -> bool:
+    """Whether a member's data begins with the .npy magic (its first bytes only are read or inflated)."""
+    from wdist.loaders import fs
+    from wdist.loaders.fileio import ZIP_ERRORS
+
+    if info.file_size < len(MAGIC):
+        return False
+    if info.compress_type == zipfile.ZIP_STORED:
+        return fs.pread(path, offset, len(MAGIC)) == MAGIC
+    if info.compress_type != zipfile.ZIP_DEFLATED:
+        return False
+    try:
+        with zf.open(info) as m:
+            return bool(m.read(len(MAGIC)) == MAGIC)
+    except ZIP_ERRORS:
+        return False
 
 
 def load(path: str) -> Checkpoint:

@@ -29,6 +29,11 @@ MAX_NAME = 1 << 16
 MAX_META_STRING = 256
 MAX_UNPACKED = 1 << 20  # values of a typed field written unpacked (one tag per value) kept per tensor
 MAX_SEGMENTS = 1024  # packed typed-field pieces per tensor
+# graph nodes and initializers: the largest exported LLM graphs hold ~10^5 nodes and ~10^4 initializers;
+# each costs a few hundred bytes and microseconds to record, so a file of 5M empty records is refused in ~2 s
+MAX_NODES = 1 << 19
+MAX_INITS = 1 << 19
+DECODE_BYTES = 1 << 18  # typed data decoded this many bytes at a time (varint scratch: ~64 bytes a byte)
 
 # TensorProto.DataType -> (wdist dtype, typed field number, wire kind of that field, values per element)
 DTYPES: dict[int, tuple[str, int, str, int]] = {
@@ -42,6 +47,9 @@ DTYPES: dict[int, tuple[str, int, str, int]] = {
 }
 UNREAD_DTYPES = {8: "STRING", 21: "UINT4", 22: "INT4", 23: "FLOAT4E2M1", 24: "INT2", 25: "UINT2"}
 _TYPED_FIELDS = {4, 5, 7, 10, 11}
+# wire type of one value of each typed field written unpacked: float_data fixed32, double_data fixed64,
+# the integer fields varints (protobuf keeps a value of another wire type as an unknown field, not data)
+_UNPACKED_WIRE = {4: 5, 10: 1, 5: 0, 7: 0, 11: 0}
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
 
@@ -118,7 +126,7 @@ def _signed(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-@dataclass
+@dataclass(slots=True)
 class _Node:
     op: str
     name: str
@@ -127,7 +135,7 @@ class _Node:
     ints: dict[str, int]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Init:
     name: str = ""
     dims: list[int] = field(default_factory=list)
@@ -206,6 +214,8 @@ def _tensor(pb: _PB, start: int, end: int) -> _Init:
                     raise UnsupportedFormatError(
                         pb.path, f"tensor {t.name!r}: typed data in over {MAX_SEGMENTS} pieces")
             else:
+                if wt != _UNPACKED_WIRE[fn]:
+                    raise pb.bad(f"tensor {t.name!r}: typed field {fn} holds a value of wire type {wt}")
                 vals = t.unpacked.setdefault(fn, [])
                 vals.append(v)
                 if len(vals) > MAX_UNPACKED:
@@ -267,10 +277,14 @@ def parse(path: str) -> _Parsed:
                     if gwt != 2:
                         continue
                     if gfn == 1:
+                        if len(nodes) >= MAX_NODES:
+                            raise pb.bad(f"graph holds over {MAX_NODES:,} nodes (real models: ~10^5)")
                         nodes.append(_node(pb, gp, gp + gv))
                     elif gfn == 2:
                         meta["graph_name"] = pb.string(gp, gv, "graph name")[:MAX_META_STRING]
                     elif gfn == 5:
+                        if len(inits) >= MAX_INITS:
+                            raise pb.bad(f"graph holds over {MAX_INITS:,} initializers")
                         inits.append(_tensor(pb, gp, gp + gv))
                     elif gfn == 15:
                         sparse += 1
@@ -300,7 +314,9 @@ def _decode_varints(buf: np.ndarray, path: str) -> np.ndarray:
 @dataclass
 class TypedReader:
     """An initializer stored in TensorProto's typed fields (int32_data, int64_data, float_data written in
-    pieces, unpacked values ...): decoded whole on first use, once per process, then sliced."""
+    pieces, unpacked values ...): decoded on first use, DECODE_BYTES of the file at a time straight into an
+    array of its own dtype (so memory is the tensor's size, at most 2x the bytes it takes in the file, plus
+    one step's scratch), kept by this reader and sliced."""
 
     path: str
     dtype: str
@@ -308,35 +324,18 @@ class TypedReader:
     pieces: tuple[tuple[int, int], ...]
     unpacked: tuple[int, ...] = ()
     values: int = 0  # values the shape needs (two per element for complex types)
+    _decoded: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
-    def _decode(self) -> np.ndarray:
-        parts: list[np.ndarray] = []
-        with open(self.path, "rb") as f:
-            for off, n in self.pieces:
-                f.seek(off)
-                data = f.read(n)
-                if len(data) != n:
-                    raise CorruptCheckpointError(self.path, "file is truncated (tensor data)")
-                b = np.frombuffer(data, dtype=np.uint8)
-                if self.kind == "varint":
-                    parts.append(_decode_varints(b, self.path))
-                else:
-                    parts.append(b.view("<f4" if self.kind == "f4" else "<f8"))
-        if self.unpacked:
-            u = np.array(self.unpacked, dtype=np.uint64)
-            if self.kind == "f4":
-                u = u.astype(np.uint32).view("<f4")
-            elif self.kind == "f8":
-                u = u.view("<f8")
-            parts.append(u)
-        vals = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
-        if vals.size != self.values:
-            raise CorruptCheckpointError(
-                self.path, f"ONNX typed data holds {vals.size} values, the shape needs "
-                           f"{self.values}")
+    def __getstate__(self) -> dict:  # a worker decodes for itself: never ship the decoded array
+        d = dict(self.__dict__)
+        d["_decoded"] = None
+        return d
+
+    def _convert(self, vals: np.ndarray) -> np.ndarray:
+        """Decoded field values -> stored values of the tensor's dtype (complex: two floats per element)."""
         st = storage_dtype(self.dtype)
         if self.kind != "varint":
-            return vals.view(st) if self.dtype.startswith("complex") else vals.astype(st)
+            return vals if self.dtype.startswith("complex") else vals.astype(st)
         if self.dtype == "float16":
             return vals.astype(np.uint16).view(st)
         if self.dtype.startswith("int"):
@@ -345,18 +344,61 @@ class TypedReader:
             return vals != 0
         return vals.astype(st)  # uint*, bfloat16 and float8 bit patterns
 
+    def _decode(self) -> np.ndarray:
+        st = storage_dtype(self.dtype)
+        complex_ = self.dtype.startswith("complex")
+        flat = np.empty(self.values, dtype=np.dtype(st.char.lower()) if complex_ else st)  # f4/f8 halves
+        n = 0
+
+        def put(vals: np.ndarray) -> None:
+            nonlocal n
+            if n + vals.size > self.values:
+                raise CorruptCheckpointError(self.path, f"ONNX typed data holds more than the {self.values} "
+                                             "values the shape needs")
+            flat[n:n + vals.size] = self._convert(vals)
+            n += vals.size
+
+        with open(self.path, "rb") as f:
+            for off, size in self.pieces:
+                f.seek(off)
+                carry = b""
+                left = size
+                while left > 0 or carry:
+                    data = f.read(min(DECODE_BYTES, left)) if left > 0 else b""
+                    if left > 0 and not data:
+                        raise CorruptCheckpointError(self.path, "file is truncated (tensor data)")
+                    left -= len(data)
+                    b = np.frombuffer(carry + data, dtype=np.uint8)
+                    if self.kind == "varint":
+                        ends = np.flatnonzero(b < 0x80)
+                        cut = int(ends[-1]) + 1 if ends.size else 0  # whole varints only; the rest waits
+                        if left == 0:
+                            cut = b.size
+                        put(_decode_varints(b[:cut], self.path))
+                        carry = b[cut:].tobytes()
+                        if left == 0:
+                            carry = b""
+                    else:
+                        width = 4 if self.kind == "f4" else 8
+                        cut = b.size - b.size % width if left > 0 else b.size
+                        put(b[:cut].view("<f4" if width == 4 else "<f8"))
+                        carry = b[cut:].tobytes() if left > 0 else b""
+        if self.unpacked:
+            u = np.array(self.unpacked, dtype=np.uint64)
+            if self.kind == "f4":
+                u = u.astype(np.uint32).view("<f4")
+            elif self.kind == "f8":
+                u = u.view("<f8")
+            put(u)
+        if n != self.values:
+            raise CorruptCheckpointError(
+                self.path, f"ONNX typed data holds {n} values, the shape needs {self.values}")
+        return flat.view(st) if complex_ else flat
+
     def read_raw(self, start: int, count: int) -> np.ndarray:
-        key = (self.path, self.pieces, len(self.unpacked), self.dtype)
-        cached = _TYPED_CACHE.get(key)
-        if cached is None:
-            cached = self._decode()
-            _TYPED_CACHE.clear()
-            _TYPED_CACHE[key] = cached
-        return cached[start:start + count]
-
-
-_TYPED_CACHE: dict[tuple, np.ndarray] = {}
-os.register_at_fork(after_in_child=_TYPED_CACHE.clear)
+        if self._decoded is None:
+            self._decoded = self._decode()
+        return self._decoded[start:start + count]
 
 
 def _external_file(path: str, name: str, location: str) -> str:
@@ -385,7 +427,7 @@ def _external_file(path: str, name: str, location: str) -> str:
 def _reader(path: str, t: _Init, dtype: str, numel: int, size: int) -> tuple[Any, str | None]:
     """(reader, external file or None) for one initializer, with every range checked."""
     need = numel * dtype_itemsize(dtype)
-    if t.external or t.location == 1:
+    if t.location == 1:  # EXTERNAL; as in onnx, external_data entries without it are not where the data is
         ext = t.external
         for k in ("offset", "length"):
             if k in ext and not _DIGITS.fullmatch(ext[k]):

@@ -76,3 +76,13 @@ def mutated_file_outcome(plugin: object, path: str) -> None:
             analyse(ck, Options(jobs=1, roles=tuple(Role)))
     except WdistError:
         pass
+
+
+def varint(v: int) -> bytes:
+    """A protobuf / LevelDB base-128 varint, for hand-built files."""
+    out = b""
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out += bytes([b | 0x80]) if v else bytes([b])
+        if not v:
+            return out

@@ -366,3 +366,24 @@ def test_chunks_of_one_layout_run_the_pickle_vm_once(tmp_path, monkeypatch):
     assert got.keys() == state.keys()
     for k, v in state.items():
         np.testing.assert_array_equal(got[k], v.numpy())
+
+
+def test_storage_file_symlinked_out_of_the_folder_is_refused(tmp_path):
+    """A .distcp that is a symlink to another checkpoint's shard outside the folder was followed (the other
+    run's values reached the report, exit 0): shards are resolved and must stay inside the folder."""
+    import shutil
+
+    other = _save({"w": torch.full((8, 8), 7777.0)}, tmp_path / "other")
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    for f in other.iterdir():
+        if f.name.endswith(".distcp"):
+            os.symlink(f, d / f.name)
+        else:
+            shutil.copy(f, d / f.name)
+    with pytest.raises(CorruptCheckpointError, match="outside"):
+        open_checkpoint(str(d))
+    r = run("inspect", str(d))
+    assert r.exit_code == 2 and "7777" not in r.output and r.output.count("\n") == 1
+    with open_checkpoint(str(other)) as ck:  # the same files in their own folder are read
+        assert ck.tensors[0].read().max() == 7777.0

@@ -221,3 +221,36 @@ def test_npz_deflated_stream_longer_than_its_claim(tmp_path):
     with zipfile.ZipFile(tmp_path / "ok.npz", "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("w.npy", npy)
     np.testing.assert_array_equal(open_checkpoint(str(tmp_path / "ok.npz")).tensors[0].read(), a)
+
+
+def _npy(a: np.ndarray) -> bytes:
+    import io
+
+    b = io.BytesIO()
+    np.save(b, a)
+    return b.getvalue()
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_npz_members_are_named_and_read_as_numpy_does(tmp_path, compression):
+    """numpy.load reads a member without the .npy suffix as an array when it starts with the .npy magic; a
+    member "w" beside "w.npy" makes two members one name, of which numpy reads the first it finds."""
+    p = tmp_path / "nosuffix.npz"
+    with zipfile.ZipFile(p, "w", compression) as z:
+        z.writestr("fc.weight.npy", _npy(np.ones((8, 8), np.float32)))
+        z.writestr("fc.bias", _npy(np.full(8, np.nan, np.float32)))
+        z.writestr("notes.txt", b"not an array")
+    ref = np.load(p)
+    with open_checkpoint(str(p)) as ck:
+        assert sorted(t.name for t in ck.tensors) == ["fc.bias", "fc.weight"] == sorted(set(ref.files) - {"notes.txt"})
+        np.testing.assert_array_equal(next(t for t in ck.tensors if t.name == "fc.bias").read(), ref["fc.bias"])
+        assert "notes.txt" in ck.warnings[0]
+    r = run("check", p, "--no-config", "--rule", "model: nan_count == 0")
+    assert r.exit_code == 1  # the NaN bias is seen: the gate fails, as it must
+    q = tmp_path / "shadow.npz"
+    with zipfile.ZipFile(q, "w", compression) as z:
+        z.writestr("fc.weight.npy", _npy(np.ones((8, 8), np.float32)))
+        z.writestr("fc.weight", _npy(np.full((8, 8), np.nan, np.float32)))
+    assert np.isnan(np.load(q)["fc.weight"]).all()  # numpy takes the suffix-less one
+    with pytest.raises(CorruptCheckpointError, match="both"):
+        open_checkpoint(str(q))

@@ -365,7 +365,7 @@ BAD = {
                         "appears twice"),
     "bad utf8 name": (_model_with(_tensor([1], 1, name=b"\xff\xfe", raw=bytes(4))), CorruptCheckpointError, "UTF-8"),
     "typed values more than the shape": (_model_with(_tensor([2], 10, extra=_ld(5, b"\x01\x02\x03"))),
-                                         CorruptCheckpointError, "holds 3 values, the shape needs 2"),
+                                         CorruptCheckpointError, "holds more than the 2 values the shape needs"),
     "varint ends early in typed data": (_model_with(_tensor([1], 10, extra=_ld(5, b"\x81"))), CorruptCheckpointError,
                                         "cannot be read|inside a varint"),
 }
@@ -424,3 +424,89 @@ def test_fuzz_protobuf_bytes(tmp_path, e, cut):
     p.write_bytes(data)
     mutated_file_outcome(PLUGIN, str(p))
     assert not os.path.exists(tmp_path / "secret")
+
+
+# ---- second adversarial review: where wdist and onnx read different values ---------------------------------
+
+def _graph_model(init: Any, path: Path) -> Path:
+    from onnx import helper
+
+    x = helper.make_tensor_value_info("x", TP.FLOAT, [1, init.dims[0]])
+    y = helper.make_tensor_value_info("y", TP.FLOAT, [1, init.dims[-1]])
+    g = helper.make_graph([helper.make_node("MatMul", ["x", init.name], ["y"], name="/fc/MatMul")], "g", [x], [y],
+                          [init])
+    path.write_bytes(helper.make_model(g).SerializeToString())
+    return path
+
+
+def test_external_data_entries_without_external_location_are_not_the_data(tmp_path):
+    """Inline raw_data plus external_data entries but data_location DEFAULT: onnx reads the inline values."""
+    from onnx import numpy_helper
+
+    t = numpy_helper.from_array(np.full((4, 4), 1.0, np.float32), "fc.weight")
+    e = t.external_data.add()
+    e.key, e.value = "location", "w.bin"
+    np.full((4, 4), 1000.0, np.float32).tofile(tmp_path / "w.bin")
+    p = _graph_model(t, tmp_path / "model.onnx")
+    ref = numpy_helper.to_array(onnx.load(str(p)).graph.initializer[0], base_dir=str(tmp_path))
+    with open_checkpoint(str(p)) as ck:
+        np.testing.assert_array_equal(ck.tensors[0].read(), ref)  # 1.0, never the 1000.0 of w.bin
+    # and with data_location EXTERNAL both read the file
+    t.data_location = TP.EXTERNAL
+    t.ClearField("raw_data")
+    p = _graph_model(t, tmp_path / "model2.onnx")
+    with open_checkpoint(str(p)) as ck:
+        assert ck.tensors[0].read().max() == 1000.0
+
+
+def test_typed_value_of_the_wrong_wire_type_is_refused(tmp_path):
+    """A float_data value written as a varint: protobuf keeps it as an unknown field (onnx then cannot shape
+    the tensor); counting it as a value gave max 1e6 and exit 0."""
+    import struct
+
+    t = TP(name="fc.weight", data_type=TP.FLOAT, dims=[2, 2])
+    t.float_data.extend([1.0, 1.0, 1.0])
+    bits = struct.unpack("<I", struct.pack("<f", 1e6))[0]
+    t2 = TP()
+    t2.ParseFromString(t.SerializeToString() + bytes([4 << 3 | 0]) + _varint(bits))
+    assert list(t2.float_data) == [1.0, 1.0, 1.0]  # the reference does not count it
+    p = _graph_model(t2, tmp_path / "w.onnx")
+    with pytest.raises(CorruptCheckpointError, match="wire type 0"):
+        open_checkpoint(str(p))
+
+
+def test_typed_varint_data_decodes_in_bounded_memory(tmp_path):
+    """float16 in int32_data, one byte per value: decoding the whole field at once took ~56x the file size;
+    now the values go straight into a float16 array, 256 KiB of the file at a time."""
+    from onnx import numpy_helper
+
+    n = 4_000_000
+    t = TP(name="fc.weight", data_type=TP.FLOAT16, dims=[n])
+    t.int32_data.extend([0x3C] * n)  # one-byte varints
+    p = tmp_path / "f16.onnx"
+    p.write_bytes(onnx.helper.make_model(onnx.helper.make_graph([], "g", [], [], [t])).SerializeToString())
+    ref = numpy_helper.to_array(onnx.load(str(p)).graph.initializer[0])
+    with open_checkpoint(str(p)) as ck:
+        r = ck.tensors[0].reader
+        assert isinstance(r, TypedReader)
+        tracemalloc.start()
+        got = r.read_raw(0, n)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        np.testing.assert_array_equal(got.view(np.float16), ref)
+        assert peak < 2 * n + (24 << 20), peak  # the result (2 bytes a value) and one step's scratch
+        np.testing.assert_array_equal(r.read_raw(n - 5, 5), got[-5:])  # kept by the reader, not re-decoded
+
+
+def test_node_and_initializer_counts_are_bounded(tmp_path, monkeypatch):
+    from wdist.loaders import fmt_onnx
+
+    monkeypatch.setattr(fmt_onnx, "MAX_NODES", 1000)
+    monkeypatch.setattr(fmt_onnx, "MAX_INITS", 1000)
+    p = tmp_path / "nodes.onnx"
+    p.write_bytes(b"\x08\x07" + _ld(7, b"\x0a\x00" * 1001))  # 1,001 empty NodeProtos
+    with pytest.raises(CorruptCheckpointError, match="over 1,000 nodes"):
+        open_checkpoint(str(p))
+    p.write_bytes(b"\x08\x07" + _ld(7, b"\x2a\x00" * 1001))  # 1,001 empty initializers
+    with pytest.raises(CorruptCheckpointError, match="over 1,000 initializers"):
+        open_checkpoint(str(p))

@@ -190,3 +190,15 @@ def test_missing_tensorstore_names_the_extra(monkeypatch):
     assert "pip install 'wdist[orbax]'" in e.value.reason and "tensorstore" in e.value.reason
     r = run("ls", str(STATE))
     assert r.exit_code == 2 and "wdist[orbax]" in r.output
+
+
+def test_worker_processes_are_spawned_once_tensorstore_runs(ts, monkeypatch):
+    """tensorstore's native threads abort a forked child that uses it ("fork() use detected"): a real
+    Orbax checkpoint big enough for worker processes failed with the default --jobs (BrokenProcessPool)."""
+    from wdist.analyzers import engine
+
+    monkeypatch.setattr(engine, "PARALLEL_MIN_BYTES", 0)  # workers even for this small fixture
+    one = run("inspect", str(STATE), "--format", "json", "-j", "1", "--no-cache")
+    two = run("inspect", str(STATE), "--format", "json", "-j", "2", "--no-cache")
+    assert one.exit_code == 0 and two.exit_code == 0, two.output
+    assert json.loads(one.output)["tensors"] == json.loads(two.output)["tensors"]

@@ -327,3 +327,77 @@ def test_keras2_save_weights_tf_format():
     assert by["dense/kernel"].role is Role.WEIGHT and by["dense/kernel"].unit_axis == 1
     assert by["Adam/m/dense/kernel"].role is Role.OPTIMIZER_STATE and by["Adam/m/dense/kernel"].shape == (3, 4)
     assert ck.metadata == {"step": 1}
+
+
+# ---- second adversarial review: crafted bundles (tests/tf_bundle.py writes what TF would not) -------------
+
+def _bundle(d: Path, values: np.ndarray, crc: int | None | str = "right", repeats: int = 1) -> Path:
+    import tf_bundle as tb
+
+    d.mkdir(parents=True, exist_ok=True)
+    data = values.astype(np.float32).tobytes()
+    c = tb.tensor_crc(data) if crc == "right" else crc
+    assert not isinstance(c, str)
+    kvs = [(b"", tb.header()), (b"dense/kernel", tb.entry(1, list(values.shape), 0, len(data), c))]
+    (d / "ckpt.index").write_bytes(tb.table(kvs, repeats))
+    (d / "ckpt.data-00000-of-00001").write_bytes(data)
+    return d / "ckpt.index"
+
+
+def test_crafted_bundle_reads_like_tf(tmp_path):
+    a = np.arange(16, dtype=np.float32).reshape(4, 4)
+    with open_checkpoint(str(_bundle(tmp_path / "ok", a))) as ck:
+        np.testing.assert_array_equal(ck.tensors[0].read(), a)
+
+
+def test_entry_without_crc_is_checked_against_zero_as_tf_does(tmp_path):
+    """TensorFlow's BundleReader compares every entry's data with Unmask(entry.crc32c()), 0 when absent: an
+    entry without a CRC is refused (unless its data's masked CRC is 0), never read unchecked."""
+    idx = _bundle(tmp_path / "none", np.full((32, 32), 7777.0), crc=None)
+    ck = open_checkpoint(str(idx))  # listing reads no data
+    with pytest.raises(CorruptCheckpointError, match="crc32c"):
+        ck.tensors[0].read()
+    r = run("check", str(idx), "--no-config", "--rule", "model: nan_count == 0")
+    assert r.exit_code == 2 and r.output.splitlines()[-1].startswith("wdist: error:")
+
+
+def test_data_shard_symlinked_out_of_the_folder_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    idx = _bundle(outside, np.full((4, 4), 7777.0))
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    shutil.copy(idx, d / "ckpt.index")
+    os.symlink(outside / "ckpt.data-00000-of-00001", d / "ckpt.data-00000-of-00001")
+    with pytest.raises(CorruptCheckpointError, match="outside"):
+        open_checkpoint(str(d / "ckpt.index"))
+    r = run("inspect", str(d))
+    assert r.exit_code == 2 and "7777" not in r.output and r.output.count("\n") == 1
+    # a symlink that stays inside the folder is fine
+    os.remove(d / "ckpt.data-00000-of-00001")
+    shutil.copy(outside / "ckpt.data-00000-of-00001", d / "real.data")
+    os.symlink(d / "real.data", d / "ckpt.data-00000-of-00001")
+    with open_checkpoint(str(d / "ckpt.index")) as ck:
+        assert ck.tensors[0].read().max() == 7777.0
+
+
+def test_index_naming_one_data_block_many_times_is_refused(tmp_path):
+    """An index block whose entries all name the same data block multiplied 11 MB into 9M entries (39 s,
+    3.7 GB): data blocks must lie in order and apart, and keys increase."""
+    idx = _bundle(tmp_path / "rep", np.ones((4, 4)), repeats=9)
+    with pytest.raises(CorruptCheckpointError, match="overlaps"):
+        open_checkpoint(str(idx))
+
+
+def test_entry_count_is_bounded(tmp_path, monkeypatch):
+    import tf_bundle as tb
+
+    from wdist.loaders import fmt_tf
+
+    monkeypatch.setattr(fmt_tf, "MAX_ENTRIES", 100)
+    d = tmp_path / "many"
+    d.mkdir()
+    kvs = [(b"", tb.header())] + [(f"v{i:04d}".encode(), tb.entry(1, [1], 0, 4, None)) for i in range(150)]
+    (d / "ckpt.index").write_bytes(tb.table(kvs))
+    (d / "ckpt.data-00000-of-00001").write_bytes(bytes(4))
+    with pytest.raises(CorruptCheckpointError, match="more than"):
+        open_checkpoint(str(d / "ckpt.index"))
