@@ -18,7 +18,7 @@ from wdist.analyzers.engine import (
     pack,
     pack_part,
     range_chunks,
-    task_ranges,
+    tensor_ranges,
     unpack,
 )
 from wdist.analyzers.inspect import CheckpointInfo, Options, Progress, checkpoint_info, select
@@ -232,7 +232,7 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
 
     def tasks(item: tuple[TensorRef, TensorRef, int, Tolerance]) -> list[tuple]:
         ra, rb, chunk, t = item
-        return [(ra, rb, chunk, t, lo, hi) for lo, hi in task_ranges(ra.numel)]
+        return [(ra, rb, chunk, t, lo, hi) for lo, hi in tensor_ranges(ra, rb)]
 
     def join(parts: list[tuple[Part, Part, list]]) -> tuple[Summary, Summary, PairSums]:
         return (pack(join_parts([p[0] for p in parts])), pack(join_parts([p[1] for p in parts])),

@@ -36,6 +36,15 @@ def task_ranges(numel: int, task: int | None = None) -> list[tuple[int, int]]:
     return [(lo, min(lo + task, numel)) for lo in range(0, numel, task)]
 
 
+def tensor_ranges(*refs: TensorRef) -> list[tuple[int, int]]:
+    """The element ranges tensors of the same size are analysed in: task_ranges, or one range when a reader
+    verifies a checksum over one in-order pass of the whole tensor (`whole_pass`, e.g. TensorFlow's
+    crc32c), which a split would leave unchecked. Results are the same either way (the block tree)."""
+    if any(getattr(r.reader, "whole_pass", False) for r in refs):
+        return [(0, refs[0].numel)]
+    return task_ranges(refs[0].numel)
+
+
 def range_chunks(ref: TensorRef, lo: int, hi: int, chunk: int, align: int = 1) -> Iterator[tuple[int, np.ndarray]]:
     """(start, float32 chunk) over elements [lo, hi) of a tensor; chunk boundaries fall on multiples of the
     aligned step counted from the tensor's start, so only a range's first and last chunk cut through units."""

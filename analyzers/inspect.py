@@ -19,7 +19,7 @@ from wdist.analyzers.engine import (
     pack,
     pack_part,
     summarize_range,
-    task_ranges,
+    tensor_ranges,
 )
 from wdist.analyzers.histogram import Histogram
 from wdist.analyzers.metrics import NearZero
@@ -292,7 +292,7 @@ def summaries(refs: list[TensorRef], opts: Options, progress: Progress | None = 
     worker processes or on the Dask engine when that pays), large tensors as several element-range tasks."""
     def tasks(item: tuple[TensorRef, int]) -> list[tuple[TensorRef, int, int, int]]:
         ref, chunk = item
-        return [(ref, chunk, lo, hi) for lo, hi in task_ranges(ref.numel)]
+        return [(ref, chunk, lo, hi) for lo, hi in tensor_ranges(ref)]
 
     def join(parts: list[Part]) -> tuple[Summary]:
         return (pack(join_parts(parts)),)

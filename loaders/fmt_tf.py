@@ -402,6 +402,7 @@ class CrcRangeReader(RangeReader):
     # against 0, as TensorFlow's BundleReader does, so it fails unless its data's masked CRC really is 0
     crc: int | None = None
     name: str = ""
+    whole_pass = True  # analysed as one task (never split into element ranges), so the check always runs
     _next: int = field(default=0, init=False, repr=False)
     _reg: int = field(default=0xFFFFFFFF, init=False, repr=False)
 

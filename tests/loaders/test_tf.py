@@ -401,3 +401,25 @@ def test_entry_count_is_bounded(tmp_path, monkeypatch):
     (d / "ckpt.data-00000-of-00001").write_bytes(bytes(4))
     with pytest.raises(CorruptCheckpointError, match="more than"):
         open_checkpoint(str(d / "ckpt.index"))
+
+
+def test_crc_is_checked_on_tensors_larger_than_one_task(tmp_path, monkeypatch):
+    """Large tensors are analysed as several element-range tasks, and a range that does not start at the
+    tensor's first byte cannot extend its crc32c: a TF tensor is one task (same results), so a damaged
+    byte near its end is caught (it was served unchecked when the tensor was split)."""
+    from wdist.analyzers import engine
+
+    monkeypatch.setattr(engine, "TASK_ELEMS", 1 << 16)
+    monkeypatch.setattr(engine, "PARALLEL_MIN_BYTES", 0)  # -j 2: the tasks run in two worker processes
+    a = np.random.default_rng(0).standard_normal((400, 500)).astype(np.float32)
+    idx = _bundle(tmp_path / "big", a)
+    assert len(engine.task_ranges(a.size)) == 4  # a tensor of another format would be split in four
+    r = run("inspect", str(idx), "--no-cache", "-j", "1", "--format", "json", "--role", "all")
+    assert r.exit_code == 0 and json.loads(r.output)["tensors"][0]["stats"]["numel"] == a.size, r.output
+    data = idx.parent / "ckpt.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[-3] ^= 0x40
+    data.write_bytes(bytes(raw))
+    for jobs in ("1", "2"):
+        r = run("inspect", str(idx), "--no-cache", "-j", jobs, "--role", "all")
+        assert r.exit_code == 2 and "crc32c" in r.output, r.output
