@@ -20,6 +20,7 @@ import numpy as np
 
 from wdist.loaders.dtypes import storage_dtype
 from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError
+from wdist.loaders.fileio import view_work_limit
 from wdist.loaders.fmt_flax import FLAX_DTYPES, tree_tensor
 from wdist.loaders.model import Checkpoint, Role, TensorRef, dtype_itemsize
 from wdist.loaders.plugin import FormatPlugin
@@ -167,9 +168,10 @@ def sniff_dir(path: str) -> bool:
         return False
 
 
-def _check_symlinks(root: str) -> None:
-    """tensorstore follows symlinks; one that leaves the folder would make it read files outside."""
-    n = 0
+def _check_symlinks(root: str) -> int:
+    """tensorstore follows symlinks; one that leaves the folder would make it read files outside. Returns
+    the bytes the folder's files hold."""
+    n = total = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         for name in dirnames + filenames:
             n += 1
@@ -181,6 +183,9 @@ def _check_symlinks(root: str) -> None:
                 if real != root and not real.startswith(root + os.sep):
                     raise CorruptCheckpointError(root, f"{os.path.relpath(p, root)!r} is a symlink to outside "
                                                  "the checkpoint folder")
+            elif name in filenames:
+                total += os.lstat(p).st_size
+    return total
 
 
 def _read_metadata(root: str) -> dict[str, Any]:
@@ -241,8 +246,9 @@ def _param_name(root: str, keys: tuple[str, ...], ocdbt: bool) -> str:
 
 
 def _load_item(path: str, root: str, prefix: tuple[str, ...], tensors: list[TensorRef], metadata: dict[str, Any],
-               readers: list[OrbaxReader]) -> str:
-    """Appends one item folder's arrays; returns its layout for the variant."""
+               readers: list[OrbaxReader], stored: int) -> str:
+    """Appends one item folder's arrays; returns its layout for the variant. `stored`: the checkpoint
+    folder's bytes."""
     meta = _read_metadata(root)
     ocdbt = meta.get("use_ocdbt", True)
     zarr3 = meta.get("use_zarr3", False)
@@ -271,6 +277,14 @@ def _load_item(path: str, root: str, prefix: tuple[str, ...], tensors: list[Tens
         if ws is not None and tuple(ws) != shape:
             raise CorruptCheckpointError(path, f"array {name!r} is stored as {list(shape)}, {META_FILE} says "
                                          f"{list(ws)}")
+        # tensorstore decodes a stored chunk whole: a 1 MB zlib chunk of zeros claiming 1 GiB took 1.1 GB, and
+        # nothing else bounded it. A read chunk may decode to at most the logical-size allowance of the
+        # folder's bytes (as for strided views); an unstored chunk (fill value) is never decoded whole.
+        dims: list[int] = [int(d) if d is not None else 1 for d in (arr.chunk_layout.read_chunk.shape or shape)]
+        chunk = dtype_itemsize(dtype) * math.prod(dims)
+        if chunk > view_work_limit(stored):
+            raise CorruptCheckpointError(path, f"array {name!r} is stored in chunks of {chunk:,} bytes, more than "
+                                         f"a {stored:,}-byte checkpoint can hold (limit {view_work_limit(stored):,})")
         reader = OrbaxReader(root, param, zarr3, ocdbt, shape, dtype)
         if vtype == "scalar" and len(keys) == 1 and shape == ():
             try:  # a top-level python scalar (the step) is metadata, not a weight
@@ -292,15 +306,15 @@ def load(path: str) -> Checkpoint:
         raise UnsupportedFormatError(path, "an orbax checkpoint is a folder (with _METADATA)")
     root = os.path.realpath(path)
     items = [] if os.path.isfile(os.path.join(root, META_FILE)) else _items(root)
-    _check_symlinks(root)
+    stored = _check_symlinks(root)
     tensors: list[TensorRef] = []
     metadata: dict[str, Any] = {}
     readers: list[OrbaxReader] = []
     if not items:
-        layouts = [_load_item(path, root, (), tensors, metadata, readers)]
+        layouts = [_load_item(path, root, (), tensors, metadata, readers, stored)]
     else:  # a CheckpointManager step: one item keeps plain names, several are told apart by item name
         layouts = [_load_item(path, os.path.join(root, it), (it,) if len(items) > 1 else (), tensors, metadata,
-                              readers) for it in items]
+                              readers, stored) for it in items]
         if os.path.basename(root).isdigit() and "step" not in metadata:
             metadata["step"] = int(os.path.basename(root))  # the manager names step folders by the step
     fix_norm_biases(tensors)

@@ -202,3 +202,33 @@ def test_worker_processes_are_spawned_once_tensorstore_runs(ts, monkeypatch):
     two = run("inspect", str(STATE), "--format", "json", "-j", "2", "--no-cache")
     assert one.exit_code == 0 and two.exit_code == 0, two.output
     assert json.loads(one.output)["tensors"] == json.loads(two.output)["tensors"]
+
+
+def _zlib_zero_chunk(d: Path, n: int) -> Path:
+    """An Orbax per-array zarr2 folder whose one array is one zlib chunk of n float32 zeros (~1000:1)."""
+    import zlib
+
+    (d / "params.w").mkdir(parents=True)
+    (d / "_METADATA").write_text(json.dumps({"tree_metadata": {"('params', 'w')": {
+        "key_metadata": [{"key": "params", "key_type": 2}, {"key": "w", "key_type": 2}],
+        "value_metadata": {"value_type": "jax.Array", "skip_deserialize": False, "write_shape": [n]}}},
+        "use_ocdbt": False, "use_zarr3": False}))
+    (d / "params.w" / ".zarray").write_text(json.dumps({
+        "zarr_format": 2, "shape": [n], "chunks": [n], "dtype": "<f4", "fill_value": 1.5, "order": "C",
+        "compressor": {"id": "zlib", "level": 9}, "filters": None}))
+    (d / "params.w" / "0").write_bytes(zlib.compress(bytes(4 * n), 9))
+    return d
+
+
+def test_chunk_decoding_is_bounded_by_the_folder_size(ts, tmp_path, monkeypatch):
+    """tensorstore decodes a stored chunk whole: a 1 MB folder claiming a 4 GiB zlib chunk of zeros would
+    take 4 GiB. A read chunk may decode to at most the logical allowance of the folder's bytes (2 GiB + 4x,
+    tested here with a smaller allowance)."""
+    from wdist.loaders import fileio, fmt_orbax
+
+    d = _zlib_zero_chunk(tmp_path / "z", 1 << 20)
+    with open_checkpoint(str(d)) as ck:
+        assert ck.tensors[0].read().max() == 0.0
+    monkeypatch.setattr(fmt_orbax, "view_work_limit", lambda stored: (1 << 20) + fileio.VIEW_EXPANSION * stored)
+    with pytest.raises(CorruptCheckpointError, match="chunks of 4,194,304 bytes"):
+        open_checkpoint(str(d))
