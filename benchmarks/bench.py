@@ -172,6 +172,8 @@ def main() -> None:
         print(f"  --jobs 1 and --jobs 2 give identical JSON: {same['identical']}")
         results[name] = {"floor": floor, "baseline": base, "inspect_j1": w1, "inspect": w, "ls": ls}
     a, b = files["fp32.safetensors"], files["fp32.pt"]
+    warm(a)  # like every inspect above: warm page cache (the other files' runs may have pushed these out)
+    warm(b)
     dres = wdist("diff", a, b)
     diff_ratio = dres["seconds"] / results["fp32.safetensors"]["inspect"]["seconds"]
     print(fmt_row("wdist diff st vs pt", dres) + f"  diff/inspect {diff_ratio:.2f}x")
