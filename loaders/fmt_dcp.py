@@ -79,6 +79,12 @@ class ChunkedReader:
     chunks: list[Chunk]
     zero_fill: bool = False
 
+    @property
+    def whole_pass(self) -> bool:
+        """A chunk whose reader checks a checksum over one in-order pass (TensorFlow slices) makes the whole
+        tensor one task: split across workers, no worker would read the chunk from its start to its end."""
+        return any(getattr(ch.reader, "whole_pass", False) for ch in self.chunks)
+
     def _run_start(self, ch: Chunk, r: int) -> int:
         """Full-tensor flat offset of run r of a chunk."""
         pos, rem = 0, r

@@ -103,6 +103,7 @@ class _Inflater:
     usize: int = -1  # claimed uncompressed size of the member (-1: not checked)
     crc: int = 0  # claimed CRC-32
     what: str = "compressed .npz member"
+    nbytes: int = -1  # bytes of the array after data_start: reading its last one ends the member's check
     _state: Any = field(default=None, repr=False, compare=False)
     _lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -155,7 +156,10 @@ class _Inflater:
                         buf = buf[lo - st["upos"]:]
                         st["upos"] = lo
                     st["buf"] = buf
-                if self.usize >= 0 and st["out"] >= self.usize:
+                # the member is checked once its claimed end, its stream's end or the array's last byte is
+                # reached (a claim longer than the stream never reaches the first: it must not skip the check)
+                if self.usize >= 0 and (st["out"] >= self.usize or st["z"].eof
+                                        or (self.nbytes >= 0 and lo + want >= self.data_start + self.nbytes)):
                     self._finish(f, st)
             a = lo - st["upos"]
             out = st["buf"][a:a + want]
@@ -186,7 +190,8 @@ class _Inflater:
             if st["out"] > self.usize:
                 break
         if st["out"] != self.usize:
-            raise CorruptCheckpointError(self.path, f"{self.what} holds more than the {self.usize:,} bytes its "
+            how = "more" if st["out"] > self.usize else "fewer"
+            raise CorruptCheckpointError(self.path, f"{self.what} holds {how} than the {self.usize:,} bytes its "
                                          "zip entry claims")
         if st["crc"] != self.crc:
             raise CorruptCheckpointError(self.path, f"{self.what} fails its CRC-32 check (damaged data)")
@@ -254,6 +259,12 @@ def _tensor(name: str, shape: tuple[int, ...], dtype: str, fortran: bool, reader
                      unit_axis=default_unit_axis(role, len(shape), keras=False), source=source)
 
 
+def _itemsize(dtype: str) -> int:
+    from wdist.loaders.model import dtype_itemsize
+
+    return dtype_itemsize(dtype)
+
+
 def _check_size(path: str, shape: tuple[int, ...], dtype: str, available: int, what: str) -> None:
     from wdist.loaders.model import dtype_itemsize
 
@@ -291,6 +302,7 @@ def load_npz(path: str) -> Checkpoint:
         # readers could disagree on which bytes a name means (names equal but for case are distinct arrays)
         zip_members(zf, path, fold_case=False)
         keys: dict[str, str] = {}  # array name -> member
+        all_names = {i.filename for i in infos}
         others: list[str] = []
         for info in infos:
             what = f"member {info.filename!r}"
@@ -305,6 +317,11 @@ def load_npz(path: str) -> Checkpoint:
             if not info.filename.endswith(".npy") and not _starts_with_magic(zf, info, path, offset):
                 others.append(info.filename)  # not an array: numpy.load would give its bytes
                 continue
+            # numpy looks a key up as a member first, then as key + ".npy": "w.npy" beside "w" (or "w.npy.npy"
+            # beside "w.npy") names an array that numpy.load never gives under that name
+            if name != info.filename and name in all_names:
+                raise CorruptCheckpointError(path, f"members {name!r} and {info.filename!r} are both the array "
+                                                   f"{name!r}; readers would disagree on which")
             if name in keys:  # "w" and "w.npy": numpy.load(...)["w"] takes one, its `files` lists both
                 raise CorruptCheckpointError(path, f"members {keys[name]!r} and {info.filename!r} are both "
                                                    f"the array {name!r}; readers would disagree on which")
@@ -327,7 +344,8 @@ def load_npz(path: str) -> Checkpoint:
                 except ZIP_ERRORS as e:
                     raise CorruptCheckpointError(path, f"{what} cannot be read ({str(e)[:60]})") from None
                 _check_size(path, shape, dtype, info.file_size - start, what)
-                reader = _Inflater(path, offset, info.compress_size, start, dtype, info.file_size, info.CRC, what)
+                reader = _Inflater(path, offset, info.compress_size, start, dtype, info.file_size, info.CRC, what,
+                                   math.prod(shape) * _itemsize(dtype))
             else:
                 raise CorruptCheckpointError(path, f"{what} uses an unsupported zip compression")
             tensors.append(_tensor(name, shape, dtype, fortran, reader, os.path.basename(path)))

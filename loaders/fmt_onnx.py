@@ -27,7 +27,9 @@ from wdist.loaders.roles import default_unit_axis, infer_role, split_name
 
 MAX_NAME = 1 << 16
 MAX_META_STRING = 256
-MAX_UNPACKED = 1 << 20  # values of a typed field written unpacked (one tag per value) kept per tensor
+# typed values written unpacked (one tag per value; protobuf writers pack them): each is kept as a Python int
+# until decoded, so they are counted over the whole file, not per tensor
+MAX_UNPACKED = 1 << 20
 MAX_SEGMENTS = 1024  # packed typed-field pieces per tensor
 # graph nodes and initializers: the largest exported LLM graphs hold ~10^5 nodes and ~10^4 initializers;
 # each costs a few hundred bytes and microseconds to record, so a file of 5M empty records is refused in ~2 s
@@ -173,7 +175,9 @@ def _node(pb: _PB, start: int, end: int) -> _Node:
     return n
 
 
-def _tensor(pb: _PB, start: int, end: int) -> _Init:
+def _tensor(pb: _PB, start: int, end: int, unpacked_left: list[int] | None = None) -> _Init:
+    """One TensorProto; `unpacked_left` holds the unpacked typed values the rest of the file may hold."""
+    left = unpacked_left if unpacked_left is not None else [MAX_UNPACKED]
     t = _Init()
     for fn, wt, v, p in pb.fields(start, end):
         if fn == 1:
@@ -207,6 +211,13 @@ def _tensor(pb: _PB, start: int, end: int) -> _Init:
         elif fn == 14 and wt == 0:
             t.location = v
         elif fn in _TYPED_FIELDS:
+            # protobuf concatenates packed pieces and unpacked values in file order; no writer mixes the two,
+            # and keeping them apart would reorder the values: a mix is refused
+            if wt != 2 and wt != _UNPACKED_WIRE[fn]:
+                raise pb.bad(f"tensor {t.name!r}: typed field {fn} holds a value of wire type {wt}")
+            if (fn in t.unpacked) if wt == 2 else (fn in t.typed):
+                raise UnsupportedFormatError(pb.path, f"tensor {t.name!r}: typed field {fn} mixes packed and "
+                                                      "unpacked values")
             if wt == 2:
                 pieces = t.typed.setdefault(fn, [])
                 pieces.append((p, v))
@@ -214,14 +225,12 @@ def _tensor(pb: _PB, start: int, end: int) -> _Init:
                     raise UnsupportedFormatError(
                         pb.path, f"tensor {t.name!r}: typed data in over {MAX_SEGMENTS} pieces")
             else:
-                if wt != _UNPACKED_WIRE[fn]:
-                    raise pb.bad(f"tensor {t.name!r}: typed field {fn} holds a value of wire type {wt}")
-                vals = t.unpacked.setdefault(fn, [])
-                vals.append(v)
-                if len(vals) > MAX_UNPACKED:
+                left[0] -= 1
+                if left[0] < 0:
                     raise UnsupportedFormatError(
-                        pb.path, f"tensor {t.name!r}: over {MAX_UNPACKED} unpacked typed values "
+                        pb.path, f"tensor {t.name!r}: the file holds over {MAX_UNPACKED:,} unpacked typed values "
                                  "(write it with raw_data)")
+                t.unpacked.setdefault(fn, []).append(v)
     return t
 
 
@@ -242,6 +251,7 @@ def parse(path: str) -> _Parsed:
     inits: list[_Init] = []
     notes: list[str] = []
     graphs = 0
+    unpacked_left = [MAX_UNPACKED]
     with open(path, "rb") as f:
         pb = _PB(path, f, size)
         for fn, wt, v, p in pb.fields(0, size):
@@ -285,7 +295,7 @@ def parse(path: str) -> _Parsed:
                     elif gfn == 5:
                         if len(inits) >= MAX_INITS:
                             raise pb.bad(f"graph holds over {MAX_INITS:,} initializers")
-                        inits.append(_tensor(pb, gp, gp + gv))
+                        inits.append(_tensor(pb, gp, gp + gv, unpacked_left))
                     elif gfn == 15:
                         sparse += 1
                 if sparse:

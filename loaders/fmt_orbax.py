@@ -55,6 +55,7 @@ class OrbaxReader:
     ocdbt: bool
     shape: tuple[int, ...]
     dtype: str
+    chunk_bytes: int = 0  # decoded bytes of one read chunk (0: unknown)
     _handle: Any = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -71,10 +72,13 @@ class OrbaxReader:
 
             # orbax stores one compressed chunk per array shard unless told otherwise, and every slice read
             # decodes whole stored chunks: without a cache, reading a tensor in pieces decodes it once per
-            # piece. The cache holds at most this array, and is dropped after its last element is read.
+            # piece. Reads run front to back, so the cache holds two chunks (never more than this array),
+            # and is dropped after its last element is read.
             nbytes = dtype_itemsize(self.dtype)
             for d in self.shape:
                 nbytes *= d
+            if self.chunk_bytes:
+                nbytes = min(nbytes, 2 * self.chunk_bytes)
             ctx = ts.Context({"cache_pool": {"total_bytes_limit": nbytes + (1 << 20)}})
             self._handle = ts.open(_spec(self.path, self.param, self.zarr3, self.ocdbt), open=True, read=True,
                                    context=ctx).result()
@@ -246,9 +250,9 @@ def _param_name(root: str, keys: tuple[str, ...], ocdbt: bool) -> str:
 
 
 def _load_item(path: str, root: str, prefix: tuple[str, ...], tensors: list[TensorRef], metadata: dict[str, Any],
-               readers: list[OrbaxReader], stored: int) -> str:
+               readers: list[OrbaxReader], stored: int, logical: list[int]) -> str:
     """Appends one item folder's arrays; returns its layout for the variant. `stored`: the checkpoint
-    folder's bytes."""
+    folder's bytes; `logical`: the arrays' bytes so far (all items together)."""
     meta = _read_metadata(root)
     ocdbt = meta.get("use_ocdbt", True)
     zarr3 = meta.get("use_zarr3", False)
@@ -285,7 +289,14 @@ def _load_item(path: str, root: str, prefix: tuple[str, ...], tensors: list[Tens
         if chunk > view_work_limit(stored):
             raise CorruptCheckpointError(path, f"array {name!r} is stored in chunks of {chunk:,} bytes, more than "
                                          f"a {stored:,}-byte checkpoint can hold (limit {view_work_limit(stored):,})")
-        reader = OrbaxReader(root, param, zarr3, ocdbt, shape, dtype)
+        logical[0] += dtype_itemsize(dtype) * math.prod(shape)
+        if logical[0] > view_work_limit(stored):
+            # what a small folder may claim in all (as for strided views elsewhere): 8 zlib chunks of 1 GiB
+            # zeros in 8 MB took 26 s and 8.5 GB; zero-filled (unstored) arrays count too, and fit in real
+            # checkpoints, whose stored parameters give the allowance
+            raise CorruptCheckpointError(path, f"arrays claim {logical[0]:,} bytes in all, more than a "
+                                         f"{stored:,}-byte checkpoint can hold (limit {view_work_limit(stored):,})")
+        reader = OrbaxReader(root, param, zarr3, ocdbt, shape, dtype, chunk)
         if vtype == "scalar" and len(keys) == 1 and shape == ():
             try:  # a top-level python scalar (the step) is metadata, not a weight
                 metadata["/".join(prefix + keys)] = reader.read_raw(0, 1)[0].item()
@@ -307,14 +318,15 @@ def load(path: str) -> Checkpoint:
     root = os.path.realpath(path)
     items = [] if os.path.isfile(os.path.join(root, META_FILE)) else _items(root)
     stored = _check_symlinks(root)
+    logical = [0]
     tensors: list[TensorRef] = []
     metadata: dict[str, Any] = {}
     readers: list[OrbaxReader] = []
     if not items:
-        layouts = [_load_item(path, root, (), tensors, metadata, readers, stored)]
+        layouts = [_load_item(path, root, (), tensors, metadata, readers, stored, logical)]
     else:  # a CheckpointManager step: one item keeps plain names, several are told apart by item name
         layouts = [_load_item(path, os.path.join(root, it), (it,) if len(items) > 1 else (), tensors, metadata,
-                              readers, stored) for it in items]
+                              readers, stored, logical) for it in items]
         if os.path.basename(root).isdigit() and "step" not in metadata:
             metadata["step"] = int(os.path.basename(root))  # the manager names step folders by the step
     fix_norm_biases(tensors)

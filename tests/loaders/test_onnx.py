@@ -510,3 +510,37 @@ def test_node_and_initializer_counts_are_bounded(tmp_path, monkeypatch):
     p.write_bytes(b"\x08\x07" + _ld(7, b"\x2a\x00" * 1001))  # 1,001 empty initializers
     with pytest.raises(CorruptCheckpointError, match="over 1,000 initializers"):
         open_checkpoint(str(p))
+
+
+def test_packed_and_unpacked_values_of_one_field_are_refused(tmp_path):
+    """protobuf keeps repeated values in file order across packed and unpacked encodings: an unpacked 1.0
+    before a packed [2, 3, 4] is [1, 2, 3, 4] for onnx, but was read as [2, 3, 4, 1] (found by review).
+    No writer mixes the two; wdist refuses the mix rather than reorder."""
+    import struct
+
+    from onnx import numpy_helper
+
+    t = b"".join(b"\x08" + _varint(d) for d in (2, 2)) + b"\x10\x01"
+    t += bytes([4 << 3 | 5]) + struct.pack("<f", 1.0) + _ld(4, struct.pack("<3f", 2.0, 3.0, 4.0)) + _ld(8, b"W")
+    p = tmp_path / "order.onnx"
+    p.write_bytes(_model_with(t))
+    assert numpy_helper.to_array(onnx.load(str(p)).graph.initializer[0]).ravel().tolist() == [1, 2, 3, 4]
+    with pytest.raises(UnsupportedFormatError, match="mixes packed and unpacked"):
+        open_checkpoint(str(p))
+
+
+def test_unpacked_values_are_counted_over_the_whole_file(tmp_path, monkeypatch):
+    """Each unpacked value is a Python int until decoded: 16 tensors of 2^20 values each (50 MB) took 22.5 s
+    and 826 MB when the cap was per tensor (found by review)."""
+    from wdist.loaders import fmt_onnx
+
+    monkeypatch.setattr(fmt_onnx, "MAX_UNPACKED", 1000)
+    one = b"".join(bytes([5 << 3]) + b"\x01" for _ in range(600))  # 600 unpacked int32_data values
+    inits = b"".join(_ld(5, _tensor([600], 6, name=f"t{i}".encode(), extra=one)) for i in range(2))
+    p = tmp_path / "unpacked.onnx"
+    p.write_bytes(b"\x08\x09" + _ld(7, inits))
+    with pytest.raises(UnsupportedFormatError, match="over 1,000 unpacked"):
+        open_checkpoint(str(p))
+    p.write_bytes(b"\x08\x09" + _ld(7, _ld(5, _tensor([600], 6, name=b"t0", extra=one))))
+    with open_checkpoint(str(p)) as ck:
+        assert ck.tensors[0].read().tolist() == [1.0] * 600

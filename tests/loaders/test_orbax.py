@@ -204,8 +204,9 @@ def test_worker_processes_are_spawned_once_tensorstore_runs(ts, monkeypatch):
     assert json.loads(one.output)["tensors"] == json.loads(two.output)["tensors"]
 
 
-def _zlib_zero_chunk(d: Path, n: int) -> Path:
-    """An Orbax per-array zarr2 folder whose one array is one zlib chunk of n float32 zeros (~1000:1)."""
+def _zlib_zero_chunk(d: Path, n: int, chunks: int = 1) -> Path:
+    """An Orbax per-array zarr2 folder whose one array is `chunks` zlib chunks holding n float32 zeros in all
+    (~1000:1)."""
     import zlib
 
     (d / "params.w").mkdir(parents=True)
@@ -214,9 +215,10 @@ def _zlib_zero_chunk(d: Path, n: int) -> Path:
         "value_metadata": {"value_type": "jax.Array", "skip_deserialize": False, "write_shape": [n]}}},
         "use_ocdbt": False, "use_zarr3": False}))
     (d / "params.w" / ".zarray").write_text(json.dumps({
-        "zarr_format": 2, "shape": [n], "chunks": [n], "dtype": "<f4", "fill_value": 1.5, "order": "C",
+        "zarr_format": 2, "shape": [n], "chunks": [n // chunks], "dtype": "<f4", "fill_value": 1.5, "order": "C",
         "compressor": {"id": "zlib", "level": 9}, "filters": None}))
-    (d / "params.w" / "0").write_bytes(zlib.compress(bytes(4 * n), 9))
+    for i in range(chunks):
+        (d / "params.w" / str(i)).write_bytes(zlib.compress(bytes(4 * n // chunks), 9))
     return d
 
 
@@ -232,3 +234,18 @@ def test_chunk_decoding_is_bounded_by_the_folder_size(ts, tmp_path, monkeypatch)
     monkeypatch.setattr(fmt_orbax, "view_work_limit", lambda stored: (1 << 20) + fileio.VIEW_EXPANSION * stored)
     with pytest.raises(CorruptCheckpointError, match="chunks of 4,194,304 bytes"):
         open_checkpoint(str(d))
+
+
+def test_all_arrays_together_are_bounded_by_the_folder_size(ts, tmp_path, monkeypatch):
+    """Many chunks, each within the per-chunk bound, claimed 8 GiB from 8 MB (26 s, 8.5 GB; found by review):
+    the arrays' bytes in all may not exceed the folder's allowance either."""
+    from wdist.loaders import fileio, fmt_orbax
+
+    d = _zlib_zero_chunk(tmp_path / "z", 1 << 20, chunks=4)
+    with open_checkpoint(str(d)) as ck:
+        assert ck.tensors[0].read().max() == 0.0
+        assert ck.tensors[0].reader.chunk_bytes == 1 << 20  # the cache holds two such chunks, not the array
+    monkeypatch.setattr(fmt_orbax, "view_work_limit", lambda stored: (3 << 20) + fileio.VIEW_EXPANSION * stored)
+    with pytest.raises(CorruptCheckpointError, match="arrays claim 4,194,304 bytes in all"):
+        open_checkpoint(str(d))
+

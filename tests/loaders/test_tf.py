@@ -423,3 +423,42 @@ def test_crc_is_checked_on_tensors_larger_than_one_task(tmp_path, monkeypatch):
     for jobs in ("1", "2"):
         r = run("inspect", str(idx), "--no-cache", "-j", jobs, "--role", "all")
         assert r.exit_code == 2 and "crc32c" in r.output, r.output
+
+
+def test_crc_is_checked_on_partitioned_variables_split_into_tasks(tmp_path, monkeypatch):
+    """A partitioned variable is assembled from slices, each with its own crc32c: the assembled tensor must
+    also stay one task, or no worker reads a slice from its start to its end (found by review: a NaN planted
+    in slice 2 after its CRC was computed passed with --jobs 2)."""
+    import tf_bundle as tb
+
+    from wdist.analyzers import engine
+    from wdist.loaders.fmt_tf import slice_key
+
+    monkeypatch.setattr(engine, "TASK_ELEMS", 1 << 16)
+    monkeypatch.setattr(engine, "PARALLEL_MIN_BYTES", 0)
+    n, h = 300_000, 150_000
+    a = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    s1, s2 = a[:h].tobytes(), a[h:].tobytes()
+    c1, c2 = tb.tensor_crc(s1), tb.tensor_crc(s2)
+    d = tmp_path / "part"
+    d.mkdir()
+
+    def ext(start: int, length: int) -> bytes:
+        return tb.field(1, 2, tb.field(1, 0, start) + tb.field(2, 0, length))
+
+    main = (tb.field(1, 0, 1) + tb.field(2, 2, tb.field(2, 2, tb.field(1, 0, n)))
+            + tb.field(7, 2, ext(0, h)) + tb.field(7, 2, ext(h, n - h)))
+    kvs = sorted([(b"", tb.header()), (slice_key(b"dense/kernel", [(0, h)]), tb.entry(1, [h], 0, len(s1), c1)),
+                  (slice_key(b"dense/kernel", [(h, n - h)]), tb.entry(1, [n - h], len(s1), len(s2), c2)),
+                  (b"dense/kernel", main)], key=lambda kv: kv[0])
+    (d / "model.ckpt.index").write_bytes(tb.table(kvs))
+    data = bytearray(s1 + s2)
+    (d / "model.ckpt.data-00000-of-00001").write_bytes(bytes(data))
+    idx = str(d / "model.ckpt.index")
+    with open_checkpoint(idx) as ck:
+        np.testing.assert_array_equal(ck.tensors[0].read(), a)
+    data[-400:-396] = np.float32(np.nan).tobytes()
+    (d / "model.ckpt.data-00000-of-00001").write_bytes(bytes(data))
+    for jobs in ("1", "2"):
+        r = run("inspect", idx, "--no-cache", "-j", jobs, "--role", "all")
+        assert r.exit_code == 2 and "crc32c" in r.output, (jobs, r.output)
