@@ -261,7 +261,8 @@ def check(sources: Source | Sequence[Source], rules: Sequence[str] = (), *, conf
                     report = analyse(kept, opts)
                     d = compare(base_ck, kept, opts) if base_ck is not None else None
                     results.append(CheckpointResult(label, None, evaluate(parsed, report, d, allow_empty,
-                                                                          spectral=report.spectral)))
+                                                                          spectral=report.spectral),
+                                                    list(ck.warnings)))
             except WdistError as e:
                 if isinstance(e, UsageError) and e.path is None:
                     raise
@@ -273,10 +274,11 @@ def check(sources: Source | Sequence[Source], rules: Sequence[str] = (), *, conf
 
 def plot(inputs: str | os.PathLike | Iterable[str | os.PathLike], out: str | os.PathLike,
          formats: Sequence[str] = ("png",), progress: Callable[[str], None] | None = None,
-         spectral: bool = False) -> list[str]:
+         spectral: bool = False, on_error: Callable[[str, str], None] | None = None) -> list[str]:
     """Write histogram, overlay, ridgeline and trend pictures (several pages when there are many layers,
-    never a silent cap) and a self-contained OUT.html; returns every path written. Needs matplotlib (the
-    `plot` extra)."""
+    never a silent cap) and a self-contained OUT.html; returns every path written. A checkpoint of the run
+    that cannot be read is left out of the pictures, listed in the HTML and passed to `on_error(path,
+    reason)`. Needs matplotlib (the `plot` extra)."""
     from wdist.analyzers.trend import expand_inputs, order_points
     from wdist.plots import write_report
 
@@ -284,5 +286,5 @@ def plot(inputs: str | os.PathLike | Iterable[str | os.PathLike], out: str | os.
     ordered, _ = order_points(expand_inputs([os.fspath(p) for p in items]), given=False)
     written: list[str] = []
     write_report([p.path for p in ordered], os.fspath(out), tuple(formats), on_file=written.append, on_step=progress,
-                 spectral=spectral)
+                 spectral=spectral, on_error=on_error)
     return written

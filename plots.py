@@ -285,6 +285,7 @@ _CSS = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-c
 
 def write_report(paths: Sequence[str], out: str, formats: Sequence[str] = ("png",), last: Any = None,
                  trend: Any = None, on_file: Callable[[str], None] | None = None,
+                 on_error: Callable[[str, str], None] | None = None,
                  on_step: Callable[[str], None] | None = None, spectral: bool = False) -> str:
     """Images next to `out` (OUT-1.png, or OUT-1a.png, OUT-1b.png, ... when a figure needs several pages)
     and a self-contained OUT.html with every page embedded, a table of contents and a table of every
@@ -314,6 +315,10 @@ def write_report(paths: Sequence[str], out: str, formats: Sequence[str] = ("png"
         if trend is None:
             step(f"reading the run ({len(paths)} checkpoints)")
             trend = run(list(paths), opts)
+    unread = [(p.path, p.error) for p in (trend.checkpoints if trend is not None else []) if p.error]
+    for path, why in unread:  # the report is of the others; each unreadable file is said, never dropped
+        if on_error:
+            on_error(path, why)
     groups = _figures(paths, last, trend, diff)
     n_figs = sum(len(f) for _, f in groups)
     toc = ["<nav><h2>Contents</h2><ol>", "<li><a href='#summary'>Summary</a></li>",
@@ -327,6 +332,7 @@ def write_report(paths: Sequence[str], out: str, formats: Sequence[str] = ("png"
     toc.append("</ol></nav>")
     parts = ["<!doctype html><meta charset='utf-8'><title>wdist report</title>", f"<style>{_CSS}</style>",
              "<h1>wdist report</h1>", *toc, f"<h2 id='summary'>Summary</h2><p>{_html(last.model.summary)}</p>",
+             *[f"<p class='error'>not read: {_html(path)}: {_html(why)}</p>" for path, why in unread],
              "<h2 id='layers'>Layers of the last checkpoint</h2><table><tr>"]
     cols = ["mean", "std", "abs_p50", "abs_p999", "zero_fraction", "near_zero_fraction", "kurtosis", "gini",
             "top1pct_l2_mass", "dead_units"]

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import tempfile
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,10 +205,36 @@ def _fields(obj: Any) -> dict[str, Any]:
     return out
 
 
+_INT64 = 1 << 63
+
+
+def _fits(v: Any, hint: Any) -> bool:
+    """Whether a cached value has the type its field declares (bundles are files: one written by something
+    else, or damaged in a way the npz/JSON layer does not notice, must not reach the analysis)."""
+    args = typing.get_args(hint)
+    if args and type(None) in args:  # X | None
+        return v is None or any(_fits(v, a) for a in args if a is not type(None))
+    if hint is bool:
+        return isinstance(v, bool)
+    if hint is int:
+        return isinstance(v, int) and not isinstance(v, bool) and -_INT64 <= v < _INT64
+    if hint is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if hint is str:
+        return isinstance(v, str)
+    if hint is np.ndarray:
+        return isinstance(v, np.ndarray) and v.dtype.kind in "biuf" and v.ndim <= 2
+    return False
+
+
 def _build(cls: type, values: dict[str, Any]) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     if set(values) != names:
         raise ValueError("fields differ")
+    hints = typing.get_type_hints(cls)
+    for k, v in values.items():
+        if not _fits(v, hints.get(k)):
+            raise TypeError(f"cached field {k} is not a {hints.get(k)}")
     return cls(**{k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in values.items()})
 
 

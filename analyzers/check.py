@@ -244,6 +244,7 @@ class CheckpointResult:
     path: str
     error: str | None
     rules: list[RuleResult]
+    warnings: list[str] = field(default_factory=list)  # the checkpoint's own (refused globals, skipped data)
 
     @property
     def passed(self) -> bool:

@@ -84,6 +84,7 @@ class TrendPoint:
     step_source: str | None
     format: str | None = None
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # the checkpoint's own (refused globals, skipped data)
 
     @property
     def display(self) -> str:
@@ -196,6 +197,7 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
         try:
             with open_checkpoint(pt.path, input_format) as ck:
                 rep = analyse(ck, opts)
+                pt.warnings = list(ck.warnings)
         except Exception as e:  # noqa: BLE001 - one hostile file must not hide the rest of the run
             if isinstance(e, UsageError) and e.path is None:
                 raise  # a bad option, not a bad file

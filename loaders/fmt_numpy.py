@@ -313,7 +313,7 @@ def load_npz(path: str) -> Checkpoint:
             # numpy.load names an array after its member, less a ".npy" suffix, and reads any member that
             # starts with the .npy magic as an array, suffix or not
             name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-            offset = zip_member_offset(path, info.header_offset, info.compress_size, raw_name(info))
+            offset = zip_member_offset(path, info.header_offset, info.compress_size, raw_name(info), info.orig_filename)
             if not info.filename.endswith(".npy") and not _starts_with_magic(zf, info, path, offset):
                 others.append(info.filename)  # not an array: numpy.load would give its bytes
                 continue

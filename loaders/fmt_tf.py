@@ -507,21 +507,13 @@ _DATA_RE = re.compile(r"^(.*)\.data-\d{5}-of-\d{5}$")
 def resolve_index(path: str) -> str:
     """The .index file of a prefix, an index or data file, a SavedModel folder or a checkpoint folder."""
     if os.path.isdir(path):
-        sm = os.path.join(path, "variables", "variables.index")
-        if os.path.isfile(sm):
-            return sm
-        cp = os.path.join(path, "checkpoint")
-        if os.path.isfile(cp):
-            with open(cp, encoding="utf-8", errors="replace") as f:
-                m = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', f.read(1 << 16), re.MULTILINE)
-            if m:
-                cand = os.path.normpath(os.path.join(path, m.group(1) + ".index"))
-                if os.path.dirname(cand) == os.path.normpath(path) and os.path.isfile(cand):
-                    return cand
-        idx = sorted(n for n in os.listdir(path) if n.endswith(".index"))
-        if len(idx) == 1:
-            return os.path.join(path, idx[0])
-        raise UnsupportedFormatError(path, "folder holds no single TensorFlow checkpoint (.index file)")
+        index = _index_in_folder(path)
+        from wdist.loaders.registry import inside_model_folder  # knows the Hugging Face cache layout
+
+        if not inside_model_folder(index, path):  # as for shards: a symlink out of the folder is not followed
+            raise CorruptCheckpointError(path, f"{os.path.relpath(index, path)!r} resolves outside the "
+                                               "checkpoint's folder (a symlink out of it is not followed)")
+        return index
     if path.endswith(".index"):
         return path
     m = _DATA_RE.match(path)
@@ -530,6 +522,25 @@ def resolve_index(path: str) -> str:
     if os.path.isfile(path + ".index"):
         return path + ".index"
     return path
+
+
+def _index_in_folder(path: str) -> str:
+    """The .index a SavedModel or checkpoint folder points at (not yet checked to stay inside it)."""
+    sm = os.path.join(path, "variables", "variables.index")
+    if os.path.isfile(sm):
+        return sm
+    cp = os.path.join(path, "checkpoint")
+    if os.path.isfile(cp):
+        with open(cp, encoding="utf-8", errors="replace") as f:
+            m = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', f.read(1 << 16), re.MULTILINE)
+        if m:
+            cand = os.path.normpath(os.path.join(path, m.group(1) + ".index"))
+            if os.path.dirname(cand) == os.path.normpath(path) and os.path.isfile(cand):
+                return cand
+    idx = sorted(n for n in os.listdir(path) if n.endswith(".index"))
+    if len(idx) == 1:
+        return os.path.join(path, idx[0])
+    raise UnsupportedFormatError(path, "folder holds no single TensorFlow checkpoint (.index file)")
 
 
 def _read_string_scalar(path: str, e: Entry, fp: str) -> bytes:

@@ -83,7 +83,10 @@ class Stat:
     size: int
     is_dir: bool
     is_file: bool  # a regular file (local) or an object (remote)
-    version: str  # what changes when the bytes change: mtime_ns:inode locally, ETag / version id remotely
+    # what changes when the bytes change: locally mtime, ctime, device and inode (a file replaced by another
+    # of the same size, mtime and recycled inode, as unzip or a reproducible archive leaves it, still gets a
+    # new ctime, which no tool can set back); remotely the ETag / version id
+    version: str
 
 
 def stat(path: str) -> Stat:
@@ -91,7 +94,7 @@ def stat(path: str) -> Stat:
         p = local_path(path)
         st = os.stat(p)
         return Stat(st.st_size, stat_mod.S_ISDIR(st.st_mode), stat_mod.S_ISREG(st.st_mode),
-                    f"{st.st_mtime_ns}:{st.st_ino}")
+                    f"{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_dev}:{st.st_ino}")
     fs, p = filesystem(path)
     try:
         info = fs.info(p)

@@ -654,7 +654,7 @@ def load_keras_zip(path: str) -> Checkpoint:
                 elif isinstance(data, dict):
                     meta["model_class"] = str(data.get("class_name", ""))
                     order = _config_layer_order(data)
-        offset = zip_member_offset(path, info.header_offset, info.compress_size, raw_name(info))
+        offset = zip_member_offset(path, info.header_offset, info.compress_size, raw_name(info), info.orig_filename)
     ck = _read_h5(path, (offset, info.file_size), "keras3-archive", meta)
     ck.format = Format.KERAS_ZIP
     if order:  # HDF5 lists groups alphabetically; config.json has the model's own layer order

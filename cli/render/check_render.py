@@ -27,6 +27,8 @@ def render(report: CheckReport, fmt: str) -> None:
             prose(con, f"ERROR {r.path}: {r.error}", style="bold red")
             continue
         echo(con, safe(r.path), "bold")
+        for w in r.warnings:
+            prose(con, f"warning: {w}", indent="  ", style="yellow")
         for rr in r.rules:
             mark, style = marks[rr.verdict]
             extra = (f"{rr.matched} matched" if rr.verdict == "pass" else

@@ -67,6 +67,8 @@ def render(r: TrendReport, fmt: str, hist: bool) -> None:
         echo(con, f"  {i + 1}. {safe(p.label)}{step}")
         if p.error:
             prose(con, f"unreadable: {p.error}", indent="       ", style="red")
+        for w in p.warnings:
+            prose(con, f"warning: {w}", indent="       ", style="yellow")
     if not r.layers:
         echo(con, "no layer could be read" if r.errors else "no layers selected")
     else:

@@ -158,3 +158,51 @@ def test_inspect_and_diff_on_unchanged_files_read_nothing(tmp_path, rng, monkeyp
     assert [t.change for t in d2.tensors] == [t.change for t in d1.tensors]
     with pytest.raises(Exception, match="cache holds it"):  # without the cache the file is read
         analyse(open_checkpoint(str(pa)), Options(jobs=1))
+
+
+def test_a_file_rewritten_in_place_with_its_old_size_and_mtime_is_a_miss(tmp_path, rng):
+    """Same path, size, mtime and inode (rewritten in place, mtime set back as unzip or a reproducible
+    archive does): the old key matched and a stale summary let `check` pass a file holding a NaN (found by
+    review). The key holds the ctime too, which no tool can set back."""
+    from click.testing import CliRunner
+
+    from wdist.cli.main import cli
+
+    p = tmp_path / "m.safetensors"
+    save_file({"fc.weight": np.ones((64, 32), np.float32)}, str(p))
+    os.utime(p, ns=(315532800 * 10**9, 315532800 * 10**9))  # 1980-01-01, as in a zip
+    env = {"WDIST_CACHE_DIR": str(tmp_path / "cache")}
+    rule = ["check", str(p), "--no-config", "--rule", "model: nan_count == 0"]
+    assert CliRunner().invoke(cli, rule, env=env).exit_code == 0
+    inode = p.stat().st_ino
+    w = np.full((64, 32), 7.0, np.float32)
+    w[3, 3] = np.nan
+    save_file({"fc.weight": w}, str(tmp_path / "new.safetensors"))
+    data = (tmp_path / "new.safetensors").read_bytes()
+    assert len(data) == p.stat().st_size
+    with open(p, "r+b") as f:  # in place: the inode stays
+        f.write(data)
+    os.utime(p, ns=(315532800 * 10**9, 315532800 * 10**9))
+    assert p.stat().st_ino == inode
+    r = CliRunner().invoke(cli, rule, env=env)
+    assert r.exit_code == 1, r.output  # the NaN is seen
+
+
+@pytest.mark.parametrize("field, value", [("nans", "x"), ("mean", [1, 2]), ("numel", None), ("n", 1e30),
+                                          ("n", 1 << 70), ("exact_bins", 3)])
+def test_cached_fields_of_the_wrong_type_are_a_miss(tmp_path, rng, field, value):
+    """A well-formed bundle whose values have the wrong types (written by something else, or damaged where
+    the npz/JSON layer cannot tell) made every later run fail with a TypeError naming the checkpoint."""
+    ref = _ckpt(tmp_path, rng)
+    cache = SummaryCache(str(tmp_path / "cache"))
+    key = tensor_key(ref, 1 << 20)
+    cache.put(key, summarize_tensor(ref))
+    bundle = next(iter(cache._bundles.values()))
+    (_cls, values), = bundle.values()
+    values[field] = value
+    cache.flush()
+    fresh = SummaryCache(str(tmp_path / "cache"))
+    assert fresh.get(key, Summary) is None  # recomputed, and the put rewrites the entry
+    fresh.put(key, summarize_tensor(ref))
+    fresh.flush()
+    _same(SummaryCache(str(tmp_path / "cache")).get(key, Summary), summarize_tensor(ref))

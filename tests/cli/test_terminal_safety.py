@@ -172,3 +172,26 @@ def test_junit_and_github_output_stay_valid(hostile, tmp_path):
     annotations = [ln for ln in r.stdout.splitlines() if ln.startswith("::error")]
     assert annotations and all("\r" not in a for a in annotations)
     assert ESC not in summary.read_text()
+
+
+class _Evil:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("echo never",))
+
+
+def test_refused_globals_are_warned_by_every_command(tmp_path):
+    """inspect named the refused `posix.system`, but check, diff and trend printed nothing of it and check's
+    JSON did not carry it (found by review): every command shows the checkpoint's warnings."""
+    torch.manual_seed(0)
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save({"fc.weight": torch.randn(16, 8), "evil": _Evil()}, a)
+    torch.save({"fc.weight": torch.randn(16, 8)}, b)
+    for args in (["check", a, "--no-config", "--rule", "*: nan_count == 0"], ["diff", a, b], ["trend", a, b],
+                 ["inspect", a]):
+        code, out, err = _invoke(*args)
+        assert code == 0, (args, out, err)
+        assert "posix.system" in out and "warning:" in out, (args, out)
+    code, out, _ = _invoke("check", a, "--no-config", "--rule", "*: nan_count == 0", "--format", "json")
+    assert any("posix.system" in w for w in json.loads(out)["checkpoints"][0]["warnings"])
+    code, out, _ = _invoke("trend", a, b, "--format", "json")
+    assert any("posix.system" in w for w in json.loads(out)["checkpoints"][0]["warnings"])

@@ -297,3 +297,23 @@ def test_npz_name_that_numpy_resolves_to_another_member_is_refused(tmp_path):
     np.savez(q, **{"x.npy": np.ones(3, np.float32)})
     with open_checkpoint(str(q)) as ck:
         assert [t.name for t in ck.tensors] == ["x.npy"] and ck.tensors[0].read().tolist() == [1, 1, 1]
+
+
+@pytest.mark.parametrize("which", ["local", "central"])
+def test_npz_name_flagged_utf8_in_one_header_only_is_refused(tmp_path, which):
+    """The same name bytes, flagged UTF-8 in one header and not the other, are two names for Python's
+    zipfile (numpy.load refuses: "File name in directory ... and header ... differ"); wdist compared the
+    bytes only and read the member (found by review)."""
+    p = tmp_path / "u.npz"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("é.npy", _npy(np.arange(16, dtype=np.float32)))
+    d = bytearray(p.read_bytes())
+    c = _central(bytes(d), "é.npy".encode())
+    at = 6 if which == "local" else c + 8  # general purpose flags: bit 11 is "name is UTF-8"
+    d[at] &= ~0x08 & 0xFF
+    d[at + 1] &= ~0x08 & 0xFF
+    p.write_bytes(bytes(d))
+    with pytest.raises(zipfile.BadZipFile, match="differ"):
+        np.load(p)[np.load(p).files[0]]
+    with pytest.raises(CorruptCheckpointError, match="local header names another file"):
+        open_checkpoint(str(p))

@@ -462,3 +462,20 @@ def test_crc_is_checked_on_partitioned_variables_split_into_tasks(tmp_path, monk
     for jobs in ("1", "2"):
         r = run("inspect", idx, "--no-cache", "-j", jobs, "--role", "all")
         assert r.exit_code == 2 and "crc32c" in r.output, (jobs, r.output)
+
+
+def test_index_symlinked_out_of_the_folder_is_not_followed(tmp_path):
+    """Given a folder, its .index must resolve inside it (found by review: A/ckpt.index -> B/ckpt.index made
+    A's report show a tensor only B's index names); the data shard is A's own, as TensorFlow would take."""
+    a = np.ones((4, 4), np.float32)
+    _bundle(tmp_path / "B", np.full((4, 4), 7777.0))
+    d = tmp_path / "A"
+    d.mkdir()
+    os.symlink(tmp_path / "B" / "ckpt.index", d / "ckpt.index")
+    (d / "ckpt.data-00000-of-00001").write_bytes(a.tobytes())
+    r = run("inspect", str(d))
+    assert r.exit_code == 2 and "7777" not in r.output and r.output.count("\n") == 1, r.output
+    # the index passed explicitly is the user's choice, read against the shard beside the path given (A's
+    # ones, which B's crc32c then refuses: never B's values)
+    with open_checkpoint(str(d / "ckpt.index")) as ck, pytest.raises(CorruptCheckpointError, match="crc32c"):
+        ck.tensors[0].read()
