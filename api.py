@@ -86,6 +86,8 @@ def options(roles: Sequence[str] | None = None, layers: Sequence[str] = (), near
     for v in (near_zero_rel, near_zero_abs):
         if v is not None and not (math.isfinite(v) and v >= 0):
             raise UsageError(None, f"near-zero thresholds must be finite numbers >= 0, not {v}")
+    if isinstance(roles, (str, Role)):  # roles="all": one role, not its letters
+        roles = [roles]
     role_names = [r.value if isinstance(r, Role) else str(r) for r in (roles or ())]
     valid = [r.value for r in Role]
     bad = [r for r in role_names if r not in valid and r != "all"]
@@ -251,7 +253,9 @@ def check(sources: Source | Sequence[Source], rules: Sequence[str] = (), *, conf
             on_file(os.fspath(base) if isinstance(base, (str, os.PathLike)) else None)
         base_ck = stack.enter_context(_opened(base, format)) if base is not None else None
         for src in srcs:
-            label = os.fspath(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "path", repr(src))
+            # an in-memory input is named by its type, as inspect names it (its repr can be megabytes)
+            label = (os.fspath(src) if isinstance(src, (str, os.PathLike))
+                     else str(getattr(src, "path", None) or f"<{type(src).__name__}>"))
             if on_file:
                 on_file(label)
             try:

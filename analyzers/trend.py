@@ -55,7 +55,11 @@ def expand_inputs(inputs: list[str]) -> list[str]:
                 raise UsageError(item, "glob matches no file")
             out += hits
         elif fs.isdir(item) and not is_model_dir(item):
-            entries = fs.listdir(item)
+            from wdist.loaders.registry import inside_model_folder
+
+            # as in a model folder, an entry that is a symlink out of the run folder is not followed (it
+            # would read another run's, or any, file under this run's step names)
+            entries = [e for e in fs.listdir(item) if inside_model_folder(e, item)]
             found = [e for e in entries if (not fs.isdir(e) and _is_ckpt_name(e)) or
                      (fs.isdir(e) and is_model_dir(e))]
             if not found:
@@ -421,5 +425,9 @@ def watch(source: str, poll: float = 5.0, settle: float = 2.0, stop: Callable[[]
                 done.append(p)
                 new = True
         if new:
+            # only what the folder still lists: a reported file replaced by a symlink out of the folder
+            # must not be read again under its old name
+            listed = set(paths)
+            done = [p for p in done if p in listed]
             yield list(done)
         sleep(poll)

@@ -461,3 +461,32 @@ def strided_read_cost(shape: tuple[int, ...], stride: tuple[int, ...], item: int
             nbytes = cover * item
         first += reads * (_SYSCALL_BYTES + nbytes)
     return first * -(-numel // chunk)
+
+
+def range_boxes(shape: tuple[int, ...], a: int, b: int) -> list[tuple[Any, ...]]:
+    """The flat C-order range [a, b) as at most 2*ndim-1 hyperslabs (index tuples), in order."""
+    if a >= b:
+        return []
+    if not shape:
+        return [()]
+    if len(shape) == 1:
+        return [(slice(a, b),)]
+    row = 1
+    for d in shape[1:]:
+        row *= d
+    if row == 0:
+        return []
+    i0, i1 = a // row, (b - 1) // row
+    if i0 == i1:
+        return [(i0,) + s for s in range_boxes(shape[1:], a - i0 * row, b - i0 * row)]
+    out: list[tuple[Any, ...]] = []
+    first = i0
+    if a % row:
+        out += [(i0,) + s for s in range_boxes(shape[1:], a % row, row)]
+        first = i0 + 1
+    stop = i1 if b % row else i1 + 1
+    if first < stop:
+        out.append((slice(first, stop),) + tuple(slice(None) for _ in shape[1:]))
+    if b % row:
+        out += [(i1,) + s for s in range_boxes(shape[1:], 0, b % row)]
+    return out

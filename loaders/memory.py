@@ -41,10 +41,18 @@ class TorchTensorReader:
     in_memory = True
 
     def read_raw(self, start: int, count: int) -> np.ndarray:
-        flat = self.tensor.detach().reshape(-1)[start:start + count]
-        if self.view_as is not None:
-            import torch
+        import torch
 
+        t = self.tensor.detach()
+        if t.is_contiguous():
+            flat = t.reshape(-1)[start:start + count]
+        else:  # copy only the rows of this range: reshape(-1) of a transposed/expanded tensor copies it all
+            from wdist.loaders.fileio import range_boxes
+
+            parts = [t[box].reshape(-1) for box in range_boxes(tuple(t.shape), start, start + count)]
+            flat = torch.cat(parts) if len(parts) != 1 else parts[0]
+        flat = flat.resolve_neg().resolve_conj()  # lazy negative / conjugate views hold other values
+        if self.view_as is not None:
             flat = flat.contiguous().view(getattr(torch, self.view_as))
         arr = flat.cpu().numpy()
         return arr.view(np.uint16) if self.view_as == "int16" else arr
@@ -87,20 +95,45 @@ def _module_kinds(module: Any) -> dict[str, str]:
     return out
 
 
-def _torch_tensors(sd: Mapping[str, Any], kinds: dict[str, str]) -> list[TensorRef]:
+def _unread(name: str, shape: tuple[int, ...], dtype: str, nbytes: int, module_kind: str | None,
+            keras: bool) -> TensorRef:
+    """A tensor listed (name, shape, dtype, bytes) but not analysed: no reader."""
+    ref = _ref(name, shape, dtype, None, module_kind, keras)
+    ref.stored_nbytes = nbytes
+    return ref
+
+
+def _unread_warning(names: list[str]) -> list[str]:
+    if not names:
+        return []
+    return [f"{len(names)} tensor(s) of a dtype or layout wdist does not analyse (complex, quantized, unsigned "
+            f"16-64 bit, sparse, object ...) are listed but not analysed: " + ", ".join(names[:5])
+            + (f" and {len(names) - 5} more" if len(names) > 5 else "")]
+
+
+def _torch_tensors(sd: Mapping[str, Any], kinds: dict[str, str], unread: list[str]) -> list[TensorRef]:
+    import torch
+
     refs = []
     by_ptr: dict[tuple, TensorRef] = {}
     for name, t in sd.items():
         key = str(t.dtype).replace("torch.", "")
-        if key not in _TORCH:
+        layer = name.rsplit(".", 1)[0] if "." in name else ""
+        shape = tuple(int(d) for d in t.shape)
+        if key not in _TORCH or t.layout != torch.strided or t.is_quantized:
+            # listed, never dropped: a complex, quantized or sparse tensor left out made a gate pass unseen
+            refs.append(_unread(name, shape, key if t.layout == torch.strided else f"{key} ({t.layout})",
+                                t.numel() * t.element_size(), kinds.get(layer), False))
+            unread.append(name)
             continue
         dtype, view = _TORCH[key]
-        ident = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), key) if t.device.type != "meta" else None
+        # a zero-size tensor has no storage to share (data_ptr 0 for all of them): never a tie
+        ident = ((t.data_ptr(), tuple(t.shape), tuple(t.stride()), key)
+                 if t.device.type != "meta" and t.numel() else None)
         if ident is not None and ident in by_ptr:  # tied weights are listed once, with their aliases
             by_ptr[ident].aliases += (name,)
             continue
-        layer = name.rsplit(".", 1)[0] if "." in name else ""
-        ref = _ref(name, tuple(int(d) for d in t.shape), dtype, TorchTensorReader(t, view), kinds.get(layer), False)
+        ref = _ref(name, shape, dtype, TorchTensorReader(t, view), kinds.get(layer), False)
         if ident is not None:
             by_ptr[ident] = ref
         refs.append(ref)
@@ -115,8 +148,9 @@ def from_object(obj: Any, name: str | None = None) -> Checkpoint:
     """A Checkpoint over an in-memory model or mapping of arrays (see the module docstring)."""
     label = name or f"<{type(obj).__name__}>"
     tensors: list[TensorRef]
+    unread: list[str] = []
     if hasattr(obj, "state_dict") and hasattr(obj, "named_modules") and _is_torch_module(obj):
-        tensors = _torch_tensors(obj.state_dict(), _module_kinds(obj))
+        tensors = _torch_tensors(obj.state_dict(), _module_kinds(obj), unread)
         variant = "nn.Module"
     elif _is_keras_model(obj):
         tensors = []
@@ -124,9 +158,12 @@ def from_object(obj: Any, name: str | None = None) -> Checkpoint:
             path = getattr(v, "path", None) or getattr(v, "name", "var")
             arr = np.asarray(v.numpy())
             dt = _NUMPY.get(arr.dtype.name)
+            vname = str(path).replace(":0", "")
             if dt is None:
+                tensors.append(_unread(vname, tuple(arr.shape), arr.dtype.name, arr.nbytes, None, True))
+                unread.append(vname)
                 continue
-            tensors.append(_ref(str(path).replace(":0", ""), tuple(arr.shape), dt, ArrayReader(arr), None, True))
+            tensors.append(_ref(vname, tuple(arr.shape), dt, ArrayReader(arr), None, True))
         variant = "keras-model"
     elif isinstance(obj, Mapping):
         inner = next((obj[k] for k in MODEL_KEYS if isinstance(obj.get(k), Mapping)), None)
@@ -135,12 +172,14 @@ def from_object(obj: Any, name: str | None = None) -> Checkpoint:
             raise UsageError(None, f"{label}: a state dict needs string keys")
         values = list(sd.values())
         if values and all(_is_torch(v) and hasattr(v, "dtype") and hasattr(v, "data_ptr") for v in values):
-            tensors, variant = _torch_tensors(sd, {}), "state-dict"
+            tensors, variant = _torch_tensors(sd, {}, unread), "state-dict"
         elif all(isinstance(v, np.ndarray) for v in values):
             tensors = []
             for k, a in sd.items():
                 dt = _NUMPY.get(a.dtype.newbyteorder("=").name if a.dtype.byteorder == ">" else a.dtype.name)
                 if dt is None:
+                    tensors.append(_unread(k, tuple(a.shape), a.dtype.name, a.nbytes, None, False))
+                    unread.append(k)
                     continue
                 a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
                 tensors.append(_ref(k, tuple(a.shape), dt, ArrayReader(a), None, False))
@@ -151,7 +190,7 @@ def from_object(obj: Any, name: str | None = None) -> Checkpoint:
         raise UsageError(None, f"cannot analyse a {type(obj).__name__}: give a path, a torch.nn.Module, a state "
                          "dict, a dict of NumPy arrays or a Keras model")
     fix_norm_biases(tensors)
-    return Checkpoint(path=label, format="memory", variant=variant, tensors=tensors)
+    return Checkpoint(path=label, format="memory", variant=variant, tensors=tensors, warnings=_unread_warning(unread))
 
 
 def _is_torch_module(obj: Any) -> bool:

@@ -32,7 +32,12 @@ STORAGE_DTYPES = {
     "Float8_e5m2Storage": "float8_e5m2", "Float8_e4m3fnuzStorage": "float8_e4m3fnuz",
     "Float8_e5m2fnuzStorage": "float8_e5m2fnuz", "UInt16Storage": "uint16", "UInt32Storage": "uint32",
     "UInt64Storage": "uint64", "Float8_e8m0fnuStorage": "float8_e8m0fnu",
+    # quantized storages: their tensors are rebuilt by _rebuild_qtensor (scale, zero point), which wdist does
+    # not run, so they are reported as objects not loaded; the storage itself must not make the file unreadable
+    "QInt8Storage": "qint8", "QUInt8Storage": "quint8", "QInt32Storage": "qint32", "QUInt4x2Storage": "quint4x2",
+    "QUInt2x4Storage": "quint2x4",
 }
+QUANTIZED_ITEMSIZE = {"qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1}
 TORCH_DTYPES = {
     "float32": "float32", "float": "float32", "float64": "float64", "double": "float64", "float16": "float16",
     "half": "float16", "bfloat16": "bfloat16", "int64": "int64", "long": "int64", "int32": "int32",

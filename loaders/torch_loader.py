@@ -139,7 +139,9 @@ def _split_top(obj: Any) -> tuple[list[tuple[str, PickledTensor, Role | None]], 
 
 
 def _storage_itemsize(dtype: str) -> int:
-    return 1 if dtype == "untyped" else dtype_itemsize(dtype)
+    from wdist.loaders.safe_pickle import QUANTIZED_ITEMSIZE
+
+    return 1 if dtype == "untyped" else QUANTIZED_ITEMSIZE.get(dtype) or dtype_itemsize(dtype)
 
 
 def _build(path: str, fmt: str, variant: str, result: UnpickleResult,

@@ -63,3 +63,43 @@ def test_natural_order_of_odd_file_names():
     sorts instead of raising ValueError; case is ignored as before."""
     names = ["Epoch10.pt", "epoch2.pt", "run²3.pt", "x" + "9" * 5000 + ".pt", "x1.pt"]
     assert sorted(names, key=natural_key) == ["epoch2.pt", "Epoch10.pt", "run²3.pt", "x1.pt", names[3]]
+
+
+def test_a_run_folder_entry_symlinked_out_of_it_is_not_read(tmp_path):
+    """`trend DIR` read an entry that was a symlink to a file outside the run folder, under this run's step
+    names (found by review: the 777s of another file showed as step 2)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for step in (1, 3):
+        torch.save({"w.weight": torch.full((8, 8), float(step))}, run_dir / f"step{step}.pt")
+    torch.save({"w.weight": torch.full((8, 8), 777.0)}, tmp_path / "secret.pt")
+    os.symlink(tmp_path / "secret.pt", run_dir / "step2.pt")
+    found = [os.path.basename(p) for p in expand_inputs([str(run_dir)])]
+    assert found == ["step1.pt", "step3.pt"]
+    os.symlink(run_dir / "step1.pt", run_dir / "step4.pt")  # a symlink inside the folder is followed
+    assert [os.path.basename(p) for p in expand_inputs([str(run_dir)])] == ["step1.pt", "step3.pt", "step4.pt"]
+
+
+def test_watch_never_rereads_a_file_replaced_by_a_symlink_out(tmp_path):
+    """watch() kept reported paths and passed them back each round: a reported step1 replaced by a symlink
+    out of the folder was read again under its old name (found by review)."""
+    from wdist.analyzers.trend import watch
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"w.weight": torch.ones(8, 8)}, run_dir / "step1.pt")
+    torch.save({"w.weight": torch.full((8, 8), 777.0)}, tmp_path / "secret.pt")
+    now = [0.0]
+
+    def sleep(_s: float) -> None:
+        now[0] += 10.0
+
+    rounds = []
+    gen = watch(str(run_dir), poll=1.0, settle=5.0, sleep=sleep, clock=lambda: now[0])
+    rounds.append(next(gen))
+    os.remove(run_dir / "step1.pt")
+    os.symlink(tmp_path / "secret.pt", run_dir / "step1.pt")
+    torch.save({"w.weight": torch.full((8, 8), 2.0)}, run_dir / "step2.pt")
+    rounds.append(next(gen))
+    assert [os.path.basename(p) for p in rounds[0]] == ["step1.pt"]
+    assert [os.path.basename(p) for p in rounds[1]] == ["step2.pt"]
