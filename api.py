@@ -204,10 +204,12 @@ def trend(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, metrics: S
     if order not in ("step", "given"):
         raise UsageError(None, f"order must be 'step' or 'given', not {order!r}")
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    paths = expand_inputs([os.fspath(p) for p in items])
+    refused: dict[str, str] = {}
+    paths = expand_inputs([os.fspath(p) for p in items], refused)
     opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral)
     with _flushing(opts):
-        return run(paths, opts, tuple(metrics), order == "given", format, progress, ridgeline=ridgeline)
+        return run(paths, opts, tuple(metrics), order == "given", format, progress, ridgeline=ridgeline,
+                   refused=refused)
 
 
 def check(sources: Source | Sequence[Source], rules: Sequence[str] = (), *, config: str | os.PathLike | bool | None = None,

@@ -45,8 +45,13 @@ def step_from_name(path: str) -> tuple[str, int] | None:
     return None
 
 
-def expand_inputs(inputs: list[str]) -> list[str]:
-    """CKPT... | DIR | GLOB -> checkpoint paths (files and model directories)."""
+OUTSIDE = "a symlink out of the run folder: not followed"
+
+
+def expand_inputs(inputs: list[str], refused: dict[str, str] | None = None) -> list[str]:
+    """CKPT... | DIR | GLOB -> checkpoint paths (files and model directories). A run folder's entry that is a
+    symlink out of it is never read: with `refused`, it is kept in the list (so it is reported) and
+    refused[path] says why; without, it is left out."""
     out: list[str] = []
     for item in inputs:
         if any(c in item for c in "*?[") and not fs.is_url(item) and not os.path.exists(item):
@@ -59,9 +64,13 @@ def expand_inputs(inputs: list[str]) -> list[str]:
 
             # as in a model folder, an entry that is a symlink out of the run folder is not followed (it
             # would read another run's, or any, file under this run's step names)
-            entries = [e for e in fs.listdir(item) if inside_model_folder(e, item)]
-            found = [e for e in entries if (not fs.isdir(e) and _is_ckpt_name(e)) or
-                     (fs.isdir(e) and is_model_dir(e))]
+            entries = fs.listdir(item)
+            outside = {e for e in entries if not inside_model_folder(e, item)}
+            found = [e for e in entries if e in outside and _is_ckpt_name(e) and refused is not None
+                     or e not in outside and ((not fs.isdir(e) and _is_ckpt_name(e)) or
+                                              (fs.isdir(e) and is_model_dir(e)))]
+            if refused is not None:
+                refused.update({e: OUTSIDE for e in found if e in outside})
             if not found:
                 raise UsageError(item, "directory holds no checkpoints")
             out += found
@@ -184,7 +193,8 @@ def _rel(a: float | None, b: float | None) -> float | None:
 
 def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRICS, given: bool = False,
         input_format: str | None = None, progress: Callable[[int, int], None] | None = None,
-        ridgeline: bool = True) -> TrendReport:
+        ridgeline: bool = True, refused: dict[str, str] | None = None) -> TrendReport:
+    """The run's report; `refused` (from expand_inputs) names paths recorded as unreadable unopened."""
     for m in chosen:
         if m not in metrics.METRICS:
             raise UsageError(None, f"unknown metric {m!r}; choose from {', '.join(metrics.METRICS)}")
@@ -199,6 +209,8 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
     errors = 0
     for i, pt in enumerate(points):
         try:
+            if refused and pt.path in refused:
+                raise WdistError(pt.path, refused[pt.path])
             with open_checkpoint(pt.path, input_format) as ck:
                 rep = analyse(ck, opts)
                 pt.warnings = list(ck.warnings)

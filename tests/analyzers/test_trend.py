@@ -76,6 +76,19 @@ def test_a_run_folder_entry_symlinked_out_of_it_is_not_read(tmp_path):
     os.symlink(tmp_path / "secret.pt", run_dir / "step2.pt")
     found = [os.path.basename(p) for p in expand_inputs([str(run_dir)])]
     assert found == ["step1.pt", "step3.pt"]
+    refused: dict[str, str] = {}  # the trend command keeps it, to name it as unreadable
+    assert [os.path.basename(p) for p in expand_inputs([str(run_dir)], refused)] == ["step1.pt", "step2.pt",
+                                                                                   "step3.pt"]
+    assert list(refused) == [str(run_dir / "step2.pt")]
+    rep = run(expand_inputs([str(run_dir)], refused), Options(jobs=1), refused=refused)
+    assert [p.error for p in rep.checkpoints] == [None, "a symlink out of the run folder: not followed", None]
+    assert max(v for v in rep.model["l2_norm"] if v is not None) < 777  # never read
+    from click.testing import CliRunner
+
+    from wdist.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["trend", str(run_dir), "--no-cache"])
+    assert r.exit_code == 2 and "wdist: error:" in r.output and "step2.pt: a symlink out" in r.output
     os.symlink(run_dir / "step1.pt", run_dir / "step4.pt")  # a symlink inside the folder is followed
     assert [os.path.basename(p) for p in expand_inputs([str(run_dir)])] == ["step1.pt", "step3.pt", "step4.pt"]
 
