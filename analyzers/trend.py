@@ -60,17 +60,16 @@ def expand_inputs(inputs: list[str], refused: dict[str, str] | None = None) -> l
                 raise UsageError(item, "glob matches no file")
             out += hits
         elif fs.isdir(item) and not is_model_dir(item):
-            from wdist.loaders.registry import inside_model_folder
-
-            # as in a model folder, an entry that is a symlink out of the run folder is not followed (it
-            # would read another run's, or any, file under this run's step names)
-            entries = fs.listdir(item)
-            outside = {e for e in entries if not inside_model_folder(e, item)}
-            found = [e for e in entries if e in outside and _is_ckpt_name(e) and refused is not None
-                     or e not in outside and ((not fs.isdir(e) and _is_ckpt_name(e)) or
-                                              (fs.isdir(e) and is_model_dir(e)))]
-            if refused is not None:
-                refused.update({e: OUTSIDE for e in found if e in outside})
+            found = []
+            for e in fs.listdir(item):
+                if not fs.inside_model_folder(e, item):
+                    # as in a model folder, an entry that is a symlink out of the run folder is not followed
+                    # (it would read another run's, or any, file under this run's step names)
+                    if refused is not None and _is_ckpt_name(e):
+                        refused[e] = OUTSIDE
+                        found.append(e)
+                elif (not fs.isdir(e) and _is_ckpt_name(e)) or (fs.isdir(e) and is_model_dir(e)):
+                    found.append(e)
             if not found:
                 raise UsageError(item, "directory holds no checkpoints")
             out += found

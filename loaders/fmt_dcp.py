@@ -23,6 +23,7 @@ import numpy as np
 from wdist.loaders.dtypes import storage_dtype
 from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError, WdistError
 from wdist.loaders.fileio import ZIP_ERRORS, RangeReader, Window, file_size
+from wdist.loaders.fs import inside_model_folder
 from wdist.loaders.model import Checkpoint, Role, TensorRef, dtype_itemsize
 from wdist.loaders.plugin import FormatPlugin
 from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, split_name
@@ -333,8 +334,6 @@ def load(path: str) -> Checkpoint:
         if os.path.dirname(fp) != os.path.normpath(folder) or not rel.endswith(".distcp"):
             raise CorruptCheckpointError(meta_path, f"storage file {rel!r} is not a .distcp file of this folder")
         if fp not in sizes_cache:
-            from wdist.loaders.registry import inside_model_folder  # knows the Hugging Face cache layout
-
             if not inside_model_folder(fp, folder):
                 raise CorruptCheckpointError(meta_path, f"storage file {rel!r} resolves outside the checkpoint's "
                                                         "folder (a symlink out of it is not followed)")

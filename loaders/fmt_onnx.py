@@ -21,6 +21,7 @@ import numpy as np
 from wdist.loaders.dtypes import storage_dtype
 from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError
 from wdist.loaders.fileio import RangeReader, file_size
+from wdist.loaders.fs import inside_model_folder
 from wdist.loaders.model import Checkpoint, Role, TensorRef, dtype_itemsize
 from wdist.loaders.plugin import FormatPlugin
 from wdist.loaders.roles import default_unit_axis, infer_role, split_name
@@ -420,8 +421,6 @@ def _external_file(path: str, name: str, location: str) -> str:
         raise CorruptCheckpointError(
             path, f"tensor {name!r}: external data location {location[:200]!r} is not a "
                   f"relative path inside the model's folder")
-    from wdist.loaders.registry import inside_model_folder  # the registry knows the Hugging Face cache layout
-
     base = os.path.dirname(os.path.abspath(path))
     full = os.path.join(base, location)
     if not inside_model_folder(full, base):

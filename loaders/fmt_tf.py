@@ -24,6 +24,7 @@ import numpy as np
 from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError
 from wdist.loaders.fileio import RangeReader, file_size
 from wdist.loaders.fmt_dcp import PAIRWISE_LIMIT, Chunk, ChunkedReader, disjoint, layout
+from wdist.loaders.fs import inside_model_folder
 from wdist.loaders.model import Checkpoint, Role, TensorRef, dtype_itemsize
 from wdist.loaders.plugin import FormatPlugin
 from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, split_name
@@ -508,8 +509,6 @@ def resolve_index(path: str) -> str:
     """The .index file of a prefix, an index or data file, a SavedModel folder or a checkpoint folder."""
     if os.path.isdir(path):
         index = _index_in_folder(path)
-        from wdist.loaders.registry import inside_model_folder  # knows the Hugging Face cache layout
-
         if not inside_model_folder(index, path):  # as for shards: a symlink out of the folder is not followed
             raise CorruptCheckpointError(path, f"{os.path.relpath(index, path)!r} resolves outside the "
                                                "checkpoint's folder (a symlink out of it is not followed)")
@@ -620,8 +619,6 @@ def load(path: str) -> Checkpoint:
             raise CorruptCheckpointError(index, f"entry {key!r} names shard {sid} of {num_shards}")
         fp = f"{prefix}.data-{sid:05d}-of-{num_shards:05d}"
         if sid not in shard_sizes:
-            from wdist.loaders.registry import inside_model_folder  # knows the Hugging Face cache layout
-
             if not inside_model_folder(fp, os.path.dirname(os.path.abspath(index))):
                 raise CorruptCheckpointError(index, f"data shard {os.path.basename(fp)} resolves outside the "
                                                     "checkpoint's folder (a symlink out of it is not followed)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import posixpath
 import re
 import stat as stat_mod
 import threading
@@ -299,3 +300,27 @@ def source(path: str) -> LocalSource | RemoteSource:
 
 def size(path: str) -> int:
     return stat(path).size
+
+
+def model_root(folder: str) -> str:
+    """The folder a model's files may live in. In a Hugging Face cache (`models--X/snapshots/REV/`) files are
+    symlinks into `models--X/blobs/`, so the repository folder is the root there."""
+    if is_url(folder):
+        return folder.rstrip("/")
+    real = os.path.realpath(local_path(folder))
+    parent = os.path.dirname(real)
+    if os.path.basename(parent) == "snapshots" and os.path.basename(os.path.dirname(parent)).startswith(
+            ("models--", "datasets--")):
+        return os.path.dirname(parent)
+    return real
+
+
+def inside_model_folder(path: str, folder: str) -> bool:
+    """Whether `path`, with every symlink resolved, stays inside the model folder."""
+    root = model_root(folder)
+    if is_url(path):
+        norm = posixpath.normpath(path.split("://", 1)[1])
+        top = posixpath.normpath(root.split("://", 1)[1]) if "://" in root else root
+        return norm == top or norm.startswith(top + "/")
+    real = os.path.realpath(local_path(path))
+    return real == root or real.startswith(root + os.sep)

@@ -223,30 +223,6 @@ def load_file(path: str, fmt: str | None = None) -> Checkpoint:
     return _run_loader(plugin, path)
 
 
-def _model_root(folder: str) -> str:
-    """The folder a model's files may live in. In a Hugging Face cache (`models--X/snapshots/REV/`) files are
-    symlinks into `models--X/blobs/`, so the repository folder is the root there."""
-    if fs.is_url(folder):
-        return folder.rstrip("/")
-    real = os.path.realpath(fs.local_path(folder))
-    parent = os.path.dirname(real)
-    if os.path.basename(parent) == "snapshots" and os.path.basename(os.path.dirname(parent)).startswith(
-            ("models--", "datasets--")):
-        return os.path.dirname(parent)
-    return real
-
-
-def inside_model_folder(path: str, folder: str) -> bool:
-    """Whether `path`, with every symlink resolved, stays inside the model folder."""
-    root = _model_root(folder)
-    if fs.is_url(path):
-        norm = posixpath.normpath(path.split("://", 1)[1])
-        top = posixpath.normpath(root.split("://", 1)[1]) if "://" in root else root
-        return norm == top or norm.startswith(top + "/")
-    real = os.path.realpath(fs.local_path(path))
-    return real == root or real.startswith(root + os.sep)
-
-
 def _load_index(path: str) -> Checkpoint:
     """Hugging Face sharded index: {"weight_map": {tensor: shard file}}."""
     st = require_regular(path)
@@ -268,7 +244,7 @@ def _load_index(path: str) -> Checkpoint:
         fp = fs.join(base, s)
         fp = fp.split("://", 1)[0] + "://" + posixpath.normpath(fp.split("://", 1)[1]) if url else os.path.normpath(fp)
         if (s.startswith(("/", "\\")) or os.path.isabs(s) or "://" in s or not fp.startswith(base + sep)
-                or not inside_model_folder(fp, base)):
+                or not fs.inside_model_folder(fp, base)):
             raise CorruptCheckpointError(path, f"shard {s!r} points outside the index's folder")
         if s.endswith(".index.json") or fs.isdir(fp):
             raise CorruptCheckpointError(path, f"shard {s!r} is not a weights file (an index cannot name an index)")
@@ -331,7 +307,7 @@ def _regular_entries(folder: str, pattern: str | None = None) -> list[str]:
         if pattern and not p.endswith(pattern):
             continue
         try:
-            if fs.stat(p).is_file and inside_model_folder(p, folder):
+            if fs.stat(p).is_file and fs.inside_model_folder(p, folder):
                 out.append(p)
         except (OSError, WdistError):
             continue
