@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError
-from wdist.loaders.model import Checkpoint, TensorRef
+from wdist.loaders.model import Checkpoint, TensorRef, dtype_itemsize, some_names
 from wdist.loaders.plugin import FormatPlugin
 from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, split_name
 
@@ -259,15 +259,7 @@ def _tensor(name: str, shape: tuple[int, ...], dtype: str, fortran: bool, reader
                      unit_axis=default_unit_axis(role, len(shape), keras=False), source=source)
 
 
-def _itemsize(dtype: str) -> int:
-    from wdist.loaders.model import dtype_itemsize
-
-    return dtype_itemsize(dtype)
-
-
 def _check_size(path: str, shape: tuple[int, ...], dtype: str, available: int, what: str) -> None:
-    from wdist.loaders.model import dtype_itemsize
-
     n = math.prod(shape)
     if n * dtype_itemsize(dtype) > available:
         raise CorruptCheckpointError(path, f"{what}: shape {list(shape)} x {dtype} needs {n * dtype_itemsize(dtype)} "
@@ -301,7 +293,6 @@ def load_npz(path: str) -> Checkpoint:
         # duplicate names, NUL in names, data before the archive, a miscounted directory: refused, as two
         # readers could disagree on which bytes a name means (names equal but for case are distinct arrays)
         zip_members(zf, path, fold_case=False)
-        keys: dict[str, str] = {}  # array name -> member
         all_names = {i.filename for i in infos}
         others: list[str] = []
         for info in infos:
@@ -318,14 +309,11 @@ def load_npz(path: str) -> Checkpoint:
                 others.append(info.filename)  # not an array: numpy.load would give its bytes
                 continue
             # numpy looks a key up as a member first, then as key + ".npy": "w.npy" beside "w" (or "w.npy.npy"
-            # beside "w.npy") names an array that numpy.load never gives under that name
+            # beside "w.npy") names an array that numpy.load never gives under that name. (Two members that
+            # strip to one name always meet here: equal names are refused by zip_members.)
             if name != info.filename and name in all_names:
                 raise CorruptCheckpointError(path, f"members {name!r} and {info.filename!r} are both the array "
                                                    f"{name!r}; readers would disagree on which")
-            if name in keys:  # "w" and "w.npy": numpy.load(...)["w"] takes one, its `files` lists both
-                raise CorruptCheckpointError(path, f"members {keys[name]!r} and {info.filename!r} are both "
-                                                   f"the array {name!r}; readers would disagree on which")
-            keys[name] = info.filename
             if info.compress_type == zipfile.ZIP_STORED:
                 if info.compress_size != info.file_size:
                     raise CorruptCheckpointError(path, f"{what} is stored but its zip sizes disagree")
@@ -345,7 +333,7 @@ def load_npz(path: str) -> Checkpoint:
                     raise CorruptCheckpointError(path, f"{what} cannot be read ({str(e)[:60]})") from None
                 _check_size(path, shape, dtype, info.file_size - start, what)
                 reader = _Inflater(path, offset, info.compress_size, start, dtype, info.file_size, info.CRC, what,
-                                   math.prod(shape) * _itemsize(dtype))
+                                   math.prod(shape) * dtype_itemsize(dtype))
             else:
                 raise CorruptCheckpointError(path, f"{what} uses an unsupported zip compression")
             tensors.append(_tensor(name, shape, dtype, fortran, reader, os.path.basename(path)))
@@ -355,7 +343,7 @@ def load_npz(path: str) -> Checkpoint:
     warnings = []
     if others:
         warnings.append(f"{len(others)} archive member(s) that are not .npy arrays were not read: "
-                        + ", ".join(repr(o) for o in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else ""))
+                        + some_names([repr(o) for o in others]))
     return Checkpoint(path=path, format="numpy", variant="npz", tensors=tensors, sources=[path], warnings=warnings)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from wdist.loaders.errors import UsageError
-from wdist.loaders.model import Checkpoint, Role, TensorRef
+from wdist.loaders.model import Checkpoint, Role, TensorRef, some_names
 from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, split_name
 
 # torch dtype name -> (wdist dtype, numpy dtype the raw values are viewed as)
@@ -107,8 +107,7 @@ def _unread_warning(names: list[str]) -> list[str]:
     if not names:
         return []
     return [f"{len(names)} tensor(s) of a dtype or layout wdist does not analyse (complex, quantized, unsigned "
-            f"16-64 bit, sparse, object ...) are listed but not analysed: " + ", ".join(names[:5])
-            + (f" and {len(names) - 5} more" if len(names) > 5 else "")]
+            f"16-64 bit, sparse, object ...) are listed but not analysed: " + some_names(names)]
 
 
 def _torch_tensors(sd: Mapping[str, Any], kinds: dict[str, str], unread: list[str]) -> list[TensorRef]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -195,6 +195,12 @@ _ITEMSIZE = {
     "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1, "float8_e8m0fnu": 1, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
     "uint64": 8, "uint32": 4, "uint16": 2, "uint8": 1, "bool": 1, "complex64": 8, "complex128": 16,
 }
+
+
+def some_names(names: Sequence[str], shown: int = 5) -> str:
+    """The first `shown` names for a warning, and how many more (a warning line, not a listing)."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def dtype_itemsize(dtype: str) -> int:

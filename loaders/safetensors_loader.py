@@ -13,7 +13,7 @@ import numpy as np
 from wdist.loaders import fs
 from wdist.loaders.errors import CorruptCheckpointError
 from wdist.loaders.fileio import RangeReader, file_size
-from wdist.loaders.model import Checkpoint, Format, Role, TensorRef, dtype_itemsize
+from wdist.loaders.model import Checkpoint, Format, Role, TensorRef, dtype_itemsize, some_names
 from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, natural_key, split_name
 
 MAX_HEADER = 100_000_000  # the reference implementation's limit
@@ -197,6 +197,6 @@ def load_safetensors_files(path: str, files: list[str], variant: str) -> Checkpo
     warnings = []
     if packed:
         warnings.append(f"{len(packed)} tensor(s) of packed sub-byte dtypes (F4/F6) are listed but not analysed: "
-                        + ", ".join(packed[:5]) + (f" and {len(packed) - 5} more" if len(packed) > 5 else ""))
+                        + some_names(packed))
     return Checkpoint(path=path, format=Format.SAFETENSORS, variant=variant, tensors=tensors,
                       metadata=metadata, sources=list(files), warnings=warnings)
