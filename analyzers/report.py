@@ -285,7 +285,7 @@ class CheckReport(ReportMixin):
     def to_dict(self) -> dict[str, Any]:
         return {"schema": self.SCHEMA, "passed": self.passed, "exit_code": self.exit_code, "config": self.config,
                 "checkpoints": [{"path": r.path, "error": r.error, "passed": r.passed,
-                                 "warnings": list(getattr(r, "warnings", [])),
+                                 "warnings": list(r.warnings),
                                  "rules": [jsonable(rr) for rr in r.rules]} for r in self.checkpoints]}
 
     def rows(self, level: str | None = None) -> list[dict[str, Any]]:

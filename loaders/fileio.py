@@ -268,9 +268,9 @@ def zip_member_offset(path: str, header_offset: int, compressed_size: int, name:
                       decoded: str | None = None) -> int:
     """Byte offset of a stored zip member's data, from its local header; checked against the file size.
     With `name` (the central directory's raw name), the local header must carry the same bytes (a reader
-    that walks local headers would see another file). With `decoded` (ZipInfo.orig_filename), the local
-    name decoded by the local header's own UTF-8 flag must equal it, as Python's zipfile (so numpy.load and
-    Keras) insists: the same bytes flagged differently are another name for them."""
+    that walks local headers would see another file). With `decoded` too (ZipInfo.orig_filename), the
+    local name decoded by the local header's own UTF-8 flag must equal it, as Python's zipfile (so
+    numpy.load and Keras) insists: the same bytes flagged differently are another name for them."""
     size = file_size(path)
     if header_offset < 0 or compressed_size < 0 or header_offset + 30 > size:
         raise CorruptCheckpointError(path, "zip member points outside the file")
@@ -284,8 +284,8 @@ def zip_member_offset(path: str, header_offset: int, compressed_size: int, name:
     start = header_offset + 30 + name_len + extra_len
     if name is not None and hdr[30:30 + name_len] != name:
         raise CorruptCheckpointError(path, f"zip member {name[:80]!r}: its local header names another file")
-    if decoded is not None:
-        raw = hdr[30:30 + name_len] if name is not None else fs.pread(path, header_offset + 30, name_len)
+    if name is not None and decoded is not None:
+        raw = hdr[30:30 + name_len]
         flags = int.from_bytes(hdr[6:8], "little")
         try:
             local = raw.decode("utf-8") if flags & 0x800 else raw.decode("cp437")

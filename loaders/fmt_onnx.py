@@ -176,9 +176,8 @@ def _node(pb: _PB, start: int, end: int) -> _Node:
     return n
 
 
-def _tensor(pb: _PB, start: int, end: int, unpacked_left: list[int] | None = None) -> _Init:
-    """One TensorProto; `unpacked_left` holds the unpacked typed values the rest of the file may hold."""
-    left = unpacked_left if unpacked_left is not None else [MAX_UNPACKED]
+def _tensor(pb: _PB, start: int, end: int, left: list[int]) -> _Init:
+    """One TensorProto; `left` holds the unpacked typed values the rest of the file may hold."""
     t = _Init()
     for fn, wt, v, p in pb.fields(start, end):
         if fn == 1:
@@ -369,31 +368,30 @@ class TypedReader:
             flat[n:n + vals.size] = self._convert(vals)
             n += vals.size
 
+        width = 4 if self.kind == "f4" else 8
         with open(self.path, "rb") as f:
             for off, size in self.pieces:
                 f.seek(off)
-                carry = b""
+                carry = b""  # the bytes of a value cut by a step's end, decoded with the next step
                 left = size
-                while left > 0 or carry:
-                    data = f.read(min(DECODE_BYTES, left)) if left > 0 else b""
-                    if left > 0 and not data:
+                while left > 0:
+                    data = f.read(min(DECODE_BYTES, left))
+                    if not data:
                         raise CorruptCheckpointError(self.path, "file is truncated (tensor data)")
                     left -= len(data)
                     b = np.frombuffer(carry + data, dtype=np.uint8)
-                    if self.kind == "varint":
+                    if left == 0:  # the piece's last step decodes everything (a cut value is an error there)
+                        cut = b.size
+                    elif self.kind == "varint":
                         ends = np.flatnonzero(b < 0x80)
-                        cut = int(ends[-1]) + 1 if ends.size else 0  # whole varints only; the rest waits
-                        if left == 0:
-                            cut = b.size
-                        put(_decode_varints(b[:cut], self.path))
-                        carry = b[cut:].tobytes()
-                        if left == 0:
-                            carry = b""
+                        cut = int(ends[-1]) + 1 if ends.size else 0  # whole varints only
                     else:
-                        width = 4 if self.kind == "f4" else 8
-                        cut = b.size - b.size % width if left > 0 else b.size
+                        cut = b.size - b.size % width
+                    if self.kind == "varint":
+                        put(_decode_varints(b[:cut], self.path))
+                    else:
                         put(b[:cut].view("<f4" if width == 4 else "<f8"))
-                        carry = b[cut:].tobytes() if left > 0 else b""
+                    carry = b[cut:].tobytes()
         if self.unpacked:
             u = np.array(self.unpacked, dtype=np.uint64)
             if self.kind == "f4":

@@ -9,7 +9,7 @@ import click
 
 from wdist.analyzers.check import CheckpointResult
 from wdist.analyzers.report import CheckReport
-from wdist.cli.render.common import console, dumps, echo, md_cell, num, plural, prose, safe
+from wdist.cli.render.common import console, dumps, echo, md_cell, num, plural, prose, safe, warn
 
 SHOW_WORST = 5
 
@@ -27,8 +27,7 @@ def render(report: CheckReport, fmt: str) -> None:
             prose(con, f"ERROR {r.path}: {r.error}", style="bold red")
             continue
         echo(con, safe(r.path), "bold")
-        for w in r.warnings:
-            prose(con, f"warning: {w}", indent="  ", style="yellow")
+        warn(con, r.warnings, indent="  ")
         for rr in r.rules:
             mark, style = marks[rr.verdict]
             extra = (f"{rr.matched} matched" if rr.verdict == "pass" else

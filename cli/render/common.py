@@ -102,6 +102,13 @@ def prose(con: Any, text: str, indent: str = "", hang: str = "    ", style: str 
         echo(con, line, style)
 
 
+def warn(con: Any, warnings: Sequence[str], indent: str = "", who: str = "") -> None:
+    """A checkpoint's warnings (refused globals, data not read), one wrapped paragraph each; `who` names
+    the checkpoint when several are shown together (diff's A and B)."""
+    for w in warnings:
+        prose(con, f"warning: {who}{w}", indent=indent, style="yellow")
+
+
 def heading(con: Any, parts: Sequence[str], detail: str | None = None, style: str | None = "bold") -> None:
     """A heading: the parts (paths, each with what it is) and an optional detail joined by two spaces on one
     line when that fits the output width; else each part whole on a line of its own (a path is never split

@@ -28,6 +28,7 @@ from wdist.cli.render.common import (
     print_table,
     prose,
     safe,
+    warn,
 )
 
 SCHEMA = "wdist/diff/1"
@@ -92,9 +93,8 @@ def render(r: DiffReport, fmt: str, per_tensor: bool, hist: bool, top: int | Non
         return
     con = console()
     heading(con, [f"A {safe(r.a.path)} ({safe(r.a.format)})", f"B {safe(r.b.path)} ({safe(r.b.format)})"])
-    for side, info in (("A", r.a), ("B", r.b)):
-        for w in info.warnings:
-            prose(con, f"warning: {side}: {w}", style="yellow")
+    warn(con, r.a.warnings, who="A: ")
+    warn(con, r.b.warnings, who="B: ")
     s = r.summary
     prose(con, f"overall: relative L2 change {num(s.get('rel_l2_change'), 3)}, cosine {num(s.get('cosine'), 4)}; "
               + ", ".join(f"{safe(k)} {v}" for k, v in s["statuses"].items()))

@@ -30,6 +30,7 @@ from wdist.cli.render.common import (
     print_table,
     prose,
     safe,
+    warn,
 )
 from wdist.cli.render.hist import bars
 
@@ -137,8 +138,7 @@ def _table(r: InspectReport, rows: list[Any], per_tensor: bool, hist: bool, log_
     heading(con, [safe(r.checkpoint.path)], f"({_what(r)})")
     for line in head[1:]:
         prose(con, line)
-    for w in r.checkpoint.warnings:
-        prose(con, f"warning: {w}", style="yellow")
+    warn(con, r.checkpoint.warnings)
     cols = ([Col("role", False)] if per_tensor else []) + [Col(c) for c in COLUMNS]
     print_table(con, "tensor" if per_tensor else "layer", cols,
                 [(row.name, ([row.role] if per_tensor else []) + cells(row)) for row in rows])

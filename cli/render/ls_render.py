@@ -18,8 +18,8 @@ from wdist.cli.render.common import (
     md_table,
     plural,
     print_table,
-    prose,
     safe,
+    warn,
 )
 
 
@@ -77,5 +77,4 @@ def render(ls: Listing, fmt: str) -> None:
     for key in ("role", "dtype"):
         print_table(con, f"by {key}", [Col("tensors"), Col("parameters"), Col("bytes")],
                     [(k, [f"{c:,}", f"{p:,}", human_bytes(b)]) for k, (c, p, b) in _totals(ls, key).items()])
-    for w in ls.warnings:
-        prose(con, f"warning: {w}", style="yellow")
+    warn(con, ls.warnings)

@@ -23,6 +23,7 @@ from wdist.cli.render.common import (
     print_table,
     prose,
     safe,
+    warn,
 )
 from wdist.cli.render.hist import BLOCKS, sparkline
 
@@ -67,8 +68,7 @@ def render(r: TrendReport, fmt: str, hist: bool) -> None:
         echo(con, f"  {i + 1}. {safe(p.label)}{step}")
         if p.error:
             prose(con, f"unreadable: {p.error}", indent="       ", style="red")
-        for w in p.warnings:
-            prose(con, f"warning: {w}", indent="       ", style="yellow")
+        warn(con, p.warnings, indent="       ")
     if not r.layers:
         echo(con, "no layer could be read" if r.errors else "no layers selected")
     else:
