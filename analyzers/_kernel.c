@@ -11,7 +11,7 @@
 
    Everything a call touches belongs to its caller (no static scratch), and the GIL is released while it
    runs, so threads may call it concurrently on different accumulators. Every sum is taken in a fixed order
-   within a block (4 interleaved lanes, combined in lane order), so results depend only on the block's
+   within a block (LANES interleaved lanes, combined in a fixed tree), so results depend only on the block's
    values, never on how the caller groups blocks into calls. */
 
 #define PY_SSIZE_T_CLEAN
@@ -32,20 +32,46 @@ static inline uint32_t bits(const float *p) {
 
 static inline int finite_bits(uint32_t u) { return (u & 0x7f800000u) != 0x7f800000u; }
 
-/* One block: histogram, counts, extremes, then the central moment sums around the block's own mean (a
+/* LANES independent accumulators per sum: a float64 add waits ~4 cycles for the previous one, so a sum
+   needs many chains in flight to run at the core's throughput (measured on this 2-core EPYC, per value:
+   4 lanes 0.66 ns for the moment pass, 8 lanes 0.33 ns, 16 lanes 0.15 ns, 32 lanes 0.5 ns as registers
+   spill). Lanes are combined in one fixed tree, so the result still depends only on the block's values. */
+#define LANES 16
+
+static inline double lanes_sum(const double *v) {
+    double t[LANES / 2];
+    for (int j = 0; j < LANES / 2; j++) t[j] = v[2 * j] + v[2 * j + 1];
+    for (int w = LANES / 4; w >= 1; w /= 2)
+        for (int j = 0; j < w; j++) t[j] = t[2 * j] + t[2 * j + 1];
+    return t[0];
+}
+
+/* The histogram in its own loop (one increment per value; a loop of its own leaves the sums below free to
+   vectorise). Counts go to 32-bit bins while a call is large enough to amortise flushing them: half the
+   cache footprint of 64-bit bins, ~0.45 vs ~0.74 ns per value here. */
+static inline void hist_block64(const float *x, Py_ssize_t k, int64_t *hist) {
+    for (Py_ssize_t i = 0; i < k; i++) hist[bits(x + i) >> 16]++;
+}
+
+static inline void hist_block32(const float *x, Py_ssize_t k, uint32_t *hist) {
+    for (Py_ssize_t i = 0; i < k; i++) hist[bits(x + i) >> 16]++;
+}
+
+/* One block: counts, sums and extremes, then the central moment sums around the block's own mean (a
    second pass while the block is still in cache). */
-static inline __attribute__((always_inline)) void one_block_impl(
-        const float *x, Py_ssize_t k, int64_t *hist, double *row, int64_t *zeros, int64_t *nans, int64_t *infs,
-        const int with_hist) {
-    double s[4] = {0, 0, 0, 0}, a[4] = {0, 0, 0, 0};
-    float lo[4] = {INFINITY, INFINITY, INFINITY, INFINITY}, hi[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+static void one_block(const float *x, Py_ssize_t k, double *row, int64_t *zeros, int64_t *nans, int64_t *infs) {
+    double s[LANES] = {0}, a[LANES] = {0};
+    float lo[LANES], hi[LANES];
+    for (int j = 0; j < LANES; j++) {
+        lo[j] = INFINITY;
+        hi[j] = -INFINITY;
+    }
     int64_t z = 0;
     Py_ssize_t i = 0;
-    for (; i + 4 <= k; i += 4) {
-        for (int j = 0; j < 4; j++) {
+    for (; i + LANES <= k; i += LANES) {
+        for (int j = 0; j < LANES; j++) {
             uint32_t u = bits(x + i + j);
             float v = x[i + j];
-            if (with_hist) hist[u >> 16]++;
             z += (u << 1) == 0;
             s[j] += v;
             a[j] += fabsf(v);
@@ -56,17 +82,16 @@ static inline __attribute__((always_inline)) void one_block_impl(
     for (int j = 0; i < k; i++, j++) {
         uint32_t u = bits(x + i);
         float v = x[i];
-        if (with_hist) hist[u >> 16]++;
         z += (u << 1) == 0;
         s[j] += v;
         a[j] += fabsf(v);
         lo[j] = v < lo[j] ? v : lo[j];
         hi[j] = v > hi[j] ? v : hi[j];
     }
-    double sum = (s[0] + s[1]) + (s[2] + s[3]);
-    double l1 = (a[0] + a[1]) + (a[2] + a[3]);
+    double sum = lanes_sum(s);
+    double l1 = lanes_sum(a);
     float mn = lo[0], mx = hi[0];
-    for (int j = 1; j < 4; j++) {
+    for (int j = 1; j < LANES; j++) {
         mn = lo[j] < mn ? lo[j] : mn;
         mx = hi[j] > mx ? hi[j] : mx;
     }
@@ -95,10 +120,10 @@ static inline __attribute__((always_inline)) void one_block_impl(
     }
     *zeros += z;
     double mean = n ? sum / (double)n : 0.0;
-    double t1[4] = {0, 0, 0, 0}, t2[4] = {0, 0, 0, 0}, t3[4] = {0, 0, 0, 0}, t4[4] = {0, 0, 0, 0};
+    double t1[LANES] = {0}, t2[LANES] = {0}, t3[LANES] = {0}, t4[LANES] = {0};
     if (clean) {
-        for (i = 0; i + 4 <= k; i += 4) {
-            for (int j = 0; j < 4; j++) {
+        for (i = 0; i + LANES <= k; i += LANES) {
+            for (int j = 0; j < LANES; j++) {
                 double d = (double)x[i + j] - mean, d2 = d * d;
                 t1[j] += d;
                 t2[j] += d2;
@@ -123,8 +148,7 @@ static inline __attribute__((always_inline)) void one_block_impl(
             t4[0] += d2 * d2;
         }
     }
-    double s1 = (t1[0] + t1[1]) + (t1[2] + t1[3]), s2 = (t2[0] + t2[1]) + (t2[2] + t2[3]);
-    double s3 = (t3[0] + t3[1]) + (t3[2] + t3[3]), s4 = (t4[0] + t4[1]) + (t4[2] + t4[3]);
+    double s1 = lanes_sum(t1), s2 = lanes_sum(t2), s3 = lanes_sum(t3), s4 = lanes_sum(t4);
     double mu = n ? s1 / (double)n : 0.0;  /* the rounding left in `mean`, corrected exactly below */
     double m2 = s2 - s1 * mu;
     row[0] = (double)n;
@@ -137,15 +161,15 @@ static inline __attribute__((always_inline)) void one_block_impl(
     row[7] = mx;
 }
 
-/* Two copies of the block loop, with and without the histogram: the flag is a constant in each. */
-static void one_block(const float *x, Py_ssize_t k, int64_t *hist, double *row, int64_t *zeros,
-                      int64_t *nans, int64_t *infs) {
-    one_block_impl(x, k, hist, row, zeros, nans, infs, 1);
-}
+/* Calls of at least this many values count into 32-bit bins, flushed into the caller's 64-bit bins every
+   FLUSH32 values (far below 2^32; 65,536 adds per 4 Mi values is noise) and at the end; smaller calls add
+   straight to the 64-bit bins. */
+#define MIN32 (1 << 20)
+#define FLUSH32 ((Py_ssize_t)1 << 22)
 
-static void one_block_nohist(const float *x, Py_ssize_t k, double *row, int64_t *zeros, int64_t *nans,
-                             int64_t *infs) {
-    one_block_impl(x, k, NULL, row, zeros, nans, infs, 0);
+static void flush32(uint32_t *h32, int64_t *hist) {
+    for (Py_ssize_t j = 0; j < NBINS; j++) hist[j] += h32[j];
+    memset(h32, 0, NBINS * sizeof(uint32_t));
 }
 
 static PyObject *k_blocks(PyObject *self, PyObject *args) {
@@ -154,6 +178,7 @@ static PyObject *k_blocks(PyObject *self, PyObject *args) {
     (void)self;
     if (!PyArg_ParseTuple(args, "y*nw*w*", &xb, &block, &hb, &rb)) return NULL;
     PyObject *ret = NULL;
+    uint32_t *h32 = NULL;
     Py_ssize_t n = xb.len / (Py_ssize_t)sizeof(float);
     Py_ssize_t nblocks = block > 0 ? (n + block - 1) / block : 0;
     if (block <= 0 || xb.len % (Py_ssize_t)sizeof(float) || (hb.len != NBINS * (Py_ssize_t)sizeof(int64_t) && hb.len != 0)
@@ -161,16 +186,31 @@ static PyObject *k_blocks(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "blocks: bad buffer sizes");
         goto done;
     }
+    if (hb.len && n >= MIN32 && !(h32 = PyMem_RawCalloc(NBINS, sizeof(uint32_t)))) {
+        PyErr_NoMemory();
+        goto done;
+    }
     int64_t zeros = 0, nans = 0, infs = 0;
     const float *x = (const float *)xb.buf;
     int64_t *hist = (int64_t *)hb.buf;
     double *rows = (double *)rb.buf;
     Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t since = 0;
     for (Py_ssize_t b = 0; b < nblocks; b++) {
         Py_ssize_t lo = b * block, k = n - lo < block ? n - lo : block;
-        if (hb.len) one_block(x + lo, k, hist, rows + b * ROW, &zeros, &nans, &infs);
-        else one_block_nohist(x + lo, k, rows + b * ROW, &zeros, &nans, &infs);
+        if (h32) {
+            if (since + k > FLUSH32) {
+                flush32(h32, hist);
+                since = 0;
+            }
+            hist_block32(x + lo, k, h32);
+            since += k;
+        } else if (hb.len) {
+            hist_block64(x + lo, k, hist);
+        }
+        one_block(x + lo, k, rows + b * ROW, &zeros, &nans, &infs);
     }
+    if (h32) flush32(h32, hist);
     if (hb.len && (nans || infs)) {  /* only NaN/Inf land in these bins: keep the histogram over finite values */
         memset(hist + 0x7f80, 0, 0x80 * sizeof(int64_t));
         memset(hist + 0xff80, 0, 0x80 * sizeof(int64_t));
@@ -178,27 +218,31 @@ static PyObject *k_blocks(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     ret = Py_BuildValue("LLL", (long long)zeros, (long long)nans, (long long)infs);
 done:
+    PyMem_RawFree(h32);
     PyBuffer_Release(&xb);
     PyBuffer_Release(&hb);
     PyBuffer_Release(&rb);
     return ret;
 }
 
+/* The counts are kept per lane as float64 (exact: a block holds far fewer than 2^53 values) so that every
+   accumulator has the same vector type and the loop vectorises: 1.2 vs 1.9-2.4 ns per pair with integer
+   counters, measured here. */
 static void one_pair(const float *a, const float *b, Py_ssize_t k, double rtol, double atol, double *row) {
-    double aa[4] = {0, 0, 0, 0}, bb[4] = {0, 0, 0, 0}, ab[4] = {0, 0, 0, 0}, dd[4] = {0, 0, 0, 0};
-    double mx[4] = {0, 0, 0, 0};
-    int64_t nz = 0, fl = 0, ch = 0;
-    Py_ssize_t i = 0, n = k;
-    for (; i + 4 <= k; i += 4) {
-        for (int j = 0; j < 4; j++) {
+    double aa[LANES] = {0}, bb[LANES] = {0}, ab[LANES] = {0}, dd[LANES] = {0}, mx[LANES] = {0};
+    double nz[LANES] = {0}, fl[LANES] = {0}, ch[LANES] = {0};
+    Py_ssize_t i = 0;
+    double n = (double)k;
+    for (; i + LANES <= k; i += LANES) {
+        for (int j = 0; j < LANES; j++) {
             double x = a[i + j], y = b[i + j], d = y - x, t = x * y, ad = fabs(d);
             aa[j] += x * x;
             bb[j] += y * y;
             ab[j] += t;
             dd[j] += d * d;
-            nz += t != 0.0;
-            fl += t < 0.0;
-            ch += ad > fabs(x) * rtol + atol;
+            nz[j] += t != 0.0 ? 1.0 : 0.0;
+            fl[j] += t < 0.0 ? 1.0 : 0.0;
+            ch[j] += ad > fabs(x) * rtol + atol ? 1.0 : 0.0;
             mx[j] = ad > mx[j] ? ad : mx[j];
         }
     }
@@ -208,42 +252,41 @@ static void one_pair(const float *a, const float *b, Py_ssize_t k, double rtol, 
         bb[j] += y * y;
         ab[j] += t;
         dd[j] += d * d;
-        nz += t != 0.0;
-        fl += t < 0.0;
-        ch += ad > fabs(x) * rtol + atol;
+        nz[j] += t != 0.0 ? 1.0 : 0.0;
+        fl[j] += t < 0.0 ? 1.0 : 0.0;
+        ch[j] += ad > fabs(x) * rtol + atol ? 1.0 : 0.0;
         mx[j] = ad > mx[j] ? ad : mx[j];
     }
-    double saa = (aa[0] + aa[1]) + (aa[2] + aa[3]), sbb = (bb[0] + bb[1]) + (bb[2] + bb[3]);
+    double saa = lanes_sum(aa), sbb = lanes_sum(bb);
     if (!isfinite(saa) || !isfinite(sbb)) {  /* a NaN/Inf on either side: redo over the elements finite in both */
-        for (int j = 0; j < 4; j++) aa[j] = bb[j] = ab[j] = dd[j] = mx[j] = 0.0;
-        nz = fl = ch = 0;
-        n = 0;
+        for (int j = 0; j < LANES; j++) aa[j] = bb[j] = ab[j] = dd[j] = mx[j] = nz[j] = fl[j] = ch[j] = 0.0;
+        n = 0.0;
         for (i = 0; i < k; i++) {
             if (!finite_bits(bits(a + i)) || !finite_bits(bits(b + i))) continue;
             double x = a[i], y = b[i], d = y - x, t = x * y, ad = fabs(d);
-            n++;
+            n += 1.0;
             aa[0] += x * x;
             bb[0] += y * y;
             ab[0] += t;
             dd[0] += d * d;
-            nz += t != 0.0;
-            fl += t < 0.0;
-            ch += ad > fabs(x) * rtol + atol;
+            nz[0] += t != 0.0 ? 1.0 : 0.0;
+            fl[0] += t < 0.0 ? 1.0 : 0.0;
+            ch[0] += ad > fabs(x) * rtol + atol ? 1.0 : 0.0;
             mx[0] = ad > mx[0] ? ad : mx[0];
         }
         saa = aa[0];
         sbb = bb[0];
     }
     double m = mx[0];
-    for (int j = 1; j < 4; j++) m = mx[j] > m ? mx[j] : m;
-    row[0] = (double)n;
+    for (int j = 1; j < LANES; j++) m = mx[j] > m ? mx[j] : m;
+    row[0] = n;
     row[1] = saa;
     row[2] = sbb;
-    row[3] = (ab[0] + ab[1]) + (ab[2] + ab[3]);
-    row[4] = (dd[0] + dd[1]) + (dd[2] + dd[3]);
-    row[5] = (double)nz;
-    row[6] = (double)fl;
-    row[7] = (double)ch;
+    row[3] = lanes_sum(ab);
+    row[4] = lanes_sum(dd);
+    row[5] = lanes_sum(nz);
+    row[6] = lanes_sum(fl);
+    row[7] = lanes_sum(ch);
     row[8] = m;
 }
 

@@ -12,7 +12,15 @@ import numpy as np
 
 from wdist.loaders.errors import UsageError
 from wdist.loaders.model import Checkpoint, Role, TensorRef, some_names
-from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, split_name
+from wdist.loaders.roles import (
+    META_KEYS,
+    MODEL_KEYS,
+    default_unit_axis,
+    fix_norm_biases,
+    infer_role,
+    is_optimizer_key,
+    split_name,
+)
 
 # torch dtype name -> (wdist dtype, numpy dtype the raw values are viewed as)
 _TORCH = {
@@ -26,7 +34,7 @@ _TORCH = {
 _NUMPY = {"float64": "float64", "float32": "float32", "float16": "float16", "int64": "int64", "int32": "int32",
           "int16": "int16", "int8": "int8", "uint64": "uint64", "uint32": "uint32", "uint16": "uint16",
           "uint8": "uint8", "bool": "bool"}
-MODEL_KEYS = ("state_dict", "model_state_dict", "model", "module")
+MAX_DEPTH = 1000  # nesting of dicts/lists in memory, as for a pickle (safe_pickle.MAX_DEPTH)
 # module classes whose parameters are normalisation scales/shifts or embeddings, whatever they are called
 _NORM_MODULES = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RMSNorm", "LocalResponseNorm")
 
@@ -67,10 +75,11 @@ class ArrayReader:
         return self.array.reshape(-1)[start:start + count]
 
 
-def _ref(name: str, shape: tuple[int, ...], dtype: str, reader: Any, module_kind: str | None, keras: bool) -> TensorRef:
+def _ref(name: str, shape: tuple[int, ...], dtype: str, reader: Any, module_kind: str | None, keras: bool,
+         forced: Role | None = None) -> TensorRef:
     sep = "/" if keras else "."
     layer, param = split_name(name, sep)
-    role = infer_role(name, layer, param, shape, dtype)
+    role = forced or infer_role(name, layer, param, shape, dtype)
     if module_kind == "norm" and role in (Role.WEIGHT, Role.BIAS, Role.OTHER) and dtype.startswith(("float", "bfloat")):
         role = Role.NORM
     elif module_kind == "embedding" and role is Role.WEIGHT:
@@ -96,9 +105,9 @@ def _module_kinds(module: Any) -> dict[str, str]:
 
 
 def _unread(name: str, shape: tuple[int, ...], dtype: str, nbytes: int, module_kind: str | None,
-            keras: bool) -> TensorRef:
+            keras: bool, forced: Role | None = None) -> TensorRef:
     """A tensor listed (name, shape, dtype, bytes) but not analysed: no reader."""
-    ref = _ref(name, shape, dtype, None, module_kind, keras)
+    ref = _ref(name, shape, dtype, None, module_kind, keras, forced)
     ref.stored_nbytes = nbytes
     return ref
 
@@ -110,19 +119,25 @@ def _unread_warning(names: list[str]) -> list[str]:
             f"16-64 bit, sparse, object ...) are listed but not analysed: " + some_names(names)]
 
 
-def _torch_tensors(sd: Mapping[str, Any], kinds: dict[str, str], unread: list[str]) -> list[TensorRef]:
+def _torch_tensors(sd: Mapping[str, Any], kinds: dict[str, str], unread: list[str],
+                   forced: Mapping[str, Role] | None = None) -> list[TensorRef]:
+    """TensorRefs of the torch tensors and NumPy arrays of a flat name -> value mapping, in its order."""
     import torch
 
     refs = []
     by_ptr: dict[tuple, TensorRef] = {}
     for name, t in sd.items():
-        key = str(t.dtype).replace("torch.", "")
+        role = forced.get(name) if forced else None
         layer = name.rsplit(".", 1)[0] if "." in name else ""
+        if isinstance(t, np.ndarray):
+            refs.append(_array_ref(name, t, unread, role))
+            continue
+        key = str(t.dtype).replace("torch.", "")
         shape = tuple(int(d) for d in t.shape)
         if key not in _TORCH or t.layout != torch.strided or t.is_quantized:
             # listed, never dropped: a complex, quantized or sparse tensor left out made a gate pass unseen
             refs.append(_unread(name, shape, key if t.layout == torch.strided else f"{key} ({t.layout})",
-                                t.numel() * t.element_size(), kinds.get(layer), False))
+                                t.numel() * t.element_size(), kinds.get(layer), False, role))
             unread.append(name)
             continue
         dtype, view = _TORCH[key]
@@ -132,11 +147,67 @@ def _torch_tensors(sd: Mapping[str, Any], kinds: dict[str, str], unread: list[st
         if ident is not None and ident in by_ptr:  # tied weights are listed once, with their aliases
             by_ptr[ident].aliases += (name,)
             continue
-        ref = _ref(name, shape, dtype, TorchTensorReader(t, view), kinds.get(layer), False)
+        ref = _ref(name, shape, dtype, TorchTensorReader(t, view), kinds.get(layer), False, role)
         if ident is not None:
             by_ptr[ident] = ref
         refs.append(ref)
     return refs
+
+
+def _array_ref(name: str, a: np.ndarray, unread: list[str], forced: Role | None = None) -> TensorRef:
+    dt = _NUMPY.get(a.dtype.newbyteorder("=").name if a.dtype.byteorder == ">" else a.dtype.name)
+    if dt is None:
+        unread.append(name)
+        return _unread(name, tuple(a.shape), a.dtype.name, a.nbytes, None, False, forced)
+    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+    return _ref(name, tuple(a.shape), dt, ArrayReader(a), None, False, forced)
+
+
+def _is_leaf(v: Any) -> bool:
+    return isinstance(v, np.ndarray) or (_is_torch(v) and hasattr(v, "dtype") and hasattr(v, "data_ptr"))
+
+
+def _walk(obj: Any, prefix: str, out: dict[str, Any], seen: set[int]) -> None:
+    """Every tensor or array reachable from obj through dicts, lists and tuples, named by the dotted path of
+    keys and indices, as wdist names the same object saved with torch.save; other values are skipped.
+    Iterative, each container once, nesting bounded."""
+    todo: list[tuple[Any, str, int]] = [(obj, prefix, 0)]
+    while todo:
+        node, at, depth = todo.pop()
+        if _is_leaf(node):
+            if at in out:
+                raise UsageError(None, f"two tensors would both be named {at!r}")
+            out[at] = node
+            continue
+        if not isinstance(node, (Mapping, list, tuple)) or id(node) in seen:
+            continue
+        if depth >= MAX_DEPTH:
+            raise UsageError(None, f"the mapping nests deeper than {MAX_DEPTH} levels")
+        seen.add(id(node))
+        kids = list(node.items()) if isinstance(node, Mapping) else list(enumerate(node))
+        for k, v in reversed(kids):
+            todo.append((v, f"{at}.{k}" if at else str(k), depth + 1))
+
+
+def _flatten(obj: Mapping[Any, Any]) -> tuple[dict[str, Any], dict[str, Role], dict[str, Any]]:
+    """(name -> tensor, name -> forced role, metadata) of a state dict or a training checkpoint dict, named
+    as torch_loader names the same dict saved with torch.save: the model's entry (MODEL_KEYS) without its
+    key, optimizer entries with theirs (as optimizer state), anything else with its key."""
+    meta = {k: obj[k] for k in META_KEYS
+            if isinstance(obj.get(k), (int, float, str)) and not isinstance(obj.get(k), bool)}
+    flat: dict[str, Any] = {}
+    forced: dict[str, Role] = {}
+    seen: set[int] = set()
+    model_key = next((k for k in MODEL_KEYS if isinstance(obj.get(k), Mapping)), None)
+    if model_key is None:
+        _walk(obj, "", flat, seen)
+        return flat, forced, meta
+    for key, value in obj.items():
+        before = len(flat)
+        _walk(value, "" if key == model_key else str(key), flat, seen)
+        if key != model_key and is_optimizer_key(key):
+            forced.update((n, Role.OPTIMIZER_STATE) for n in list(flat)[before:])
+    return flat, forced, meta
 
 
 def _is_torch(obj: Any) -> bool:
@@ -148,6 +219,7 @@ def from_object(obj: Any, name: str | None = None) -> Checkpoint:
     label = name or f"<{type(obj).__name__}>"
     tensors: list[TensorRef]
     unread: list[str] = []
+    meta: dict[str, Any] = {}
     if hasattr(obj, "state_dict") and hasattr(obj, "named_modules") and _is_torch_module(obj):
         tensors = _torch_tensors(obj.state_dict(), _module_kinds(obj), unread)
         variant = "nn.Module"
@@ -165,31 +237,19 @@ def from_object(obj: Any, name: str | None = None) -> Checkpoint:
             tensors.append(_ref(vname, tuple(arr.shape), dt, ArrayReader(arr), None, True))
         variant = "keras-model"
     elif isinstance(obj, Mapping):
-        inner = next((obj[k] for k in MODEL_KEYS if isinstance(obj.get(k), Mapping)), None)
-        sd = inner if inner is not None else obj
-        if not all(isinstance(k, str) for k in sd):
-            raise UsageError(None, f"{label}: a state dict needs string keys")
-        values = list(sd.values())
-        if values and all(_is_torch(v) and hasattr(v, "dtype") and hasattr(v, "data_ptr") for v in values):
-            tensors, variant = _torch_tensors(sd, {}, unread), "state-dict"
-        elif all(isinstance(v, np.ndarray) for v in values):
-            tensors = []
-            for k, a in sd.items():
-                dt = _NUMPY.get(a.dtype.newbyteorder("=").name if a.dtype.byteorder == ">" else a.dtype.name)
-                if dt is None:
-                    tensors.append(_unread(k, tuple(a.shape), a.dtype.name, a.nbytes, None, False))
-                    unread.append(k)
-                    continue
-                a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
-                tensors.append(_ref(k, tuple(a.shape), dt, ArrayReader(a), None, False))
-            variant = "arrays"
+        flat, forced, meta = _flatten(obj)
+        if all(isinstance(v, np.ndarray) for v in flat.values()):  # no torch import for NumPy arrays
+            tensors, variant = [_array_ref(k, a, unread, forced.get(k)) for k, a in flat.items()], "arrays"
         else:
-            raise UsageError(None, f"{label}: a mapping must hold only torch tensors or only NumPy arrays")
+            tensors, variant = _torch_tensors(flat, {}, unread, forced), "state-dict"
+        if not flat and obj:
+            raise UsageError(None, f"{label}: the mapping holds no torch tensor or NumPy array")
     else:
         raise UsageError(None, f"cannot analyse a {type(obj).__name__}: give a path, a torch.nn.Module, a state "
                          "dict, a dict of NumPy arrays or a Keras model")
     fix_norm_biases(tensors)
-    return Checkpoint(path=label, format="memory", variant=variant, tensors=tensors, warnings=_unread_warning(unread))
+    return Checkpoint(path=label, format="memory", variant=variant, tensors=tensors, metadata=meta,
+                      warnings=_unread_warning(unread))
 
 
 def _is_torch_module(obj: Any) -> bool:

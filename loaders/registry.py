@@ -9,6 +9,7 @@ import json
 import os
 import posixpath
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from functools import cache
 
@@ -58,8 +59,52 @@ def formats() -> tuple[FormatPlugin, ...]:
     return tuple(sorted(seen.values(), key=lambda p: (p.order, p.name)))
 
 
+def _searches_sys_path(finder: object) -> bool:
+    """The finders whose distributions are exactly the *.dist-info / *.egg-info folders on sys.path: the
+    standard PathFinder, and the importlib_metadata back-port's MetadataPathFinder (which packages such as
+    keras or jax put on sys.meta_path when imported)."""
+    from importlib.machinery import PathFinder
+
+    cls = finder if isinstance(finder, type) else type(finder)
+    return cls is PathFinder or (cls.__name__ == "MetadataPathFinder"
+                                 and cls.__module__.split(".")[0] in ("importlib", "importlib_metadata"))
+
+
+def _may_declare_plugins() -> bool:
+    """False only when no installed distribution can declare a `wdist.formats` entry point: no path entry's
+    *.dist-info / *.egg-info has an entry_points.txt naming the group. importlib.metadata parses every
+    distribution's metadata to answer (30-50 ms of every command here, most of it for the usual answer, none);
+    anything this scan cannot see for itself (a zip or egg on sys.path, a finder that supplies distributions
+    of its own, an unreadable folder) leaves the answer to importlib.metadata."""
+    for finder in sys.meta_path:
+        if getattr(finder, "find_distributions", None) is not None and not _searches_sys_path(finder):
+            return True
+    needle = ENTRY_POINT_GROUP.encode()
+    for entry in sys.path:
+        root = entry or "."
+        try:
+            if not os.path.isdir(root) or root.lower().endswith(".egg"):
+                if os.path.exists(root):
+                    return True
+                continue
+            with os.scandir(root) as it:
+                names = [de.name for de in it if de.name.lower().endswith((".dist-info", ".egg-info"))]
+            for name in names:
+                try:
+                    with open(os.path.join(root, name, "entry_points.txt"), "rb") as f:
+                        if needle in f.read():
+                            return True
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+        except OSError:
+            return True
+    return False
+
+
 @cache
 def _entry_points() -> tuple[tuple[list[FormatPlugin], str | None], ...]:
+    if not _may_declare_plugins():
+        return ()
     from importlib.metadata import entry_points
 
     out: list[tuple[list[FormatPlugin], str | None]] = []

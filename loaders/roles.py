@@ -6,6 +6,18 @@ import re
 
 from wdist.loaders.model import FLOAT_DTYPES, Role, TensorRef
 
+# Top-level keys of a training checkpoint (torch.save of a dict, or the same dict in memory): the model's
+# tensors are named without their key's prefix, as the model's state_dict() names them; the optimizer's are
+# optimizer state; these scalars are kept as metadata.
+MODEL_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_state")
+OPTIMIZER_KEYS = ("optimizer", "optimizer_states", "optimizer_state_dict", "optimizer_state", "optim", "opt")
+META_KEYS = ("epoch", "global_step", "step", "iteration", "best_score", "pytorch-lightning_version", "lr")
+
+
+def is_optimizer_key(key: object) -> bool:
+    return key in OPTIMIZER_KEYS or "optimizer" in str(key)
+
+
 _RUNNING = {"running_mean", "running_var", "num_batches_tracked", "moving_mean", "moving_variance"}
 _NORM_PARAMS = {"gamma", "beta", "scale"}
 _NORM_NAMES = {"bn", "ln", "norm", "batchnorm", "layernorm", "groupnorm", "rmsnorm"}

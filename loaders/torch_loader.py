@@ -31,7 +31,15 @@ from wdist.loaders.fileio import (
     zip_members,
 )
 from wdist.loaders.model import DEFAULT_CHUNK, Checkpoint, Format, Role, TensorRef, dtype_itemsize
-from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, split_name
+from wdist.loaders.roles import (
+    META_KEYS,
+    MODEL_KEYS,
+    default_unit_axis,
+    fix_norm_biases,
+    infer_role,
+    is_optimizer_key,
+    split_name,
+)
 from wdist.loaders.safe_pickle import (
     MAX_DEPTH,
     Bounded,
@@ -47,9 +55,6 @@ from wdist.loaders.safe_pickle import (
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MAX_PICKLE = 1 << 30
-MODEL_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_state")
-OPTIMIZER_KEYS = ("optimizer", "optimizer_states", "optimizer_state_dict", "optimizer_state", "optim", "opt")
-META_KEYS = ("epoch", "global_step", "step", "iteration", "best_score", "pytorch-lightning_version", "lr")
 
 
 @dataclass
@@ -126,7 +131,7 @@ def _split_top(obj: Any) -> tuple[list[tuple[str, PickledTensor, Role | None]], 
                 if key == model_key:
                     _walk(value, "", items, seen)
                     found += [(n, t, None) for n, t in items]
-                elif key in OPTIMIZER_KEYS or "optimizer" in str(key):
+                elif is_optimizer_key(key):
                     _walk(value, str(key), items, seen)
                     found += [(n, t, Role.OPTIMIZER_STATE) for n, t in items]
                 else:

@@ -199,3 +199,27 @@ def test_kernel_without_histogram_gives_the_same_rows(rng):
     assert np.array_equal(a[0], b[0]) and a[1:] == b[1:] and h.sum() == np.isfinite(x).sum()
     with pytest.raises(ValueError, match="bad buffer"):
         kernel.native().blocks(x, kernel.BLOCK, np.zeros(3, np.int64), np.empty((4, kernel.ROW)))
+
+
+@needs_c
+def test_large_call_histogram_matches_bincount(rng):
+    """A call of >= 2^20 values counts into 32-bit bins flushed every 4 Mi values: 5 Mi values with NaN,
+    Inf and zeros cross a flush and give numpy's exact counts, rows equal to the small-call path's."""
+    native = kernel.native()
+    x = (rng.standard_normal(5 * (1 << 20) + 7) * 0.02).astype(np.float32)
+    x[rng.choice(x.size, 300, replace=False)] = [np.nan] * 100 + [np.inf] * 100 + [0.0] * 100
+    hist = np.zeros(kernel.NBINS, np.int64)
+    nb = -(-x.size // kernel.BLOCK)
+    rows = np.zeros(nb * kernel.ROW)
+    counts = native.blocks(x, kernel.BLOCK, hist, rows)
+    ref = np.bincount(x.view(np.uint32) >> 16, minlength=kernel.NBINS)
+    ref[0x7f80:0x8000] = 0  # NaN/Inf bins are cleared: the histogram is of finite values
+    ref[0xff80:] = 0
+    assert np.array_equal(hist, ref)
+    assert counts == (int((x == 0).sum()), 100, 100)
+    small = np.zeros(kernel.NBINS, np.int64)
+    rows_small = np.zeros_like(rows)
+    step = 8 * kernel.BLOCK  # calls below 2^20 values: straight into 64-bit bins
+    for lo in range(0, x.size, step):
+        native.blocks(x[lo:lo + step], kernel.BLOCK, small, rows_small[lo // kernel.BLOCK * kernel.ROW:])
+    assert np.array_equal(small, hist) and np.array_equal(rows_small, rows)

@@ -222,3 +222,53 @@ def test_shards_list_layers_in_model_order_not_file_order(tmp_path):
     _st(tmp_path / "model-00002-of-00002.safetensors", {"h.2.w": np.ones(2), "h.10.w": np.ones(2)})
     names = [t.name for t in open_checkpoint(str(tmp_path)).tensors]
     assert names == ["h.0.w", "h.1.w", "h.2.w", "h.10.w", "wte"]
+
+
+def test_plugin_precheck_agrees_with_importlib_metadata(tmp_path, monkeypatch):
+    """The quick scan that spares importlib.metadata says "no plug-in" only when importlib.metadata finds
+    none: on this environment, on a folder of distributions without the group, with one declaring it, and
+    it defers (True) to importlib.metadata for a zip on sys.path it cannot look into."""
+    from importlib.metadata import entry_points
+
+    from wdist.loaders.registry import ENTRY_POINT_GROUP, _may_declare_plugins
+
+    if not _may_declare_plugins():
+        assert not list(entry_points(group=ENTRY_POINT_GROUP))
+    site = tmp_path / "site"
+    (site / "other-1.0.dist-info").mkdir(parents=True)
+    (site / "other-1.0.dist-info" / "entry_points.txt").write_text("[console_scripts]\nother = other:main\n")
+    (site / "bare-1.0.dist-info").mkdir()  # no entry_points.txt
+    (site / "old.egg-info").write_text("Name: old\n")  # a PKG-INFO-style file, not a folder
+    monkeypatch.setattr(sys, "path", [str(site), str(tmp_path / "missing")])
+    assert _may_declare_plugins() is False
+    assert not list(entry_points(group=ENTRY_POINT_GROUP))
+    (site / "Plug-0.1.DIST-INFO").mkdir()
+    (site / "Plug-0.1.DIST-INFO" / "entry_points.txt").write_text("[wdist.formats]\nplug = plug\n")
+    assert _may_declare_plugins() is True
+    (site / "Plug-0.1.DIST-INFO" / "entry_points.txt").unlink()
+    (tmp_path / "bundle.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    monkeypatch.setattr(sys, "path", [str(site), str(tmp_path / "bundle.zip")])
+    assert _may_declare_plugins() is True
+    monkeypatch.setattr(sys, "path", [str(site)])
+
+    class OwnDistributions:  # a finder with distributions of its own (pex, zipapps): importlib.metadata decides
+        def find_spec(self, *a):
+            return None
+
+        def find_distributions(self, *a, **k):
+            return iter(())
+
+    monkeypatch.setattr(sys, "meta_path", [*sys.meta_path, OwnDistributions()])
+    assert _may_declare_plugins() is True
+
+
+def test_plugin_precheck_treats_the_importlib_metadata_backport_as_the_standard_finder(tmp_path, monkeypatch):
+    """keras, jax and others import the importlib_metadata back-port, whose MetadataPathFinder on
+    sys.meta_path reads the same sys.path folders: it must not turn the quick scan off."""
+    pytest.importorskip("importlib_metadata")
+    from wdist.loaders.registry import _may_declare_plugins
+
+    (tmp_path / "other-1.0.dist-info").mkdir()
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    assert any(type(f).__module__.startswith("importlib_metadata") for f in sys.meta_path)
+    assert _may_declare_plugins() is False

@@ -79,8 +79,56 @@ def test_in_memory_work_stays_in_process():
 def test_unsupported_objects_are_a_usage_error():
     with pytest.raises(UsageError):
         from_object(42)
-    with pytest.raises(UsageError):
-        from_object({"a": torch.zeros(2), "b": np.zeros(2)})
+    with pytest.raises(UsageError, match="holds no torch tensor or NumPy array"):
+        from_object({"a": 1, "b": "text"})
+
+
+def test_torch_tensors_and_numpy_arrays_together_are_both_read():
+    ck = from_object({"a.weight": torch.ones(2, 3), "b.weight": np.zeros((2, 3), np.float32)})
+    assert [t.name for t in ck.tensors] == ["a.weight", "b.weight"] and ck.variant == "state-dict"
+    rep = analyse(ck, Options(jobs=1))
+    assert [t.stats["mean"] for t in rep.tensors] == [1.0, 0.0]
+
+
+def _training_checkpoint():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(5, 8)).sum().backward()
+    opt.step()
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 3,
+            "extra": {"ema": [torch.randn(4, 4), {"scale": torch.ones(3)}]}, "note": "run 7"}
+
+
+def test_training_checkpoint_dict_in_memory_reads_as_the_same_dict_saved(tmp_path):
+    """A nested checkpoint dict (model, optimizer, scalars, a list inside a dict) was a UsageError in memory
+    while torch.save of the same dict was read: now both give the same tensors, names, roles, metadata and
+    numbers."""
+    ckpt = _training_checkpoint()
+    path = tmp_path / "ckpt.pt"
+    torch.save(ckpt, path)
+    mem, disk = from_object(ckpt), open_checkpoint(str(path))
+    assert [(t.name, t.role, t.shape, t.dtype) for t in mem.tensors] == \
+        [(t.name, t.role, t.shape, t.dtype) for t in disk.tensors]
+    names = [t.name for t in mem.tensors]
+    assert "0.weight" in names and "extra.ema.0" in names and "extra.ema.1.scale" in names
+    assert {t.role for t in mem.tensors if t.name.startswith("optimizer.")} == {Role.OPTIMIZER_STATE}
+    assert mem.metadata["epoch"] == disk.metadata["epoch"] == 3 and mem.step() == disk.step()
+    a, b = analyse(mem, Options(jobs=1, roles=tuple(Role))), analyse(disk, Options(jobs=1, roles=tuple(Role)))
+    assert [(t.name, t.stats) for t in a.tensors] == [(t.name, t.stats) for t in b.tensors]
+
+
+def test_nested_mapping_walk_is_bounded_and_visits_each_container_once():
+    loop: dict = {"w.weight": torch.ones(2, 2)}
+    loop["self"] = loop  # a cycle: visited once, no hang
+    assert [t.name for t in from_object(loop).tensors] == ["w.weight"]
+    deep: dict = {"x": torch.ones(1)}
+    for _ in range(1100):
+        deep = {"d": deep}
+    with pytest.raises(UsageError, match="nests deeper"):
+        from_object(deep)
+    with pytest.raises(UsageError, match="both be named"):
+        from_object({"a": {"b": torch.ones(1)}, "a.b": torch.ones(1)})
 
 
 # ---- odd but real torch objects (sixth review) -------------------------------------------------------------
