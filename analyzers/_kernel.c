@@ -180,13 +180,14 @@ static PyObject *k_blocks(PyObject *self, PyObject *args) {
     PyObject *ret = NULL;
     uint32_t *h32 = NULL;
     Py_ssize_t n = xb.len / (Py_ssize_t)sizeof(float);
-    Py_ssize_t nblocks = block > 0 ? (n + block - 1) / block : 0;
+    Py_ssize_t nblocks = block > 0 && n > 0 ? 1 + (n - 1) / block : 0;  /* n + block - 1 could overflow */
     if (block <= 0 || xb.len % (Py_ssize_t)sizeof(float) || (hb.len != NBINS * (Py_ssize_t)sizeof(int64_t) && hb.len != 0)
         || rb.len < nblocks * ROW * (Py_ssize_t)sizeof(double)) {
         PyErr_SetString(PyExc_ValueError, "blocks: bad buffer sizes");
         goto done;
     }
-    if (hb.len && n >= MIN32 && !(h32 = PyMem_RawCalloc(NBINS, sizeof(uint32_t)))) {
+    /* a block is never cut by a flush: blocks longer than FLUSH32 count straight into 64-bit bins */
+    if (hb.len && n >= MIN32 && block <= FLUSH32 && !(h32 = PyMem_RawCalloc(NBINS, sizeof(uint32_t)))) {
         PyErr_NoMemory();
         goto done;
     }
@@ -298,7 +299,7 @@ static PyObject *k_pair_blocks(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*nddw*", &ab, &bb, &block, &rtol, &atol, &rb)) return NULL;
     PyObject *ret = NULL;
     Py_ssize_t n = ab.len / (Py_ssize_t)sizeof(float);
-    Py_ssize_t nblocks = block > 0 ? (n + block - 1) / block : 0;
+    Py_ssize_t nblocks = block > 0 && n > 0 ? 1 + (n - 1) / block : 0;
     if (block <= 0 || ab.len != bb.len || ab.len % (Py_ssize_t)sizeof(float)
         || rb.len < nblocks * PAIR_ROW * (Py_ssize_t)sizeof(double)) {
         PyErr_SetString(PyExc_ValueError, "pair_blocks: bad buffer sizes");

@@ -4,6 +4,7 @@ time). Nothing here imports torch or keras unless the object given is one of the
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -164,13 +165,22 @@ def _array_ref(name: str, a: np.ndarray, unread: list[str], forced: Role | None 
 
 
 def _is_leaf(v: Any) -> bool:
-    return isinstance(v, np.ndarray) or (_is_torch(v) and hasattr(v, "dtype") and hasattr(v, "data_ptr"))
+    if isinstance(v, np.ndarray):
+        return True
+    torch = sys.modules.get("torch")  # a torch tensor exists only once torch is imported: never import it here
+    return torch is not None and isinstance(v, torch.Tensor)
 
 
-def _walk(obj: Any, prefix: str, out: dict[str, Any], seen: set[int]) -> None:
-    """Every tensor or array reachable from obj through dicts, lists and tuples, named by the dotted path of
-    keys and indices, as wdist names the same object saved with torch.save; other values are skipped.
-    Iterative, each container once, nesting bounded."""
+def _is_module(v: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(v, torch.nn.Module)
+
+
+def _walk(obj: Any, prefix: str, out: dict[str, Any], seen: set[int], kinds: dict[str, str]) -> None:
+    """Every tensor or array reachable from obj through dicts, lists, tuples and nn.Modules (by their
+    state_dict, their norm/embedding layers noted in `kinds`), named by the dotted path of keys and indices,
+    as wdist names the same object saved with torch.save; other values are skipped. Iterative, each
+    container once, nesting bounded."""
     todo: list[tuple[Any, str, int]] = [(obj, prefix, 0)]
     while todo:
         node, at, depth = todo.pop()
@@ -179,35 +189,44 @@ def _walk(obj: Any, prefix: str, out: dict[str, Any], seen: set[int]) -> None:
                 raise UsageError(None, f"two tensors would both be named {at!r}")
             out[at] = node
             continue
-        if not isinstance(node, (Mapping, list, tuple)) or id(node) in seen:
+        if id(node) in seen:
             continue
         if depth >= MAX_DEPTH:
             raise UsageError(None, f"the mapping nests deeper than {MAX_DEPTH} levels")
+        if _is_module(node):
+            seen.add(id(node))
+            kinds.update((f"{at}.{k}" if at and k else at or k, v) for k, v in _module_kinds(node).items())
+            node = node.state_dict()
+        elif not isinstance(node, (Mapping, list, tuple)):
+            continue
         seen.add(id(node))
         kids = list(node.items()) if isinstance(node, Mapping) else list(enumerate(node))
         for k, v in reversed(kids):
-            todo.append((v, f"{at}.{k}" if at else str(k), depth + 1))
+            # only what can hold a tensor becomes a to-do entry: a loss history of 10^6 floats costs a scan
+            if _is_leaf(v) or isinstance(v, (Mapping, list, tuple)) or _is_module(v):
+                todo.append((v, f"{at}.{k}" if at else str(k), depth + 1))
 
 
-def _flatten(obj: Mapping[Any, Any]) -> tuple[dict[str, Any], dict[str, Role], dict[str, Any]]:
-    """(name -> tensor, name -> forced role, metadata) of a state dict or a training checkpoint dict, named
-    as torch_loader names the same dict saved with torch.save: the model's entry (MODEL_KEYS) without its
-    key, optimizer entries with theirs (as optimizer state), anything else with its key."""
-    meta = {k: obj[k] for k in META_KEYS
-            if isinstance(obj.get(k), (int, float, str)) and not isinstance(obj.get(k), bool)}
+def _flatten(obj: Mapping[Any, Any]) -> tuple[dict[str, Any], dict[str, Role], dict[str, Any], dict[str, str]]:
+    """(name -> tensor, name -> forced role, metadata, layer -> module kind) of a state dict or a training
+    checkpoint dict, named as torch_loader names the same dict saved with torch.save: the model's entry
+    (MODEL_KEYS; a mapping or an nn.Module) without its key, optimizer entries with theirs (as optimizer
+    state), anything else with its key."""
+    meta = {k: obj[k] for k in META_KEYS if type(obj.get(k)) in (int, float, str)}  # a NumPy scalar is not pickled as one
     flat: dict[str, Any] = {}
     forced: dict[str, Role] = {}
+    kinds: dict[str, str] = {}
     seen: set[int] = set()
-    model_key = next((k for k in MODEL_KEYS if isinstance(obj.get(k), Mapping)), None)
+    model_key = next((k for k in MODEL_KEYS if isinstance(obj.get(k), Mapping) or _is_module(obj.get(k))), None)
     if model_key is None:
-        _walk(obj, "", flat, seen)
-        return flat, forced, meta
+        _walk(obj, "", flat, seen, kinds)
+        return flat, forced, meta, kinds
     for key, value in obj.items():
         before = len(flat)
-        _walk(value, "" if key == model_key else str(key), flat, seen)
+        _walk(value, "" if key == model_key else str(key), flat, seen, kinds)
         if key != model_key and is_optimizer_key(key):
             forced.update((n, Role.OPTIMIZER_STATE) for n in list(flat)[before:])
-    return flat, forced, meta
+    return flat, forced, meta, kinds
 
 
 def _is_torch(obj: Any) -> bool:
@@ -237,11 +256,11 @@ def from_object(obj: Any, name: str | None = None) -> Checkpoint:
             tensors.append(_ref(vname, tuple(arr.shape), dt, ArrayReader(arr), None, True))
         variant = "keras-model"
     elif isinstance(obj, Mapping):
-        flat, forced, meta = _flatten(obj)
+        flat, forced, meta, kinds = _flatten(obj)
         if all(isinstance(v, np.ndarray) for v in flat.values()):  # no torch import for NumPy arrays
             tensors, variant = [_array_ref(k, a, unread, forced.get(k)) for k, a in flat.items()], "arrays"
         else:
-            tensors, variant = _torch_tensors(flat, {}, unread, forced), "state-dict"
+            tensors, variant = _torch_tensors(flat, kinds, unread, forced), "state-dict"
         if not flat and obj:
             raise UsageError(None, f"{label}: the mapping holds no torch tensor or NumPy array")
     else:

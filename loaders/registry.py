@@ -81,6 +81,10 @@ def _may_declare_plugins() -> bool:
             return True
     needle = ENTRY_POINT_GROUP.encode()
     for entry in sys.path:
+        if isinstance(entry, os.PathLike):  # sys.path.insert(0, Path(...)) is common in notebooks
+            entry = os.fspath(entry)
+        if not isinstance(entry, str):
+            return True
         root = entry or "."
         try:
             if not os.path.isdir(root) or root.lower().endswith(".egg"):

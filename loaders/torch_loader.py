@@ -65,8 +65,12 @@ class Located:
     numel: int
 
 
+# what a torch checkpoint's pickle yields as tensors: torch tensors, and NumPy arrays saved alongside them
+_LEAVES = (PickledTensor, NumpyArray)
+
+
 def _walk(obj: Any, path: str, out: list[tuple[str, Any]], seen: set[int], depth: int = 0,
-          leaf: type = PickledTensor) -> None:
+          leaf: type | tuple[type, ...] = PickledTensor) -> None:
     """Collect every `leaf` (tensor, or numpy array) reachable from obj with a dotted path; nn.Module-like
     placeholders are flattened the way state_dict() names them (_parameters/_buffers/_modules dropped).
     Iterative (the pickle's nesting is bounded by safe_pickle.MAX_DEPTH, far beyond Python's recursion
@@ -75,7 +79,7 @@ def _walk(obj: Any, path: str, out: list[tuple[str, Any]], seen: set[int], depth
     while todo:
         node, at, d = todo.pop()
         if isinstance(node, leaf):
-            if leaf is not NumpyArray or bool(getattr(node, "dtype", None)):  # a refused numpy dtype leaves the array empty
+            if not isinstance(node, NumpyArray) or bool(node.dtype):  # a refused numpy dtype leaves the array empty
                 out.append((at, node))
             continue
         if d > MAX_DEPTH or id(node) in seen:
@@ -114,10 +118,10 @@ def _walk(obj: Any, path: str, out: list[tuple[str, Any]], seen: set[int], depth
                 todo.append((v, f"{at}.{ks}" if at else ks, d + 1))
 
 
-def _split_top(obj: Any) -> tuple[list[tuple[str, PickledTensor, Role | None]], dict]:
+def _split_top(obj: Any) -> tuple[list[tuple[str, PickledTensor | NumpyArray, Role | None]], dict]:
     """Tensors with names as the model's state_dict would give them, plus scalar metadata."""
     meta: dict = {}
-    found: list[tuple[str, PickledTensor, Role | None]] = []
+    found: list[tuple[str, PickledTensor | NumpyArray, Role | None]] = []
     if isinstance(obj, dict):
         for k in META_KEYS:
             v = obj.get(k)
@@ -127,20 +131,46 @@ def _split_top(obj: Any) -> tuple[list[tuple[str, PickledTensor, Role | None]], 
         if model_key is not None:
             seen: set[int] = set()
             for key, value in obj.items():
-                items: list[tuple[str, PickledTensor]] = []
+                items: list[tuple[str, Any]] = []
                 if key == model_key:
-                    _walk(value, "", items, seen)
+                    _walk(value, "", items, seen, leaf=_LEAVES)
                     found += [(n, t, None) for n, t in items]
                 elif is_optimizer_key(key):
-                    _walk(value, str(key), items, seen)
+                    _walk(value, str(key), items, seen, leaf=_LEAVES)
                     found += [(n, t, Role.OPTIMIZER_STATE) for n, t in items]
                 else:
-                    _walk(value, str(key), items, seen)
+                    _walk(value, str(key), items, seen, leaf=_LEAVES)
                     found += [(n, t, None) for n, t in items]
             return found, meta
-    items2: list[tuple[str, PickledTensor]] = []
-    _walk(obj, "", items2, set())
+    items2: list[tuple[str, Any]] = []
+    _walk(obj, "", items2, set(), leaf=_LEAVES)
     return [(n, t, None) for n, t in items2], meta
+
+
+def _array_ref(path: str, name: str, arr: NumpyArray, forced: Role | None) -> TensorRef:
+    """A NumPy array rebuilt inertly from the pickle: its bytes in the file (FileBytes: an offset of the file
+    the pickle was read from) or held from the stream."""
+    reader: Any
+    if isinstance(arr.data, FileBytes):
+        reader = RangeReader(path, arr.data.offset, arr.dtype)
+        if arr.fortran and len(arr.shape) > 1:
+            fstride, acc = [], 1
+            for d in arr.shape:
+                fstride.append(acc)
+                acc *= d
+            reader = StridedReader(path, arr.data.offset, arr.dtype, arr.shape, tuple(fstride))
+    else:
+        held = bytes(arr.data)
+        if arr.fortran and len(arr.shape) > 1:
+            from wdist.loaders.dtypes import storage_dtype
+
+            held = (__import__("numpy").frombuffer(held, storage_dtype(arr.dtype))
+                    .reshape(arr.shape, order="F").tobytes(order="C"))
+        reader = MemoryReader(held, arr.dtype)
+    layer, param = split_name(name)
+    role = forced or infer_role(name, layer, param, arr.shape, arr.dtype)
+    return TensorRef(name=name, layer=layer, role=role, shape=arr.shape, dtype=arr.dtype, reader=reader,
+                     unit_axis=default_unit_axis(role, len(arr.shape), keras=False), source=os.path.basename(path))
 
 
 def _storage_itemsize(dtype: str) -> int:
@@ -155,7 +185,15 @@ def _build(path: str, fmt: str, variant: str, result: UnpickleResult,
     tensors: list[TensorRef] = []
     by_identity: dict[tuple, TensorRef] = {}
     logical = elements = reads = 0
+    arrays_by_id: dict[int, TensorRef] = {}
     for name, pt, forced in named:
+        if isinstance(pt, NumpyArray):  # a NumPy array saved inside the checkpoint (torch.save pickles it)
+            if id(pt) in arrays_by_id:
+                arrays_by_id[id(pt)].aliases += (name,)
+                continue
+            arrays_by_id[id(pt)] = ref = _array_ref(sources[0], name, pt, forced)
+            tensors.append(ref)
+            continue
         loc = located.get(pt.storage.key)
         if loc is None:
             raise CorruptCheckpointError(path, f"tensor {name!r} refers to storage {pt.storage.key!r}, which is missing")
@@ -294,32 +332,7 @@ def load_torch_legacy(path: str) -> Checkpoint:
                 if id(arr) in by_id:
                     by_id[id(arr)].aliases += (name,)
                     continue
-                count = 1
-                for d in arr.shape:
-                    count *= d
-                reader: Any
-                if isinstance(arr.data, FileBytes):
-                    reader = RangeReader(path, arr.data.offset, arr.dtype)
-                    if arr.fortran and len(arr.shape) > 1:
-                        fstride, acc = [], 1
-                        for d in arr.shape:
-                            fstride.append(acc)
-                            acc *= d
-                        reader = StridedReader(path, arr.data.offset, arr.dtype, arr.shape, tuple(fstride))
-                else:
-                    held = bytes(arr.data)
-                    if arr.fortran and len(arr.shape) > 1:
-                        from wdist.loaders.dtypes import storage_dtype
-
-                        held = (__import__("numpy").frombuffer(held, storage_dtype(arr.dtype))
-                               .reshape(arr.shape, order="F").tobytes(order="C"))
-                    reader = MemoryReader(held, arr.dtype)
-                layer, param = split_name(name)
-                role = infer_role(name, layer, param, arr.shape, arr.dtype)
-                ref = TensorRef(name=name, layer=layer, role=role, shape=arr.shape, dtype=arr.dtype,
-                                reader=reader, unit_axis=default_unit_axis(role, len(arr.shape), keras=False),
-                                source=os.path.basename(path))
-                by_id[id(arr)] = ref
+                by_id[id(arr)] = ref = _array_ref(path, name, arr, None)
                 tensors.append(ref)
             if tensors:
                 fix_norm_biases(tensors)

@@ -223,3 +223,19 @@ def test_large_call_histogram_matches_bincount(rng):
     for lo in range(0, x.size, step):
         native.blocks(x[lo:lo + step], kernel.BLOCK, small, rows_small[lo // kernel.BLOCK * kernel.ROW:])
     assert np.array_equal(small, hist) and np.array_equal(rows_small, rows)
+
+
+@needs_c
+def test_block_larger_than_the_buffer_is_one_block(rng):
+    """nblocks was (n + block - 1) / block: for block near 2^63 it overflowed to a negative count and the
+    rows were silently left unset; any block >= n is one block."""
+    native = kernel.native()
+    x = rng.standard_normal(37).astype(np.float32)
+    a, b = np.zeros(kernel.ROW), np.zeros(kernel.ROW)
+    ha, hb = np.zeros(kernel.NBINS, np.int64), np.zeros(kernel.NBINS, np.int64)
+    assert native.blocks(x, 2**63 - 1, ha, a) == native.blocks(x, kernel.BLOCK, hb, b)
+    assert np.array_equal(a, b) and np.array_equal(ha, hb) and a[0] == 37
+    pa, pb = np.zeros(kernel.PAIR_ROW), np.zeros(kernel.PAIR_ROW)
+    native.pair_blocks(x, x + 1, 2**63 - 1, 0.0, 0.0, pa)
+    native.pair_blocks(x, x + 1, kernel.BLOCK, 0.0, 0.0, pb)
+    assert np.array_equal(pa, pb) and pa[0] == 37

@@ -272,3 +272,18 @@ def test_plugin_precheck_treats_the_importlib_metadata_backport_as_the_standard_
     monkeypatch.setattr(sys, "path", [str(tmp_path)])
     assert any(type(f).__module__.startswith("importlib_metadata") for f in sys.meta_path)
     assert _may_declare_plugins() is False
+
+
+def test_plugin_precheck_takes_path_objects_on_sys_path(tmp_path, monkeypatch):
+    """sys.path.insert(0, Path(...)) (common in notebooks) made every open fail with AttributeError."""
+    from pathlib import Path
+
+    from wdist.loaders.registry import _may_declare_plugins
+
+    (tmp_path / "Plug-0.1.dist-info").mkdir()
+    monkeypatch.setattr(sys, "path", [Path(tmp_path)])
+    assert _may_declare_plugins() is False
+    (tmp_path / "Plug-0.1.dist-info" / "entry_points.txt").write_text("[wdist.formats]\nplug = plug\n")
+    assert _may_declare_plugins() is True
+    monkeypatch.setattr(sys, "path", [b"/not/a/str"])
+    assert _may_declare_plugins() is True  # bytes entries: left to importlib.metadata

@@ -173,3 +173,48 @@ def test_views_are_read_chunk_by_chunk_with_the_right_values(make):
 def test_zero_size_tensors_are_not_tied():
     ck = from_object({"b.weight": torch.zeros(0, 4), "c.weight": torch.zeros(0, 4)})
     assert [t.name for t in ck.tensors] == ["b.weight", "c.weight"] and all(not t.aliases for t in ck.tensors)
+
+
+def _same_as_saved(obj, tmp_path):
+    path = tmp_path / "saved.pt"
+    torch.save(obj, path)
+    mem, disk = from_object(obj), open_checkpoint(str(path))
+    key = [(t.name, t.role, t.shape, t.dtype, t.aliases) for t in mem.tensors]
+    assert key == [(t.name, t.role, t.shape, t.dtype, t.aliases) for t in disk.tensors]
+    a, b = analyse(mem, Options(jobs=1, roles=tuple(Role))), analyse(disk, Options(jobs=1, roles=tuple(Role)))
+    assert [(t.name, t.stats) for t in a.tensors] == [(t.name, t.stats) for t in b.tensors]
+    return mem
+
+
+def test_live_module_inside_a_checkpoint_dict_is_read_not_dropped(tmp_path):
+    """{"model": nn.Module, "optimizer": ...} lost the whole model in memory (only a Mapping counted as the
+    model entry) and read Adam's moments as weights; now the module's state_dict is the model entry, as in
+    the saved file; ModuleDict and ParameterList values nested deeper are read too."""
+    torch.manual_seed(1)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    opt = torch.optim.Adam(m.parameters())
+    m(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    ck = _same_as_saved({"model": m, "optimizer": opt.state_dict(), "epoch": 1}, tmp_path)
+    assert [t.name for t in ck.tensors][:4] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+    assert {t.role for t in ck.tensors if t.name.startswith("optimizer.")} == {Role.OPTIMIZER_STATE}
+    nested = {"heads": torch.nn.ModuleDict({"cls": torch.nn.Linear(3, 2)}),
+              "extra": {"p": torch.nn.ParameterList([torch.nn.Parameter(torch.randn(5))])}}
+    names = [t.name for t in _same_as_saved(nested, tmp_path).tensors]
+    assert names == ["heads.cls.weight", "heads.cls.bias", "extra.p.0"]
+
+
+def test_numpy_array_saved_inside_a_torch_checkpoint_is_read(tmp_path):
+    """torch.save pickles a NumPy array value inertly readable; the zip loader walked torch tensors only and
+    dropped it silently. Now it is read (its bytes from the pickle), as the same dict in memory is."""
+    d = {"a.weight": torch.ones(2, 3), "b.weight": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    ck = _same_as_saved(d, tmp_path)
+    assert [t.name for t in ck.tensors] == ["a.weight", "b.weight"]
+    rep = analyse(open_checkpoint(str(tmp_path / "saved.pt")), Options(jobs=1))
+    assert rep.tensors[1].stats["max"] == 5.0 and rep.tensors[1].stats["mean"] == 2.5
+
+
+def test_only_what_pickles_as_a_scalar_is_metadata_and_storages_are_skipped():
+    ck = from_object({"w.weight": torch.ones(2, 2), "epoch": np.int64(3), "lr": np.float64(1e-3), "step": 7,
+                      "raw": torch.ones(3).untyped_storage(), "history": [0.5] * 10_000})
+    assert ck.metadata == {"step": 7} and [t.name for t in ck.tensors] == ["w.weight"]
