@@ -100,27 +100,26 @@ JOBS = 1
 
 
 def wdist_side(path: str, only: set[str] | None = None) -> tuple[float, dict[str, Any]]:
-    """Every weight/embedding matrix through analyze_tensor, in JOBS worker processes (pool start included)."""
-    from concurrent.futures import ProcessPoolExecutor
+    """Every weight/embedding matrix through wdist's public spectral pass (spectral_report, as `inspect
+    --spectral` runs it), with JOBS worker processes (pool start included; BLAS pinned to one thread in each,
+    as the library does). A process pool of the script's own would fork this process's multi-threaded
+    OpenBLAS into every worker and oversubscribe the cores."""
+    from types import SimpleNamespace
 
-    from wdist.analyzers.spectral import SpectralOptions, analyze_tensor
+    from wdist.analyzers.spectral import SpectralOptions
+    from wdist.analyzers.spectral_report import spectral_report
     from wdist.loaders import Role, open_checkpoint
 
-    opts = SpectralOptions()
     t0 = time.perf_counter()
     out: dict[str, Any] = {}
     with open_checkpoint(path) as ck:
-        keras = ck.format.startswith("keras")
         refs = [t for t in ck.tensors if t.role in (Role.WEIGHT, Role.EMBEDDING) and len(t.shape) >= 2
                 and (only is None or t.layer in only)]
-        if JOBS > 1:
-            with ProcessPoolExecutor(JOBS) as pool:
-                results = list(pool.map(analyze_tensor, refs, [opts] * len(refs), [keras] * len(refs)))
-        else:
-            results = [analyze_tensor(t, opts, keras=keras) for t in refs]
-        for t, r in zip(refs, results):
-            if r is not None:
-                out[t.layer] = r
+        report = spectral_report(ck, refs, SpectralOptions(), jobs=JOBS)
+        for t in refs:
+            d = report.tensors.get(t.name)
+            if d is not None:
+                out[t.layer] = SimpleNamespace(**d)
     return time.perf_counter() - t0, out
 
 
