@@ -11,7 +11,7 @@ import re
 import shutil
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -147,29 +147,28 @@ def _len(s: str) -> int:
     return int(cell_len(s))
 
 
-def _line(pad: str, nw: int, name: str, gcols: list[tuple[int, bool]], vals: list[tuple[str, str | None]],
-          style: str | None = None) -> Any:
-    from rich.text import Text
+Segments = list[tuple[str, str]]  # one line of a table: (text, rich style or "")
 
-    t = Text(pad + name + " " * (nw - _len(name)), style=style or "")
+
+def _line(pad: str, nw: int, name: str, gcols: list[tuple[int, bool]], vals: list[tuple[str, str | None]],
+          style: str | None = None) -> Segments:
+    seg: Segments = [(pad + name + " " * (nw - _len(name)), style or "")]
     for k, ((w, right), (txt, st)) in enumerate(zip(gcols, vals)):
         fill = " " * (w - _len(txt))
-        t.append(" " * GAP)
+        seg.append((" " * GAP, ""))
         if right:
-            t.append(fill)
-        t.append(txt, style=st or style or "")
+            seg.append((fill, ""))
+        seg.append((txt, st or style or ""))
         if not right and k < len(gcols) - 1:
-            t.append(fill)
-    return t
+            seg.append((fill, ""))
+    return seg
 
 
 def table_lines(name_head: str, cols: Sequence[Col], rows: Sequence[tuple[str, Sequence[Cell]]],
-                width: int | None = None, indent: int = 0) -> list[Any]:
-    """A plain table as rich Text lines. Nothing is ever cut: when the table is wider than `width`, the
+                width: int | None = None, indent: int = 0) -> Iterator[Segments]:
+    """A plain table as lines of styled segments, made as they are printed. Nothing is ever cut: when the table is wider than `width`, the
     value columns are split into stacked tables (each repeating the name column) and a name too long for
     its column is printed whole on its own line with its values on the next."""
-    from rich.text import Text
-
     names = [safe(n) for n, _ in rows]
     cells = [[_text(c) for c in cs] for _, cs in rows]
     heads = [safe(c.head) for c in cols]
@@ -191,28 +190,43 @@ def table_lines(name_head: str, cols: Sequence[Col], rows: Sequence[tuple[str, S
             cur_w += add
     groups.append(cur)
     pad = " " * indent
-    out: list[Any] = []
     for g_i, g in enumerate(groups):
         gw = sum(colw[j] for j in g) + GAP * (len(g) - 1) if g else 0
         nw = min(names_w, max(avail - GAP - gw, min_name)) if g else names_w
         if g_i:
-            out.append(Text(""))
+            yield []
 
         gcols = [(colw[j], cols[j].right) for j in g]
-        out.append(_line(pad, nw, safe(name_head), gcols, [(heads[j], None) for j in g], "bold"))
+        yield _line(pad, nw, safe(name_head), gcols, [(heads[j], None) for j in g], "bold")
         for n, cs in zip(names, cells):
             vals = [cs[j] for j in g]
             if _len(n) <= nw:
-                out.append(_line(pad, nw, n, gcols, vals))
+                yield _line(pad, nw, n, gcols, vals)
             else:
-                out.append(Text(pad + n))
-                out.append(_line(pad, nw, "", gcols, vals))
-    return out
+                yield [(pad + n, "")]
+                yield _line(pad, nw, "", gcols, vals)
 
 
 def print_table(con: Any, name_head: str, cols: Sequence[Col], rows: Sequence[tuple[str, Sequence[Cell]]],
                 indent: int = 0) -> None:
-    for t in table_lines(name_head, cols, rows, out_width(), indent):
+    lines = table_lines(name_head, cols, rows, out_width(), indent)
+    if con.color_system is None:
+        # no styles are emitted (a file, a pipe): the same characters written as plain lines, ~0.2 ms less per
+        # row than rich's print (10^4 rows: 2 s of a 5 s `inspect`)
+        try:
+            f = con.file
+            for seg in lines:
+                f.write("".join(t for t, _ in seg) + "\n")
+            f.flush()
+        except BrokenPipeError:
+            con.on_broken_pipe()
+        return
+    from rich.text import Text
+
+    for seg in lines:
+        t = Text()
+        for txt, st in seg:
+            t.append(txt, style=st)
         echo(con, t)
 
 

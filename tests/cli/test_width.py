@@ -204,3 +204,30 @@ def test_trend_ridgeline_fits_80_columns(models):
     assert r.exit_code == 0, r.output
     ridge = [ln for ln in r.output.splitlines() if "|" in ln and "step" in ln]
     assert ridge and all(len(ln) <= 80 for ln in ridge)
+
+
+@pytest.mark.parametrize("width", [None, 40, 200])
+def test_styled_and_plain_tables_print_the_same_characters(monkeypatch, width):
+    """Tables go out as plain lines when no styles are emitted (a file, a pipe) and through rich on a
+    terminal: with the escape codes removed the two are identical, at any width, wide names included."""
+    import io
+
+    from rich.console import Console
+
+    from wdist.cli.render import common
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(common, "out_width", lambda: width)
+    cols = [common.Col("mean"), common.Col("verdict", right=False), common.Col("zero")]
+    rows = [("encoder.layer.0.attention.self.query", ["0.0012", ("heavy-tailed", "red"), "0.5%"]),
+            ("x" * 70, ["-1.5e-05", ("gaussian", None), "100.0%"]), ("b", ["3", "ok", "0"])]
+    outs = []
+    for kw in ({"color_system": None}, {"force_terminal": True, "color_system": "standard"}):
+        buf = io.StringIO()
+        con = Console(file=buf, width=width or common.NATURAL, markup=False, highlight=False, soft_wrap=False, **kw)
+        common.print_table(con, "layer", cols, rows)
+        outs.append(buf.getvalue())
+    plain, styled = outs
+    assert "\x1b[" in styled and "\x1b[" not in plain
+    assert re.sub(r"\x1b\[[0-9;]*m", "", styled) == plain
+    assert all(n in plain for n, _ in rows)
