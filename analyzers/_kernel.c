@@ -48,13 +48,21 @@ static inline double lanes_sum(const double *v) {
 
 /* The histogram in its own loop (one increment per value; a loop of its own leaves the sums below free to
    vectorise). Counts go to 32-bit bins while a call is large enough to amortise flushing them: half the
-   cache footprint of 64-bit bins, ~0.45 vs ~0.74 ns per value here. */
+   cache footprint of 64-bit bins, ~0.45 vs ~0.74 ns per value here. Large calls count even and odd
+   elements into two tables: a run of equal bins (the zeros of a pruned tensor) otherwise makes every
+   increment wait for the previous one on the same counter (per value here, Gaussian / half zeros: one
+   table 0.32 / 0.87 ns, two 0.29 / 0.50, four 0.33 / 0.43). */
 static inline void hist_block64(const float *x, Py_ssize_t k, int64_t *hist) {
     for (Py_ssize_t i = 0; i < k; i++) hist[bits(x + i) >> 16]++;
 }
 
-static inline void hist_block32(const float *x, Py_ssize_t k, uint32_t *hist) {
-    for (Py_ssize_t i = 0; i < k; i++) hist[bits(x + i) >> 16]++;
+static inline void hist_block32(const float *x, Py_ssize_t k, uint32_t *even, uint32_t *odd) {
+    Py_ssize_t i = 0;
+    for (; i + 2 <= k; i += 2) {
+        even[bits(x + i) >> 16]++;
+        odd[bits(x + i + 1) >> 16]++;
+    }
+    if (i < k) even[bits(x + i) >> 16]++;
 }
 
 /* One block: counts, sums and extremes, then the central moment sums around the block's own mean (a
@@ -167,9 +175,9 @@ static void one_block(const float *x, Py_ssize_t k, double *row, int64_t *zeros,
 #define MIN32 (1 << 20)
 #define FLUSH32 ((Py_ssize_t)1 << 22)
 
-static void flush32(uint32_t *h32, int64_t *hist) {
-    for (Py_ssize_t j = 0; j < NBINS; j++) hist[j] += h32[j];
-    memset(h32, 0, NBINS * sizeof(uint32_t));
+static void flush32(uint32_t *h32, int64_t *hist) {  /* h32: the two tables, NBINS bins each */
+    for (Py_ssize_t j = 0; j < NBINS; j++) hist[j] += (int64_t)h32[j] + h32[NBINS + j];
+    memset(h32, 0, 2 * NBINS * sizeof(uint32_t));
 }
 
 static PyObject *k_blocks(PyObject *self, PyObject *args) {
@@ -187,7 +195,7 @@ static PyObject *k_blocks(PyObject *self, PyObject *args) {
         goto done;
     }
     /* a block is never cut by a flush: blocks longer than FLUSH32 count straight into 64-bit bins */
-    if (hb.len && n >= MIN32 && block <= FLUSH32 && !(h32 = PyMem_RawCalloc(NBINS, sizeof(uint32_t)))) {
+    if (hb.len && n >= MIN32 && block <= FLUSH32 && !(h32 = PyMem_RawCalloc(2 * NBINS, sizeof(uint32_t)))) {
         PyErr_NoMemory();
         goto done;
     }
@@ -204,7 +212,7 @@ static PyObject *k_blocks(PyObject *self, PyObject *args) {
                 flush32(h32, hist);
                 since = 0;
             }
-            hist_block32(x + lo, k, h32);
+            hist_block32(x + lo, k, h32, h32 + NBINS);
             since += k;
         } else if (hb.len) {
             hist_block64(x + lo, k, hist);

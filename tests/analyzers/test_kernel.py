@@ -203,10 +203,13 @@ def test_kernel_without_histogram_gives_the_same_rows(rng):
 
 @needs_c
 def test_large_call_histogram_matches_bincount(rng):
-    """A call of >= 2^20 values counts into 32-bit bins flushed every 4 Mi values: 5 Mi values with NaN,
-    Inf and zeros cross a flush and give numpy's exact counts, rows equal to the small-call path's."""
+    """A call of >= 2^20 values counts into two 32-bit tables flushed every 4 Mi values: 5 Mi values with
+    NaN, Inf and a third of them ±0 cross a flush and give numpy's exact counts, rows equal to the
+    small-call path's."""
     native = kernel.native()
     x = (rng.standard_normal(5 * (1 << 20) + 7) * 0.02).astype(np.float32)
+    x[::3] = 0.0  # runs of one bin, in the even and the odd table (the kernel counts them apart)
+    x[1::7] = -0.0
     x[rng.choice(x.size, 300, replace=False)] = [np.nan] * 100 + [np.inf] * 100 + [0.0] * 100
     hist = np.zeros(kernel.NBINS, np.int64)
     nb = -(-x.size // kernel.BLOCK)
