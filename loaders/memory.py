@@ -229,10 +229,6 @@ def _flatten(obj: Mapping[Any, Any]) -> tuple[dict[str, Any], dict[str, Role], d
     return flat, forced, meta, kinds
 
 
-def _is_torch(obj: Any) -> bool:
-    return type(obj).__module__.startswith("torch")
-
-
 def from_object(obj: Any, name: str | None = None) -> Checkpoint:
     """A Checkpoint over an in-memory model or mapping of arrays (see the module docstring)."""
     label = name or f"<{type(obj).__name__}>"

@@ -132,15 +132,9 @@ def _split_top(obj: Any) -> tuple[list[tuple[str, PickledTensor | NumpyArray, Ro
             seen: set[int] = set()
             for key, value in obj.items():
                 items: list[tuple[str, Any]] = []
-                if key == model_key:
-                    _walk(value, "", items, seen, leaf=_LEAVES)
-                    found += [(n, t, None) for n, t in items]
-                elif is_optimizer_key(key):
-                    _walk(value, str(key), items, seen, leaf=_LEAVES)
-                    found += [(n, t, Role.OPTIMIZER_STATE) for n, t in items]
-                else:
-                    _walk(value, str(key), items, seen, leaf=_LEAVES)
-                    found += [(n, t, None) for n, t in items]
+                _walk(value, "" if key == model_key else str(key), items, seen, leaf=_LEAVES)
+                role = Role.OPTIMIZER_STATE if key != model_key and is_optimizer_key(key) else None
+                found += [(n, t, role) for n, t in items]
             return found, meta
     items2: list[tuple[str, Any]] = []
     _walk(obj, "", items2, set(), leaf=_LEAVES)

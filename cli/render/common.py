@@ -166,9 +166,9 @@ def _line(pad: str, nw: int, name: str, gcols: list[tuple[int, bool]], vals: lis
 
 def table_lines(name_head: str, cols: Sequence[Col], rows: Sequence[tuple[str, Sequence[Cell]]],
                 width: int | None = None, indent: int = 0) -> Iterator[Segments]:
-    """A plain table as lines of styled segments, made as they are printed. Nothing is ever cut: when the table is wider than `width`, the
-    value columns are split into stacked tables (each repeating the name column) and a name too long for
-    its column is printed whole on its own line with its values on the next."""
+    """A plain table as lines of styled segments, made as they are printed. Nothing is ever cut: when the
+    table is wider than `width`, the value columns are split into stacked tables (each repeating the name
+    column) and a name too long for its column is printed whole on its own line with its values on the next."""
     names = [safe(n) for n, _ in rows]
     cells = [[_text(c) for c in cs] for _, cs in rows]
     heads = [safe(c.head) for c in cols]
@@ -211,8 +211,8 @@ def print_table(con: Any, name_head: str, cols: Sequence[Col], rows: Sequence[tu
                 indent: int = 0) -> None:
     lines = table_lines(name_head, cols, rows, out_width(), indent)
     if con.color_system is None:
-        # no styles are emitted (a file, a pipe): the same characters written as plain lines, ~0.2 ms less per
-        # row than rich's print (10^4 rows: 2 s of a 5 s `inspect`)
+        # no styles are emitted (a file, a pipe): the same characters written as plain lines; rich's print
+        # of each line cost ~0.1 ms a row (10^4 rows: the CLI's time over the analysis 1.8 s -> 0.8 s)
         try:
             f = con.file
             for seg in lines:
