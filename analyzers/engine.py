@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from wdist.analyzers import kernel
-from wdist.analyzers.summary import NBINS, SMALL, Part, RangeAccumulator, Summary, combine
+from wdist.analyzers.summary import NBINS, SMALL, Part, RangeAccumulator, Summary, combine, small_part
 from wdist.analyzers.units import UnitTracker
-from wdist.loaders.dtypes import BF16_EXACT
+from wdist.loaders.dtypes import BF16_EXACT, to_float32
 from wdist.loaders.model import DEFAULT_CHUNK, TensorRef
 
 T = TypeVar("T")
@@ -51,7 +51,6 @@ def range_chunks(ref: TensorRef, lo: int, hi: int, chunk: int, align: int = 1) -
     if lo == 0 and hi == ref.numel:
         yield from ref.chunks(chunk, align=align)
         return
-    from wdist.loaders.dtypes import to_float32
 
     step = (chunk // align) * align if 1 < align <= chunk else chunk
     reuse = getattr(ref.reader, "reuses_buffer", False)
@@ -101,6 +100,15 @@ def join_parts(parts: list[Part]) -> Summary:
 
 
 def summarize_range(ref: TensorRef, lo: int, hi: int, chunk: int = DEFAULT_CHUNK) -> Part:
+    if lo == 0 and 0 < hi == ref.numel <= SMALL:  # a tiny tensor in one read: the same Part, less overhead
+        ref._check_real()
+        x = to_float32(ref._raw(0, hi), ref.dtype)
+        p = small_part(x, ref.dtype in BF16_EXACT)
+        if ref.unit_axis is not None:
+            tracker = UnitTracker(ref.shape, ref.unit_axis)
+            tracker.update(0, x)
+            p.alive = tracker.alive
+        return p
     acc = TensorAccumulator(ref, lo)
     for start, x in range_chunks(ref, lo, hi, chunk, acc.align):
         acc.add(start, x)

@@ -42,16 +42,23 @@ def symmetric_range(*abs_p999: float | None, max_abs: float | None = None) -> fl
     return float(r)
 
 
+def _binned(x: np.ndarray, cnt: np.ndarray, edges: np.ndarray) -> tuple[list[int], int, int]:
+    """Counts of x (weighted by cnt) on `edges` as np.histogram bins them (the last bin includes its right
+    edge), with the weight below the first edge and above the last: one searchsorted and one bincount
+    (this runs for every tensor, and most are small)."""
+    n = edges.size - 1
+    pos = np.searchsorted(edges, x, side="right")  # 0: below; n + 1: at or above the last edge
+    b = np.bincount(pos, weights=cnt, minlength=n + 2).astype(np.int64)  # float64 sums: exact below 2^53
+    at_top = int(cnt[x == edges[-1]].sum())
+    b[n] += at_top
+    return b[1:n + 1].tolist(), int(b[0]), int(b[n + 1]) - at_top
+
+
 def linear(hist: np.ndarray, exact: bool, half_width: float, nbins: int = 64) -> Histogram:
     edges = np.linspace(-half_width, half_width, nbins + 1)
     vals, cnt = _occupied(hist, exact)
-    under = int(cnt[vals < edges[0]].sum())
-    over = int(cnt[vals > edges[-1]].sum())
-    inside = (vals >= edges[0]) & (vals <= edges[-1])
-    # inside values are >= edges[0], so the index is >= 0; only the last edge itself needs the cap
-    idx = np.minimum(np.searchsorted(edges, vals[inside], side="right") - 1, nbins - 1)
-    counts = np.bincount(idx, weights=cnt[inside], minlength=nbins).astype(np.int64)
-    return Histogram(edges.tolist(), counts.tolist(), under, over)
+    counts, under, over = _binned(vals, cnt, edges)
+    return Histogram(edges.tolist(), counts, under, over)
 
 
 def log_abs(hist: np.ndarray, exact: bool, per_decade: int = 5, decades: int = 10,
@@ -69,10 +76,5 @@ def log_abs(hist: np.ndarray, exact: bool, per_decade: int = 5, decades: int = 1
     lo = max(lo_data, hi - decades)
     n = max(1, round((hi - lo) * per_decade))
     edges = lo + np.arange(n + 1) / per_decade
-    lv = np.log10(mag)
-    under = int(cnt[lv < edges[0]].sum())
-    over = int(cnt[lv > edges[-1]].sum())
-    inside = (lv >= edges[0]) & (lv <= edges[-1])
-    idx = np.minimum(np.searchsorted(edges, lv[inside], side="right") - 1, n - 1)
-    counts = np.bincount(idx, weights=cnt[inside], minlength=n).astype(np.int64)
-    return Histogram(edges.tolist(), counts.tolist(), under, over, zeros, log=True)
+    counts, under, over = _binned(np.log10(mag), cnt, edges)
+    return Histogram(edges.tolist(), counts, under, over, zeros, log=True)

@@ -184,10 +184,51 @@ class RangeAccumulator:
         return combine([self.part()])
 
 
+def small_part(x: np.ndarray, exact_bins: bool) -> Part:
+    """The Part of a whole tensor of 1..SMALL float32 values given at once: what a RangeAccumulator fed
+    `x` returns (one kernel block, so one moment row; the sample is every finite value and the packed
+    histogram their bins), without its buffering and tree (many tiny tensors: per-tensor overhead)."""
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    if not 0 < x.size <= SMALL:
+        raise ValueError(f"a small part holds 1 to {SMALL} values, not {x.size}")
+    rows, zeros, nans, infs = kernel.blocks(x, np.zeros(0, dtype=np.int64), kernel.native())
+    row = tuple(rows[0].tolist())
+    # a copy: x may be a reused buffer or a live tensor's memory
+    sample = x.copy() if not (nans or infs) else x[np.isfinite(x)]
+    from wdist.analyzers.bins import sample_bins  # bins imports this module: imported at use
+
+    s = Summary(numel=x.size, n=int(row[0]), zeros=zeros, nans=nans, infs=infs, hist=np.array(sample_bins(sample)),
+                exact_bins=exact_bins, sample=sample)
+    if s.n:
+        s.min, s.max = float(row[6]), float(row[7])
+    return Part(s, [(0, row)])
+
+
 def combine(parts: list[Part]) -> Summary:
     """One Summary from the Parts of consecutive ranges, in order (the ranges aligned to their size, as
     engine.task_ranges makes them): identical to accumulating all of it in one range. One part keeps its
     histogram as it is (dense or packed); several are summed dense."""
+    if len(parts) == 1 and len(parts[0].subtrees) == 1:
+        return _combine_one(parts[0].summary, parts[0].subtrees[0][1])
+    return _combine(parts)
+
+
+def _combine_one(o: Summary, t: tuple[float, ...]) -> Summary:
+    """combine() of one Part holding one moment subtree `t` (every tensor of at most 2^26 values), without
+    the general path's merge and tree: the same Summary field by field (tested against _combine)."""
+    fin = o.sample is not None and o.sample.size <= SAMPLE_MAX
+    out = Summary(numel=o.numel, n=o.n, zeros=o.zeros, nans=o.nans, infs=o.infs, hist=o.hist,
+                  exact_bins=o.exact_bins, units=o.units, dead_units=o.dead_units, tensors=o.tensors,
+                  near_zero=0.0 + o.near_zero, zn=0.0 + o.zn, z3=0.0 + o.z3, z4=0.0 + o.z4, finalised=o.finalised,
+                  sample=(o.sample if o.sample.size else _no_sample()) if fin else None)  # type: ignore[union-attr]
+    if o.n:
+        out.min, out.max = o.min, o.max
+        out.mean, out.m2, out.m3, out.m4, out.l1 = t[1], t[2], t[3], t[4], t[5]
+        out.sumsq = out.m2 + out.n * out.mean * out.mean
+    return out
+
+
+def _combine(parts: list[Part]) -> Summary:
     one = len(parts) == 1
     out = Summary(exact_bins=all(p.summary.exact_bins for p in parts) if parts else True,
                   hist=np.zeros(0, dtype=np.int64) if one else np.zeros(NBINS, dtype=np.int64))

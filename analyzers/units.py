@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -12,7 +14,7 @@ class UnitTracker:
     def __init__(self, shape: tuple[int, ...], axis: int) -> None:
         axis = axis % len(shape)
         self.units = shape[axis]
-        self.inner = int(np.prod(shape[axis + 1:], dtype=np.int64))  # stride of the unit axis
+        self.inner = math.prod(shape[axis + 1:])  # stride of the unit axis
         self.alive = np.zeros(self.units, dtype=bool)
         self.outer_first = axis == 0
 
