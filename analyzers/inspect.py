@@ -377,8 +377,9 @@ def analyse(ck: Checkpoint, opts: Options | None = None, progress: Progress | No
     for ref, s in zip(refs, summaries(refs, opts, progress)):
         _sparsify(s)
         ab = metrics.abs_bins(s)
+        fresh = not s.finalised  # finalise counts the near-zero values with these options now
         metrics.finalise(s, opts.near_zero, ab)
-        st = metrics.compute(s, opts.near_zero, ab)
+        st = metrics.compute(s, opts.near_zero, ab, s.near_zero if fresh else None)
         h, lh = _hists(s, opts.bins, st)
         r = verdict.judge_tensor(ref.name, ref.role.value, ref.shape, s, st, keras, bias_fans.get(ref.layer))
         tensors.append(TensorReport(ref.name, ref.layer, ref.role.value, list(ref.shape), ref.dtype, ref.numel, st,

@@ -91,10 +91,12 @@ def count_at_most(counts: Counts, t: float, exact: bool) -> float:
 def gini(counts: Counts, n: int, exact: bool) -> float | None:
     """Hurley & Rickard Gini of |w|: sum_k (2k - n - 1) c_(k) / (n sum c), c ascending."""
     lo, _, rep = bins.abs_tables()
-    v = lo if exact else rep
     nz, cnt = _sparse(counts)
-    c = cnt.astype(np.float64)
-    vals = v[nz]
+    return _gini((lo if exact else rep)[nz], cnt.astype(np.float64), n)
+
+
+def _gini(vals: np.ndarray, c: np.ndarray, n: int) -> float | None:
+    """gini() from the occupied bins' magnitudes (ascending) and float64 counts."""
     r = np.cumsum(c) - c  # ranks before each bin
     mass = vals * c
     total = mass.sum()
@@ -106,11 +108,14 @@ def gini(counts: Counts, n: int, exact: bool) -> float | None:
 def top_mass(counts: Counts, n: int, exact: bool, share: float = 0.01) -> float | None:
     """Share of sum w^2 held by the ceil(share*n) weights of largest |w|."""
     lo, _, rep = bins.abs_tables()
-    v = lo if exact else rep
     nz, cnt = _sparse(counts)
-    nz, cnt = nz[::-1], cnt[::-1]
-    c = cnt.astype(np.float64)
-    sq = v[nz] ** 2
+    return _top_mass((lo if exact else rep)[nz], cnt.astype(np.float64), n, share)
+
+
+def _top_mass(vals: np.ndarray, c: np.ndarray, n: int, share: float = 0.01) -> float | None:
+    """top_mass() from the occupied bins' magnitudes (ascending) and float64 counts."""
+    c = c[::-1]
+    sq = vals[::-1] ** 2
     total = float((sq * c).sum())
     if n == 0 or total <= 0:
         return None
@@ -194,9 +199,11 @@ def smallest_nonzero(s: Summary) -> float | None:
     return float(lo[idx[0]])
 
 
-def compute(s: Summary, nz: NearZero, counts: tuple[np.ndarray, np.ndarray] | None = None
-            ) -> dict[str, float | int | None]:
-    """Every metric of a summary. `counts`: abs_bins(s) when the caller has it already."""
+def compute(s: Summary, nz: NearZero, counts: tuple[np.ndarray, np.ndarray] | None = None,
+            near_zero_count: float | None = None) -> dict[str, float | int | None]:
+    """Every metric of a summary. `counts`: abs_bins(s) when the caller has it already;
+    `near_zero_count`: s.near_zero when the caller has just finalised this one tensor with the same `nz`
+    (the same count, not searched for twice)."""
     n = s.n
     out: dict[str, float | int | None] = {k: None for k in METRICS}
     out.update(numel=s.numel, finite_count=n, nan_count=s.nans, inf_count=s.infs,
@@ -219,12 +226,15 @@ def compute(s: Summary, nz: NearZero, counts: tuple[np.ndarray, np.ndarray] | No
     else:
         t = nz.threshold(max_abs)
         out["near_zero_threshold"] = _f(t)
-        out["near_zero_fraction"] = count_at_most(counts, t, s.exact_bins) / s.numel
+        near = count_at_most(counts, t, s.exact_bins) if near_zero_count is None else near_zero_count
+        out["near_zero_fraction"] = near / s.numel
     lo, _, rep = bins.abs_tables()
-    qv = _quantiles(counts[0], np.cumsum(counts[1]), lo if s.exact_bins else rep, n, tuple(QUANTILES.values()))
+    table = lo if s.exact_bins else rep
+    qv = _quantiles(counts[0], np.cumsum(counts[1]), table, n, tuple(QUANTILES.values()))
     for name, v in zip(QUANTILES, qv):
         out[name] = _f(v)
-    out["gini"] = gini(counts, n, s.exact_bins)
+    vals, c = table[counts[0]], counts[1].astype(np.float64)  # shared by Gini and the top-1% mass
+    out["gini"] = _gini(vals, c, n)
     l2 = math.sqrt(s.sumsq)
     if n > 1 and l2 > 0:
         out["hoyer"] = _f((math.sqrt(n) - s.l1 / l2) / (math.sqrt(n) - 1))
@@ -232,5 +242,5 @@ def compute(s: Summary, nz: NearZero, counts: tuple[np.ndarray, np.ndarray] | No
         m2 = s.m2 / n
         out["skewness"] = _f((s.m3 / n) / m2 ** 1.5)
         out["kurtosis"] = _f((s.m4 / n) / (m2 * m2) - 3.0)
-    out["top1pct_l2_mass"] = top_mass(counts, n, s.exact_bins)
+    out["top1pct_l2_mass"] = _top_mass(vals, c, n)
     return out

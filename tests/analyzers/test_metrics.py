@@ -121,3 +121,24 @@ def test_absolute_near_zero_threshold(rng):
     got = compute(summarize(x, exact=True), NearZero(abs=0.1))
     assert got["near_zero_threshold"] == 0.1
     assert got["near_zero_fraction"] == pytest.approx((np.abs(x) <= 0.1).mean(), abs=1e-12)
+
+
+@pytest.mark.parametrize("nz", [NearZero(), NearZero(rel=0.1), NearZero(abs=0.05)])
+@pytest.mark.parametrize("exact", [False, True])
+def test_compute_with_the_finalised_near_zero_count_is_unchanged(nz, exact):
+    """inspect passes finalise's near-zero count to compute: every metric equals compute's own count, and
+    Gini / top-1% mass equal the public functions on the same bins."""
+    from wdist.analyzers import metrics
+    from wdist.analyzers.summary import summarize_chunk
+
+    x = np.random.default_rng(7).laplace(0, 0.02, 3000).astype(np.float32)
+    x[:300] = 0.0
+    if exact:
+        x = (x.view(np.uint32) & 0xFFFF0000).view(np.float32)
+    s = summarize_chunk(x, exact)
+    ab = metrics.abs_bins(s)
+    metrics.finalise(s, nz, ab)
+    own, given = metrics.compute(s, nz, ab), metrics.compute(s, nz, ab, s.near_zero)
+    assert own == given
+    assert own["gini"] == metrics.gini(ab, s.n, exact)
+    assert own["top1pct_l2_mass"] == metrics.top_mass(ab, s.n, exact)
