@@ -7,6 +7,7 @@ metrics with their caveats. Everything in a SpectralReport is plain JSON data.""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -63,14 +64,16 @@ class SpectralReport:
                    options=dict(d.get("options", {})))
 
 
-def _work(ref: TensorRef, opts: SpectralOptions, keras: bool) -> SpectralResult | None:
-    """One tensor, in a worker process (module level, so it pickles). BLAS runs on one thread here and in
-    the workers alike: a multi-threaded Gram product is summed in another order, so results would depend
-    on --jobs in their last bits. Without threadpoolctl the analysis stays in this process (see below)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
+def _work(ref: TensorRef, opts: SpectralOptions, keras: bool, pin: bool) -> SpectralResult | None:
+    """One tensor, in a worker process (module level, so it pickles) or in this one. BLAS runs on one thread
+    everywhere: a multi-threaded Gram product is summed in another order, so results would depend on --jobs
+    in their last bits. spectral_report pins this process, and so the workers forked from it, once for the
+    whole pass (spawned workers start with one thread); `pin` asks for it per tensor (~1 ms a call), where
+    the worker is not this process's child (Dask)."""
+    if not pin:
         return analyze_tensor(ref, opts, keras=keras)
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(limits=1, user_api="blas"):
         return analyze_tensor(ref, opts, keras=keras)
 
@@ -107,22 +110,26 @@ def spectral_report(ck: Checkpoint, refs: Sequence[TensorRef], opts: SpectralOpt
     total = sum(r.nbytes for r in todo)
     done = 0
     by_layer: dict[str, list[SpectralResult]] = {}
-    import importlib.util
+    pinned: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
 
-    if importlib.util.find_spec("threadpoolctl") is None:
+        pinned = threadpool_limits(limits=1, user_api="blas")  # this process and its forks; restored at the end
+    except ImportError:
         jobs, engine = 1, None  # BLAS threads could not be pinned in workers: keep results independent of jobs
-    results = ordered_map(_work, [(r, opts, keras) for r in todo], jobs, total, engine)
-    for ref, res in zip(todo, results):
-        done += ref.nbytes
-        if progress is not None:
-            progress(done, total)
-        if res is None:  # analyze_tensor's own refusal; _why_not should have caught it
-            report.skipped.append(f"{ref.name}: no matrix in shape {list(ref.shape)}")
-            continue
-        report.tensors[ref.name] = res.to_dict()
-        if res.alpha_skipped:
-            report.skipped.append(f"{ref.name}: alpha not computed: {res.alpha_skipped}")
-        by_layer.setdefault(ref.layer or ref.name, []).append(res)
+    with pinned:
+        results = ordered_map(_work, [(r, opts, keras, engine is not None) for r in todo], jobs, total, engine)
+        for ref, res in zip(todo, results):
+            done += ref.nbytes
+            if progress is not None:
+                progress(done, total)
+            if res is None:  # analyze_tensor's own refusal; _why_not should have caught it
+                report.skipped.append(f"{ref.name}: no matrix in shape {list(ref.shape)}")
+                continue
+            report.tensors[ref.name] = res.to_dict()
+            if res.alpha_skipped:
+                report.skipped.append(f"{ref.name}: alpha not computed: {res.alpha_skipped}")
+            by_layer.setdefault(ref.layer or ref.name, []).append(res)
     for layer, members in by_layer.items():
         lr = combine_layer(layer, members, opts)
         if lr is None:

@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from _bytecode import precompile  # benchmarks/ is sys.path[0] when a script here runs
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHILD = os.path.join(HERE, "bench_child.py")
 
@@ -160,20 +162,6 @@ def fmt_row(name: str, r: dict, base: dict | None = None, floor: dict | None = N
     if floor:
         s += f"  wdist/floor {r['seconds'] / floor['seconds']:4.2f}x"
     return s
-
-
-def precompile() -> None:
-    """Write wdist's bytecode first, as an installed wheel has it: with PYTHONDONTWRITEBYTECODE set (as on
-    this project's machines) or a fresh checkout, every timed child would otherwise compile ~50 modules from
-    source, ~50-70 ms of each command here, and charge it to wdist's fixed cost."""
-    import compileall
-    import re
-
-    import wdist
-
-    ok = compileall.compile_dir(os.path.dirname(os.path.abspath(wdist.__file__)), quiet=1,
-                                rx=re.compile(r"[\\/](\.venv|build|tests|benchmarks)[\\/]"))
-    print(f"bytecode of wdist written before timing: {'ok' if ok else 'some modules failed to compile'}")
 
 
 def main() -> None:

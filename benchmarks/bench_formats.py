@@ -24,6 +24,8 @@ import tempfile
 import time
 from typing import Any
 
+from _bytecode import precompile  # benchmarks/ is sys.path[0] when a script here runs
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHILD = os.path.join(HERE, "bench_child.py")
 WIDTH = 4096
@@ -182,6 +184,7 @@ def main() -> None:
     ap.add_argument("--generate", nargs=2, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--floor", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    precompile()
     if args.generate:
         kind, target = args.generate
         layout = write_gguf(target, args.scale) if kind == "gguf" else write_onnx(target, args.scale)

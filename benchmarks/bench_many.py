@@ -23,6 +23,8 @@ import sys
 import tempfile
 import textwrap
 
+from _bytecode import precompile  # benchmarks/ is sys.path[0] when a script here runs
+
 # One measurement: run `code` (argv[1:] are its arguments) in a child, report its wall/CPU time and peak RSS.
 _WRAP = textwrap.dedent("""
     import json, resource, subprocess, sys, time
@@ -96,6 +98,7 @@ def main() -> None:
     ap.add_argument("--tiny", type=int, default=10_000)
     ap.add_argument("--layers", type=int, default=8_000)
     args = ap.parse_args()
+    precompile()
     py = sys.executable
     with tempfile.TemporaryDirectory(prefix="wdist-bench-many-") as d:
         env_cache = os.path.join(d, "cache")

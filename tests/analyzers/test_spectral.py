@@ -24,6 +24,7 @@ from wdist.analyzers.spectral import (
     fit_power_law,
     matrix_view,
     mp_fit,
+    sorted_median,
 )
 from wdist.loaders import TensorRef, open_checkpoint
 
@@ -157,6 +158,67 @@ def test_fit_matches_weightwatcher_loop() -> None:
     small = fit_power_law(tail[:15])
     assert small is not None and small.method == "small-n" and small.tail_count >= 8
     assert fit_power_law(np.array([0.0, 3.0])) is None
+
+
+def _ww_reference_small_n(evals: np.ndarray) -> tuple[float, float, float]:
+    """WeightWatcher 0.7.7's small-N rule (fewer than 20 eigenvalues), loop for loop: alpha = 1 + (n-1)/sum ln,
+    tails of at least 8 (else the whole spectrum), xmin minimising D - 0.868/sqrt(n)."""
+    data = np.sort(evals[evals > 1e-5])
+    log_data = np.log(data)
+    n_all = data.size
+    cands = [i for i in range(n_all - 1) if n_all - i >= 8] or [0]
+    best: tuple[float, float, float, float] | None = None
+    for i in cands:
+        n = float(n_all - i)
+        s = np.sum(log_data[i:]) - n * log_data[i]
+        alpha = 1 + (n - 1) / s if s > 0 else np.inf
+        if not (np.isfinite(alpha) and alpha > 1):
+            continue
+        d = np.max(np.abs(1 - (data[i:] / data[i]) ** (-alpha + 1) - np.arange(n) / n))
+        if best is None or d - 0.868 / np.sqrt(n) < best[0]:
+            best = (d - 0.868 / np.sqrt(n), alpha, data[i], d)
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def _spectra(n: int, kind: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == 0:
+        return rng.random(n) ** -0.6                                          # one power law
+    if kind == 1:
+        return np.concatenate([rng.random(n // 2) * 0.5, rng.random(n - n // 2) ** (-1 / 2.2)])  # bulk + tail
+    if kind == 2:
+        return np.concatenate([np.round(rng.random(n - 1) * 5, 1) + 0.1, [6.0]])  # many ties below a distinct top
+    return np.concatenate([np.zeros(n // 3), rng.exponential(size=n - n // 3)])  # zeros dropped first
+
+
+@pytest.mark.parametrize("n", [2, 3, 8, 9, 19, 20, 21, 33, 47, 100, 383, 384, 768, 1100])
+@pytest.mark.parametrize("kind", [0, 1, 2, 3])
+def test_fit_equals_weightwatcher_loop_across_block_sizes(n: int, kind: int) -> None:
+    # The KS scan runs in blocks of candidates with the columns before each row clipped to zero; these sizes
+    # give one block, several, and a last partial one, on both the small-N rule and the Clauset scan.
+    ev = _spectra(n, kind, np.random.default_rng(n * 10 + kind))
+    fit = fit_power_law(ev)
+    kept = int(np.count_nonzero(ev > 1e-5))
+    if kept < 2:
+        assert fit is None
+        return
+    assert fit is not None
+    alpha, xmin, d = (_ww_reference_small_n if kept < 20 else _ww_reference_fit)(ev)
+    assert fit.method == ("small-n" if kept < 20 else "mle-ks")
+    assert (fit.alpha, fit.xmin, fit.ks) == (pytest.approx(alpha, rel=1e-12), xmin, pytest.approx(d, rel=1e-9, abs=1e-15))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 16, 17, 383, 384, 1000, 1001])
+def test_sorted_median_equals_numpy_median(size: int) -> None:
+    rng = np.random.default_rng(size)
+    for x in (rng.standard_normal(size) * 10.0 ** rng.integers(-30, 30), np.round(rng.random(size), 2),
+              rng.random(size) * (np.finfo(np.float64).max / 4), np.full(size, 0.1)):
+        x = np.sort(x)
+        want = float(np.median(x))
+        assert sorted_median(x) == want or (math.isnan(want) and math.isnan(sorted_median(x)))
+    x = np.sort(np.append(rng.random(size), np.nan))
+    assert math.isnan(sorted_median(x)) and math.isnan(float(np.median(x)))
+    assert math.isnan(sorted_median(np.zeros(0)))
 
 
 def _with_spectrum(rng: np.random.Generator, lam: np.ndarray, n: int) -> np.ndarray:

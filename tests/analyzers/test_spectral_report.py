@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -140,6 +141,30 @@ def test_jobs_do_not_change_the_report(ckpt: Path, monkeypatch: pytest.MonkeyPat
     two = spectral_report(ck, ck.tensors, SpectralOptions(), jobs=2, progress=lambda d, t: seen.append((d, t)))
     assert json.dumps(one.to_dict()) == json.dumps(two.to_dict())
     assert seen[-1][0] == seen[-1][1] > 0 and len(seen) == len(one.tensors)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_blas_pinned_once_for_the_pass_and_restored(ckpt: Path, monkeypatch: pytest.MonkeyPatch, jobs: int) -> None:
+    # The pass pins BLAS to one thread in this process for its whole length (workers forked from it inherit
+    # that), instead of per tensor; every analysis must see one thread, and the caller's setting comes back.
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from wdist.analyzers import spectral_report as mod
+
+    real = mod.analyze_tensor
+
+    def probe(ref: Any, opts: Any, keras: bool = False) -> Any:
+        threads = {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+        assert threads <= {1}, f"BLAS ran with {threads} threads for {ref.name}"
+        return real(ref, opts, keras=keras)
+
+    monkeypatch.setattr(mod, "analyze_tensor", probe)  # inherited by the forked workers
+    monkeypatch.setattr(engine, "PARALLEL_MIN_BYTES", 0)
+    ck = open_checkpoint(str(ckpt))
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        before = [(i["internal_api"], i["num_threads"]) for i in threadpoolctl.threadpool_info()]
+        rep = spectral_report(ck, ck.tensors, SpectralOptions(), jobs=jobs)
+        assert [(i["internal_api"], i["num_threads"]) for i in threadpoolctl.threadpool_info()] == before
+    assert rep.tensors
 
 
 def test_torch_save_checkpoint_and_layer_pooling(tmp_path: Path) -> None:
