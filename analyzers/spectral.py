@@ -299,8 +299,8 @@ def fit_power_law(evals: np.ndarray, opts: SpectralOptions | None = None) -> Pow
     # block's first candidate). Columns j < i of a row hold ln(λ_j/xmin_i) ≤ 0 and j − i < 0: clipping both
     # at 0 makes them |0 − 0| = 0, which leaves the row's maximum over j ≥ i as it is (no mask pass). Blocks
     # of ~n/8 candidates skip most of the triangle j < i that a single square block would compute.
-    n_tail = n_all - int(cand[0]) if cand.size else 0
-    block = max(1, min((1 << 17) // max(n_tail, 1), max(16, -(-cand.size // 8))))  # temporaries <= 1 MiB
+    n_tail = n_all - int(cand[0])  # the longest row; cand is never empty here
+    block = max(1, min((1 << 17) // n_tail, max(16, -(-cand.size // 8))))  # temporaries <= 1 MiB
     j = np.arange(n_all, dtype=np.float64)
     for b0 in range(0, cand.size, block):
         sl = slice(b0, min(cand.size, b0 + block))

@@ -18,6 +18,7 @@ import glob
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -130,11 +131,6 @@ def _strip(name: str) -> str:
     return name
 
 
-def _median(xs: list[float]) -> float:
-    ys = sorted(xs)
-    return ys[len(ys) // 2] if len(ys) % 2 else (ys[len(ys) // 2 - 1] + ys[len(ys) // 2]) / 2
-
-
 def _runs(xs: list[float]) -> str:
     return " ".join(f"{x:.2f}" for x in xs)
 
@@ -157,7 +153,7 @@ def compare(label: str, path: str, res: dict[str, Any], full: list[float], same:
     """Report one model's rounds; speed-ups from the medians."""
     wwl = _ww_layers(ww_runs[0]) if ww_runs else {}
     print(f"\n== {label}: {path}")
-    print(f"wdist (jobs={JOBS}): {len(res)} matrices in {_median(full):.2f} s  [runs {_runs(full)}]")
+    print(f"wdist (jobs={JOBS}): {len(res)} matrices in {statistics.median(full):.2f} s  [runs {_runs(full)}]")
     trusted = sum(1 for r in res.values() if r.tail_trusted)
     print(f"  alpha computed for {sum(r.alpha is not None for r in res.values())}, tail >= min_tail for {trusted}; "
           f"looks random: {sum(bool(r.looks_random) for r in res.values())}")
@@ -169,7 +165,7 @@ def compare(label: str, path: str, res: dict[str, Any], full: list[float], same:
     ours = {_strip(k): v for k, v in res.items()}
     both = sorted(set(wwl) & set(ours))
     skipped = sorted(set(ours) - set(wwl))
-    w, m_same, m_full = _median(ww_secs), _median(same), _median(full)
+    w, m_same, m_full = statistics.median(ww_secs), statistics.median(same), statistics.median(full)
     print(f"WeightWatcher {ww_runs[0].get('version', '')}: {len(wwl)} layers with alpha in {w:.2f} s  "
           f"[runs {_runs(ww_secs)}]")
     print(f"speed-up on the same {len(both)} layers: {w / max(m_same, 1e-9):.1f}x (wdist {m_same:.2f} s  "
@@ -255,6 +251,7 @@ def main() -> int:
     for key, (label, path) in models.items():
         compare(label, path, res[key], times[key][0], times[key][1], ww_runs[key])
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
