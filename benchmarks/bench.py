@@ -222,6 +222,11 @@ def main() -> None:
     print(f"one {size_of(big) / 1e9:.2f} GB tensor:")
     print(fmt_row("wdist inspect -j1", b1))
     print(fmt_row("wdist inspect -j2", b2) + f"  speed-up {b1['seconds'] / b2['seconds']:.2f}x")
+    # the same analysis as a library call in a process that has imported wdist: the part --jobs can split
+    m = median_of({"j1": ("api", big, "1"), "j2": ("api", big, "2")}, args.repeat, (big,))
+    a1, a2 = m["j1"]["seconds"], m["j2"]["seconds"]
+    print(f"  wdist.inspect(jobs=1)   {a1:5.2f} s, jobs=2 {a2:5.2f} s  speed-up {a1 / a2:.2f}x  (after imports; "
+          f"the CLI's fixed start-up, -j1 minus jobs=1: {b1['seconds'] - a1:.2f} s)")
     os.remove(big)
     # scaling with size and with the number of checkpoints
     print("scaling of inspect with checkpoint size:")

@@ -94,6 +94,12 @@ def main() -> None:
         outs = [subprocess.run([sys.executable, "-m", "wdist", "inspect", args[0], "--format", "json", "-q", "--no-cache", "-j", j],
                                capture_output=True, text=True, check=True).stdout for j in ("1", "2")]
         extra["identical"] = outs[0] == outs[1]
+    elif mode == "api":
+        # the library call alone, in a process that has already imported wdist: what --jobs can split
+        import wdist
+
+        t0 = time.perf_counter()
+        wdist.inspect(args[0], jobs=int(args[1]))
     elif mode == "help":
         code = "import sys;from wdist.cli.main import cli\ntry: cli(['--help'])\nexcept SystemExit: pass\n" \
                "sys.stderr.write(str('torch' in sys.modules))"

@@ -139,12 +139,23 @@ def _ww_layers(ww: dict[str, Any]) -> dict[str, Any]:
     return {_strip(row["name"]): row for row in ww["layers"] if row["alpha"] > 0}
 
 
+def warm(path: str) -> None:
+    """Read the file right before a timed run. WeightWatcher's timed analyze() starts from a model already in
+    memory, and this project's VMs page out file pages untouched for ~60 s (see bench.py), which a
+    WeightWatcher round of both models outlasts: without this, wdist's first run of a round read from disk."""
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
 def measure(path: str, ww: dict[str, Any] | None) -> tuple[float, float | None, dict[str, Any]]:
     """One round of wdist on `path`: every matrix, then (with a WeightWatcher result) its layers only."""
+    warm(path)
     secs, res = wdist_side(path)
     if ww is None:
         return secs, None, res
     wwl = _ww_layers(ww)
+    warm(path)
     return secs, wdist_side(path, only={k for k in res if _strip(k) in wwl})[0], res
 
 

@@ -180,7 +180,14 @@ def _build(path: str, fmt: str, variant: str, result: UnpickleResult,
     by_identity: dict[tuple, TensorRef] = {}
     logical = elements = reads = 0
     arrays_by_id: dict[int, TensorRef] = {}
+    names: set[str] = set()
     for name, pt, forced in named:
+        # {"a.b": x, "a": {"b": y}} joins to "a.b" twice: a report keyed by name would show one of them as
+        # both (in memory the same dict is a UsageError, so the saved file and the object agree)
+        if name in names:
+            raise CorruptCheckpointError(path, f"two tensors are both named {name!r} (keys that join to the same "
+                                         "dotted name)")
+        names.add(name)
         if isinstance(pt, NumpyArray):  # a NumPy array saved inside the checkpoint (torch.save pickles it)
             if id(pt) in arrays_by_id:
                 arrays_by_id[id(pt)].aliases += (name,)

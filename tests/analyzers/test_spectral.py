@@ -3,6 +3,7 @@ randomized fallback and bounded memory, all on real safetensors files."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 import tracemalloc
@@ -363,3 +364,13 @@ def test_bad_values_layers_and_json(tmp_path: Path) -> None:
     assert sum(hist["counts"]) + hist["zeros"] == 12 and len(hist["edges"]) == len(hist["counts"]) + 1
     assert set(a.stats()) >= {"alpha", "spectral_norm", "stable_rank", "mp_spikes"}
     assert esd_histogram(np.zeros(4)) == {"edges": [], "counts": [], "zeros": 4}
+    # to_dict is dataclasses.asdict without the spectrum, and owns its lists (the report may be edited)
+    full = dataclasses.asdict(a)
+    assert a.to_dict(eigenvalues=True) == full and {**d, "eigenvalues": full["eigenvalues"]} == full
+    d["esd_histogram"]["counts"].append(1)
+    d["shape"].append(1)
+    assert a.to_dict() == {k: v for k, v in full.items() if k != "eigenvalues"}
+    renamed = combine_layer("one", [a])
+    assert renamed is not None and renamed.to_dict() == {**a.to_dict(), "name": "one"}
+    renamed.notes.append("x")
+    assert "x" not in a.notes

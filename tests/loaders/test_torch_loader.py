@@ -134,3 +134,24 @@ def test_a_quantized_tensor_does_not_make_the_file_unreadable(tmp_path):
     torch.save({"q.weight": q}, p2)
     with pytest.raises(UnsafeContentError, match="_rebuild_qtensor"):
         open_checkpoint(str(p2))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_two_tensors_joined_to_one_name_are_refused_as_in_memory(tmp_path, legacy):
+    """{"a.b": x, "a": {"b": y}} names two different tensors "a.b": a report keyed by name would show one
+    of them twice. The in-memory walk refuses the same dict (UsageError); the saved file is refused too,
+    with the name. A tensor saved under two different names stays one tensor with an alias."""
+    from wdist.loaders.errors import UsageError
+    from wdist.loaders.memory import from_object
+
+    obj = {"a.b": torch.ones(3), "a": {"b": torch.zeros(3)}}
+    p = tmp_path / "dup.pt"
+    torch.save(obj, p, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(CorruptCheckpointError, match="two tensors are both named 'a.b'"):
+        open_checkpoint(str(p))
+    with pytest.raises(UsageError, match="both be named 'a.b'"):
+        from_object(obj)
+    w = torch.ones(4)
+    torch.save({"x.w": w, "y": {"w": w}}, p, _use_new_zipfile_serialization=not legacy)
+    with open_checkpoint(str(p)) as ck:
+        assert [(t.name, t.aliases) for t in ck.tensors] == [("x.w", ("y.w",))]
