@@ -142,9 +142,12 @@ def _torch_tensors(sd: Mapping[str, Any], kinds: dict[str, str], unread: list[st
             unread.append(name)
             continue
         dtype, view = _TORCH[key]
-        # a zero-size tensor has no storage to share (data_ptr 0 for all of them): never a tie
-        ident = ((t.data_ptr(), tuple(t.shape), tuple(t.stride()), key)
-                 if t.device.type != "meta" and t.numel() else None)
+        # ties as torch.save records them: one storage. A zero-size tensor's data_ptr is 0 whatever its
+        # storage, so its storage object identifies it (torch.save of {"a": z, "b": z} keeps one storage)
+        ident: tuple | None = None
+        if t.device.type != "meta":
+            where = t.data_ptr() if t.numel() else ("empty", t.untyped_storage()._cdata, t.storage_offset())
+            ident = (where, tuple(t.shape), tuple(t.stride()), key)
         if ident is not None and ident in by_ptr:  # tied weights are listed once, with their aliases
             by_ptr[ident].aliases += (name,)
             continue

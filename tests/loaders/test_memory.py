@@ -170,9 +170,17 @@ def test_views_are_read_chunk_by_chunk_with_the_right_values(make):
     np.testing.assert_array_equal(got, ref_np)
 
 
-def test_zero_size_tensors_are_not_tied():
+def test_zero_size_tensors_are_tied_as_torch_save_ties_them(tmp_path):
+    """Two zero-size tensors of their own storages are two tensors; one zero-size tensor under two names
+    is one storage in torch.save's file, so one tensor with an alias in memory too (it was two)."""
     ck = from_object({"b.weight": torch.zeros(0, 4), "c.weight": torch.zeros(0, 4)})
     assert [t.name for t in ck.tensors] == ["b.weight", "c.weight"] and all(not t.aliases for t in ck.tensors)
+    z = torch.zeros(0, 4)
+    for obj in ({"b.weight": torch.zeros(0, 4), "c.weight": torch.zeros(0, 4)},
+                {"b.weight": z, "c.weight": z, "d.weight": torch.zeros(0, 4)}):
+        _same_as_saved(obj, tmp_path)
+    assert [(t.name, t.aliases) for t in from_object({"b.weight": z, "c.weight": z}).tensors] == [
+        ("b.weight", ("c.weight",))]
 
 
 def _same_as_saved(obj, tmp_path):
