@@ -89,6 +89,7 @@ class ModelReport:
     summary: str
     reading: ModelReading | None = None
     by_group: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tensors: int = 0  # how many tensors `stats` pools (the parameter groups; see analyse)
 
 
 @dataclass
@@ -331,10 +332,14 @@ def _with_counts(shape_stats: dict[str, Any], all_stats: dict[str, Any]) -> dict
 
 
 def _shape_group(groups: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    """Which members a pooled shape is judged on: weights/embeddings if any, else one group only."""
+    """Which members a pooled shape is judged on: weights/embeddings if any, else a norm's scale (gamma),
+    else the first group. Never file order between gamma and beta: safetensors stores names sorted, so
+    `bn.bias` comes before `bn.weight` there and after it in a torch file."""
     weighty = tuple(g for g in verdict.WEIGHTY if g in groups)
     if weighty:
         return weighty[0], weighty
+    if "norm_scale" in groups:
+        return "norm_scale", ("norm_scale",)
     return groups[0], (groups[0],)
 
 
@@ -422,7 +427,7 @@ def analyse(ck: Checkpoint, opts: Options | None = None, progress: Progress | No
     rel = None if opts.near_zero.abs is not None else opts.near_zero.rel
     para = verdict.summary_paragraph(mr, shape_r, wst, mst, rel, layer_view)
     mnotes = verdict.notes(model_r, _with_counts(wst, mst), pooled=True)
-    model = ModelReport(mst, by_role, mnotes, para, mr, by_group)
+    model = ModelReport(mst, by_role, mnotes, para, mr, by_group, model_sum.tensors)
     report = InspectReport(checkpoint_info(ck), opts.as_dict(), tensors, ordered_layers, model, skipped)
     if opts.spectral is not None:  # opt-in: a Gram pass over every weight matrix, costlier than the moments
         from wdist.analyzers.spectral_report import spectral_report

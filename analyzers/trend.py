@@ -16,6 +16,7 @@ from wdist.analyzers.histogram import Histogram
 from wdist.analyzers.inspect import Options, analyse
 from wdist.analyzers.report import ReportMixin, jsonable
 from wdist.analyzers.summary import Summary
+from wdist.analyzers.verdict import WEIGHTY
 from wdist.loaders import fs, roles
 from wdist.loaders.errors import UsageError, WdistError
 from wdist.loaders.registry import EXTENSIONS, find_in_dir, is_model_dir, open_checkpoint
@@ -204,6 +205,10 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
     layer_summ: dict[str, list[Summary | None]] = {}
     tensor_l2: dict[str, list[float | None]] = {}  # every tensor's own L2 norm, for moving / settled
     tensor_layer: dict[str, str] = {}
+    # per layer, the exactly-zero share of its weights/embeddings at each checkpoint: sparsity is read on
+    # these only (a norm layer's beta or a bias at zero is its initial value, not sparsity)
+    weight_zero: dict[str, list[float | None]] = {}
+    non_finite: dict[str, list[int | None]] = {}  # per layer, its NaN + Inf count at each checkpoint
     spectral: list[Any] = []  # one SpectralReport (or None) per checkpoint, with --spectral
     errors = 0
     for i, pt in enumerate(points):
@@ -225,6 +230,12 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
             if pt.step is None and rep.checkpoint.step is not None:
                 pt.step, pt.step_source = rep.checkpoint.step, "metadata"
         seen_layers = {lr.name: lr for lr in rep.layers} if rep else {}
+        zeros: dict[str, list[int]] = {}  # layer -> [zeros, values] over its weights/embeddings
+        for tr in rep.tensors if rep else []:
+            if tr.reading is not None and tr.reading.group in WEIGHTY and tr.numel:
+                acc = zeros.setdefault(tr.layer, [0, 0])
+                acc[0] += round(tr.stats["zero_fraction"] * tr.numel)  # zeros / numel: exact back to a count
+                acc[1] += tr.numel
         for name in list(layer_series) + [n for n in seen_layers if n not in layer_series]:
             if name not in layer_series:
                 layer_series[name] = {m: [None] * i for m in chosen}
@@ -233,6 +244,10 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
             for m in chosen:
                 layer_series[name][m].append(lr.stats.get(m) if lr else None)
             layer_summ[name].append(_for_ridge(lr.summary) if lr else None)
+            z = zeros.get(name)
+            weight_zero.setdefault(name, [None] * i).append(z[0] / z[1] if z else None)
+            non_finite.setdefault(name, [None] * i).append(
+                (lr.stats.get("nan_count") or 0) + (lr.stats.get("inf_count") or 0) if lr else None)
         seen_t = {t.name: t for t in rep.tensors} if rep else {}
         for name in list(tensor_l2) + [n for n in seen_t if n not in tensor_l2]:
             tensor_l2.setdefault(name, [None] * i).append(seen_t[name].stats.get("l2_norm") if name in seen_t else None)
@@ -260,8 +275,10 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
         lt = LayerTrend(name, series, first, prev)
         if ridgeline:
             lt.ridgeline = _ridge(layer_summ[name], opts.bins)
-        moves = [(t, _last_move(tensor_l2[t])) for t in by_layer.get(name, [])]
-        lt.notes = _layer_notes(lt, points, moves)
+        # the last interval between readable checkpoints: an unreadable last one must not hide the movement
+        moves = [(t, _last_move([tensor_l2[t][i] for i in readable if i < len(tensor_l2[t])]))
+                 for t in by_layer.get(name, [])]
+        lt.notes = _layer_notes(lt, points, moves, weight_zero.get(name, []), non_finite.get(name, []))
         layers.append(lt)
     report = TrendReport(points, order, list(chosen), layers, tensor_series, model_series,
                          _run_notes(layers, points), errors)
@@ -313,24 +330,35 @@ def _label(points: list[TrendPoint], i: int) -> str:
     return points[i].display
 
 
-def _last_move(vals: list[float | None]) -> float | None:
+def _last_move(vals: list[float | None]) -> tuple[float, float] | None:
+    """(relative L2 change over the last interval, last L2) of a tensor; the change is inf when the L2
+    norm left exactly 0 (a beta or bias moving off its zero init)."""
     if len(vals) >= 2 and vals[-1] is not None and vals[-2] is not None:
-        return _rel(vals[-2], vals[-1])
+        r = _rel(vals[-2], vals[-1])
+        return None if r is None else (r, vals[-1])
     return None
 
 
-def _layer_notes(lt: LayerTrend, points: list[TrendPoint], moves: list[tuple[str, float | None]]) -> list[str]:
+def _layer_notes(lt: LayerTrend, points: list[TrendPoint], moves: list[tuple[str, tuple[float, float] | None]],
+                 weight_zero: list[float | None] | None = None, non_finite: list[int | None] | None = None
+                 ) -> list[str]:
     """Moving / settled from each tensor's own L2 change (the largest over the layer's tensors), so a
-    norm layer's gamma ~ 1 cannot hide its beta moving."""
+    norm layer's gamma ~ 1 cannot hide its beta moving; sparsity from the layer's weights/embeddings;
+    NaN/Inf from the first checkpoint that has any (its metrics are then undefined: the table shows -)."""
     out = []
+    bad = next(((i, v) for i, v in enumerate(non_finite or []) if v), None)
+    if bad is not None:
+        out.append(f"non-finite values: {bad[1]:,} NaN/Inf at {_label(points, bad[0])}")
     s = lt.series
-    known = [(t, r) for t, r in moves if r is not None and math.isfinite(r)]
+    known = [(t, m) for t, m in moves if m is not None]
     if known and len(known) == len(moves):
-        t, r = max(known, key=lambda tr: abs(tr[1]))
+        t, (r, l2) = max(known, key=lambda tm: abs(tm[1][0]))
+        who = f" ({t})" if len(known) > 1 else ""
         if abs(r) < SETTLED:
             out.append("settled: every tensor's L2 norm changed <0.5% over the last interval")
+        elif math.isinf(r):
+            out.append(f"still moving: L2 norm went from 0 to {l2:.3g}{who} over the last interval")
         elif abs(r) > MOVING:
-            who = f" ({t})" if len(known) > 1 else ""
             out.append(f"still moving: L2 norm changed {r:+.1%}{who} over the last interval")
     if "kurtosis" in s:
         ks = s["kurtosis"]
@@ -344,12 +372,17 @@ def _layer_notes(lt: LayerTrend, points: list[TrendPoint], moves: list[tuple[str
                 out.append(f"grew a heavy tail: kurtosis {start:.2f} -> {v:.1f} by {_label(points, i)}"
                            if start is not None else f"heavy-tailed by {_label(points, i)}")
                 break
-    if "zero_fraction" in s:
-        zs = s["zero_fraction"]
-        for i, v in enumerate(zs):
-            if v is not None and v >= 0.5:
-                out.append(f"became sparse ({v:.0%} exactly zero) by {_label(points, i)}")
-                break
+    if "zero_fraction" in s and weight_zero:
+        start = next((v for v in weight_zero if v is not None), None)
+        if start is not None and start >= 0.5:
+            i = next(i for i, v in enumerate(weight_zero) if v is not None)
+            out.append(f"sparse from the first checkpoint: {start:.0%} of its weights exactly zero at "
+                       f"{_label(points, i)}")
+        else:
+            for i, v in enumerate(weight_zero):
+                if v is not None and v >= 0.5:
+                    out.append(f"became sparse ({v:.0%} of its weights exactly zero) by {_label(points, i)}")
+                    break
     if "near_zero_fraction" in s:
         nz = [v for v in s["near_zero_fraction"] if v is not None]
         if len(nz) >= 2 and nz[-1] - nz[0] > 0.1:

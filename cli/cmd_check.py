@@ -53,6 +53,7 @@ def check(paths: tuple[str, ...], rule_texts: tuple[str, ...], config_path: str 
     from wdist.cli.main import _error_line, reading
     from wdist.cli.options import runtime
     from wdist.cli.render import check_render
+    from wdist.cli.render.common import output_may_end
 
     holder = build_holder()
     with runtime(holder, scheduler, cluster, no_cache):
@@ -62,11 +63,13 @@ def check(paths: tuple[str, ...], rule_texts: tuple[str, ...], config_path: str 
                              near_zero_abs=near_zero_abs, jobs=jobs, format=input_format, cache=holder.cache,
                              engine=holder.engine, spectral=True if spectral else None, on_file=reading)
     reading(None)
-    check_render.render(report, fmt)
+    with output_may_end():
+        check_render.render(report, fmt)
     if junit_path:
         check_render.write_junit(report.checkpoints, junit_path)
     if os.environ.get("GITHUB_ACTIONS") == "true":
-        check_render.github(report.checkpoints)
+        with output_may_end():
+            check_render.github(report.checkpoints)
     for r in report.checkpoints:
         if r.error:
             click.echo(_error_line(r.path, r.error), err=True)

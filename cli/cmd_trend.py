@@ -54,6 +54,7 @@ def trend(inputs: tuple[str, ...], fmt: str, roles: tuple[str, ...], layer_globs
     from wdist.cli.main import _error_line
     from wdist.cli.options import apply_spectral, runtime
     from wdist.cli.render import trend_render
+    from wdist.cli.render.common import output_may_end
     from wdist.cli.render.common import quiet as global_quiet
     from wdist.loaders.errors import UsageError
 
@@ -83,7 +84,8 @@ def trend(inputs: tuple[str, ...], fmt: str, roles: tuple[str, ...], layer_globs
                                      progress=lambda i, n: p.update(task, completed=i, total=n))
         else:
             report = wdist.trend(list(inputs), metrics=metrics, order=order, format=input_format, opts=opts)
-    trend_render.render(report, fmt, hist)
+    with output_may_end():
+        trend_render.render(report, fmt, hist)
     if tb_logdir:
         from wdist.tbexport import write_trend
 

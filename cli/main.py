@@ -118,6 +118,18 @@ class LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl([(n, SHORT_HELP[n]) for n in COMMANDS])
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        # a bad option before the command (`wdist --width 5 ls`): the same one line as after it
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as e:
+            if "--debug" in args:
+                raise
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(_error_line(None, e.format_message() + where), err=True)
+            raise click.exceptions.Exit(EXIT_ERROR) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         from wdist.loaders.errors import WdistError
 
@@ -127,6 +139,12 @@ class LazyGroup(click.Group):
             if state().get("debug"):
                 raise
             click.echo(_error_line(e.path, e.reason), err=True)
+            ctx.exit(EXIT_ERROR)
+        except click.UsageError as e:  # a bad option or argument: one line too, naming where help is
+            if state().get("debug"):
+                raise
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(_error_line(None, e.format_message() + where), err=True)
             ctx.exit(EXIT_ERROR)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
@@ -193,6 +211,5 @@ def main() -> None:
     except (BrokenPipeError, OSError) as e:
         if not _is_broken_pipe(e):
             raise
-        quiet_stdout()
-        code = 0 if code in (0, None, 1) else code
+        quiet_stdout()  # the exit code stays the command's own: a failing check piped into head still fails
     sys.exit(code)

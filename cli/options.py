@@ -33,7 +33,8 @@ def _threshold(ctx: click.Context, param: click.Parameter, value: float | None) 
 
 near_zero_rel_option = click.option(
     "--near-zero-rel", type=float, default=None, metavar="R", callback=_threshold,
-    help="near_zero_threshold = R x max|w| of each tensor, layer and model [default: 0.01].")
+    help="near_zero_threshold = R x max|w| of each tensor (layers and the model sum their tensors' "
+         "counts) [default: 0.01].")
 near_zero_abs_option = click.option(
     "--near-zero-abs", type=float, default=None, metavar="T", callback=_threshold,
     help="Use one absolute near_zero_threshold T instead of --near-zero-rel.")

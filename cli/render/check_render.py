@@ -7,11 +7,26 @@ import xml.etree.ElementTree as ET
 
 import click
 
-from wdist.analyzers.check import CheckpointResult
+from wdist.analyzers.check import OPS, CheckpointResult
 from wdist.analyzers.report import CheckReport
 from wdist.cli.render.common import console, dumps, echo, md_cell, num, plural, prose, safe, warn
 
 SHOW_WORST = 5
+
+
+def failing_value(v: object, op: str, target: object) -> str:
+    """A failing value with enough digits that the number shown fails the rule too (4 significant digits
+    unless rounding would make it pass: `max <= 1` failing at 1.0000100135803223 shows 1.00001, not 1)."""
+    if not isinstance(v, float) or not isinstance(target, (int, float)) or op not in OPS:
+        return num(v, 4)
+    for digits in range(4, 18):
+        shown = num(v, digits)
+        try:
+            if not OPS[op](float(shown), target):
+                return shown
+        except ValueError:  # inf / nan print as words; they fail as themselves
+            return shown
+    return repr(v)
 
 
 def render(report: CheckReport, fmt: str) -> None:
@@ -36,7 +51,7 @@ def render(report: CheckReport, fmt: str) -> None:
 
             echo(con, Text.assemble("  ", (mark, style), f" {safe(rr.rule)}  ({safe(extra)})"))
             for o in rr.failures[:SHOW_WORST]:
-                echo(con, f"        {safe(o.name)}: {safe(rr.metric)} = {num(o.value, 4)}")
+                echo(con, f"        {safe(o.name)}: {safe(rr.metric)} = {failing_value(o.value, rr.op, rr.value)}")
             if len(rr.failures) > SHOW_WORST:
                 echo(con, f"        ... {len(rr.failures) - SHOW_WORST} more (all of them in --format json and --junit)")
     n_fail = sum(1 for r in results for rr in r.rules if rr.verdict != "pass") + sum(1 for r in results if r.error)

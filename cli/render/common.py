@@ -4,14 +4,15 @@ name or cuts a number, number formatting and JSON-safe conversion."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
 import re
 import shutil
 import sys
-import textwrap
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,21 @@ def quiet() -> bool:
     return bool(_root_obj().get("quiet"))
 
 
+@contextmanager
+def output_may_end() -> Iterator[None]:
+    """Standard output whose reader may leave (`wdist check x | head -1`): a broken pipe ends the output
+    only. The command goes on (JUnit file, stderr error lines) and keeps its exit code, so a failing gate
+    piped into `head` still fails."""
+    from wdist.cli.main import _is_broken_pipe, quiet_stdout
+
+    try:
+        yield
+    except OSError as e:
+        if not _is_broken_pipe(e):
+            raise
+        quiet_stdout()
+
+
 NATURAL = 1 << 20  # "no limit" for rich, which needs a number
 
 
@@ -69,12 +85,13 @@ def console(file: Any = None, stderr: bool = False) -> Any:
 
     class _Console(Console):
         def on_broken_pipe(self) -> None:
-            # the reader of a pipe left (`wdist ls x | head -1`): stop quietly with exit 0, not rich's 1
+            # the reader of a pipe left (`wdist ls x | head -1`): stop writing, and let the command decide
+            # what follows (output_may_end), or exit 0 (LazyGroup.invoke), instead of rich's exit 1
             from wdist.cli.main import quiet_stdout
 
             self.quiet = True
             quiet_stdout()
-            raise SystemExit(0)
+            raise BrokenPipeError(errno.EPIPE, "standard output closed")
 
     w = out_width()
     return _Console(file=file, stderr=stderr, width=w or NATURAL, markup=False, emoji=False, highlight=False,
@@ -86,19 +103,41 @@ def echo(con: Any, text: Any, style: str | None = None) -> None:
     con.print(text, style=style, soft_wrap=True)
 
 
-def fold(text: str, width: int | None, indent: str = "", hang: str = "    ") -> list[str]:
-    """Terminal-safe text as lines wrapped at spaces to `width` (never inside a word, name or number); one
-    line when width is None (natural width)."""
+def fold(text: str, width: int | None, indent: str = "", hang: str = "    ", keep: Sequence[str] = ()) -> list[str]:
+    """Terminal-safe text as lines wrapped at spaces to `width` terminal cells (wide characters count two;
+    never inside a word, a number or a name in `keep`, whose own spaces do not break); one line when width
+    is None (natural width). A word wider than the line stands alone on its line, whole."""
     text = safe(text)
     if width is None:
         return [indent + text]
-    return textwrap.wrap(text, width=max(20, width), initial_indent=indent, subsequent_indent=indent + hang,
-                         break_long_words=False, break_on_hyphens=False) or [indent]
+    from rich.cells import cell_len
+
+    # the spaces inside kept names become NUL while wrapping: safe() has escaped every NUL of the text
+    for name in sorted({safe(k) for k in keep if " " in k}, key=len, reverse=True):
+        text = text.replace(name, name.replace(" ", "\x00"))
+    width = max(20, width)
+    lines: list[str] = []
+    line, started = indent, False
+    for word in text.split(" "):
+        if not started:
+            if word:  # spaces at the start of a line are dropped
+                line, started = line + word, True
+            continue
+        wider = line + " " + word
+        # NUL (a kept space) has no width of its own to rich
+        if not word or cell_len(wider) + wider.count("\x00") <= width:  # empty word: a second space in a row
+            line = wider
+        else:
+            lines.append(line.rstrip(" "))
+            line = indent + hang + word
+    lines.append(line)
+    return [ln.replace("\x00", " ") for ln in lines]
 
 
-def prose(con: Any, text: str, indent: str = "", hang: str = "    ", style: str | None = None) -> None:
+def prose(con: Any, text: str, indent: str = "", hang: str = "    ", style: str | None = None,
+          keep: Sequence[str] = ()) -> None:
     """A paragraph wrapped at spaces to the output width."""
-    for line in fold(text, out_width(), indent, hang):
+    for line in fold(text, out_width(), indent, hang, keep):
         echo(con, line, style)
 
 
@@ -273,7 +312,22 @@ def num(v: Any, digits: int = 4) -> str:
 
 
 def pct(v: Any) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
+    """A share as a percent with one decimal, more where one would round a nonzero share to 0.0% or a
+    share short of all to 100.0% (99.995% zeros is not "100.0%")."""
+    if v is None:
+        return "-"
+    p = 100 * v
+    s = f"{p:.1f}%"
+    if v in (0, 1) or not math.isfinite(p):
+        return s
+    for digits in range(2, 10):
+        if float(s[:-1]) not in (0.0, 100.0):
+            return s
+        s = f"{p:.{digits}f}%"
+    if float(s[:-1]) not in (0.0, 100.0):
+        return s
+    s = f"{p:.3g}%"  # a share 1e-12 from 0 or from all
+    return s if float(s[:-1]) not in (0.0, 100.0) else f"{p!r}%"
 
 
 def human_bytes(n: int) -> str:
@@ -297,8 +351,9 @@ def dumps(obj: Any) -> str:
     return json.dumps(data, indent=2, allow_nan=False)
 
 
-# a number standing on its own in a note (not part of a name such as conv2.weight or h.10)
-_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?%?(?![\w])")
+# a number standing on its own in a note (not part of a name such as conv2.weight, h.10 or 0.bias: a dot
+# followed by a letter continues a name, a dot at the end of a sentence does not)
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?%?(?!\w|\.\w)")
 
 
 def group_notes(rows: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
@@ -334,5 +389,6 @@ def print_reading(con: Any, rows: Sequence[tuple[str, Sequence[str]]], notes: Se
     if not items:
         return
     echo(con, "Reading", "bold")
+    keep = [name for name, _ in rows if " " in name]
     for item in items:
-        prose(con, item, indent="  ")
+        prose(con, item, indent="  ", keep=keep)

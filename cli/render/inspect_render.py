@@ -121,7 +121,13 @@ def _header(r: InspectReport) -> list[str]:
     rel = r.options.get("near_zero_rel")
     # in relative mode each tensor has its own threshold: say the rule, not one number
     rule = num(t, 3) if t is not None or rel is None else f"{num(rel, 3)} x each tensor's max|w|"
-    lines.append(f"analysed: {plural(m.get('numel') or 0, 'value')} in {plural(len(r.tensors), 'tensor')}; "
+    values = plural(m.get('numel') or 0, 'value')
+    pooled = r.model.tensors
+    # the model statistics pool the parameter groups only: say so when other tensors (optimizer state,
+    # running stats) were analysed too, so the value count is not read as all of them
+    what = (f"{values} in {plural(len(r.tensors), 'tensor')}" if pooled in (0, len(r.tensors)) else
+            f"{plural(len(r.tensors), 'tensor')}; model statistics: {values} in {pooled:,} of them")
+    lines.append(f"analysed: {what}; "
                  f"global sparsity: {pct(m.get('zero_fraction'))} exactly zero, {pct(m.get('near_zero_fraction'))} "
                  f"near zero (|w| <= {rule})")
     if r.skipped:  # selected but not floating point: said (every name), never silently left out

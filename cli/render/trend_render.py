@@ -73,12 +73,15 @@ def render(r: TrendReport, fmt: str, hist: bool) -> None:
         echo(con, "no layer could be read" if r.errors else "no layers selected")
     else:
         rows = []
+        # "last value": at the last checkpoint that could be read ("-" when the metric is undefined there,
+        # e.g. a layer gone all Inf: an older value would read as the current one)
+        readable = [i for i, p in enumerate(r.checkpoints) if not p.error]
         for lt in r.layers:
             first = lt.change_first
             cells = []
             for m in r.metrics:
                 s = lt.series[m]
-                last = next((v for v in reversed(s) if v is not None), None)
+                last = s[readable[-1]] if readable else None
                 cells.append(f"{sparkline(s)} {num(last, 3)}{_change_text(m, first.get(m))}")
             rows.append((lt.name, cells))
         print_table(con, "layer", [Col(SHORT.get(m, m), False) for m in r.metrics], rows)
