@@ -298,6 +298,12 @@ def load(path: str) -> Checkpoint:
     meta_path = os.path.join(folder, META_FILE)
     if not os.path.isfile(meta_path):
         raise UnsupportedFormatError(path, "folder has no .metadata file: not a distributed checkpoint")
+    # found, not named: like the shards it must resolve inside the folder (a symlink to another run's
+    # .metadata made this folder's report list that run's tensors); one named explicitly is the user's choice,
+    # as for a TensorFlow .index
+    if os.path.basename(path) != META_FILE and not inside_model_folder(meta_path, folder):
+        raise CorruptCheckpointError(path, f"{META_FILE!r} resolves outside the checkpoint's folder (a symlink "
+                                           "out of it is not followed)")
     if file_size(meta_path) > MAX_METADATA:
         raise CorruptCheckpointError(meta_path, ".metadata is implausibly large")
     with open(meta_path, "rb") as mf:

@@ -526,7 +526,9 @@ def _index_in_folder(path: str) -> str:
     if os.path.isfile(sm):
         return sm
     cp = os.path.join(path, "checkpoint")
-    if os.path.isfile(cp):
+    # a `checkpoint` file that is a symlink out of the folder is not read (it is as if absent): it would name
+    # an .index of another run's choosing and reads a file outside the checkpoint
+    if os.path.isfile(cp) and inside_model_folder(cp, path):
         with open(cp, encoding="utf-8", errors="replace") as f:
             m = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', f.read(1 << 16), re.MULTILINE)
         if m:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from wdist.loaders import fs
+from wdist.loaders import fs, jsonbudget
 from wdist.loaders.dtypes import STORAGE
 from wdist.loaders.errors import (
     CorruptCheckpointError,
@@ -68,6 +68,15 @@ SMALL_BYTES = 16 << 20
 # HDF5 decompresses a whole chunk to read any part of it: a bigger chunk would be a memory bomb. h5py's own
 # chunks are at most 1 MiB and Keras does not chunk at all.
 MAX_CHUNK_BYTES = 256 << 20
+# metadata.json and config.json of a .keras archive: parsed only for a few metadata fields and the layer
+# order. A 1,000-layer functional model's config is ~1 MB with ~10^4 arrays/objects and ~10^5 items; a
+# deflated `[[],[],...]` (1000x smaller in the archive) took 1.7 GB and 12 s. Over a bound the member is
+# skipped with a warning, as an over-long one always was: the weights do not depend on it. The worst member
+# found within the bounds (0.5M distinct keys with `[]`, 0.5M with 0, padded to 16 MiB) peaks at 0.27 GB in
+# `wdist ls`.
+MAX_CONFIG_BYTES = 16 << 20
+MAX_CONFIG_CONTAINERS = 1_000_000
+MAX_CONFIG_ITEMS = 2_000_000
 OPEN_DATASETS = 16  # datasets a handle keeps open: readers go tensor by tensor (two at a time in diff)
 # HDF5's built-in filters (deflate, shuffle, fletcher32, szip, nbit, scaleoffset) and h5py's LZF. Any other
 # id would make HDF5 search its plugin path for a shared library to load.
@@ -643,20 +652,38 @@ def load_keras_zip(path: str) -> Checkpoint:
             raise CorruptCheckpointError(path, "model.weights.h5 is compressed inside the archive; re-save with Keras")
         meta: dict = {}
         order: list[str] = []
+        skipped: list[str] = []
         for member in ("metadata.json", "config.json"):
-            if member in names and names[member].file_size < 64 << 20:
-                try:  # decompressed in a stream capped at the claimed size: no zip bomb
-                    data = json.loads(read_zip_member(path, names[member], 64 << 20, member))
-                except ZIP_ERRORS + (RecursionError,):
-                    raise CorruptCheckpointError(path, f"{member} in the archive is not valid JSON") from None
-                if member == "metadata.json" and isinstance(data, dict):
-                    meta.update({k: str(v) for k, v in data.items() if isinstance(v, (str, int))})
-                elif isinstance(data, dict):
-                    meta["model_class"] = str(data.get("class_name", ""))
-                    order = _config_layer_order(data)
+            if member not in names:
+                continue
+            why = "keras_version and model_class not shown" if member == "metadata.json" else \
+                "tensors are in the HDF5 file's order"
+            if names[member].file_size > MAX_CONFIG_BYTES:
+                skipped.append(f"{member} is {names[member].file_size:,} bytes, over the limit of "
+                               f"{MAX_CONFIG_BYTES:,}: not read ({why})")
+                continue
+            try:  # decompressed in a stream capped at the claimed size: no zip bomb
+                raw = read_zip_member(path, names[member], MAX_CONFIG_BYTES, member)
+            except ZIP_ERRORS:
+                raise CorruptCheckpointError(path, f"{member} in the archive is not valid JSON") from None
+            try:
+                jsonbudget.check(path, raw, member, MAX_CONFIG_CONTAINERS, MAX_CONFIG_ITEMS)
+            except CorruptCheckpointError as e:
+                skipped.append(f"{e.reason}: not read ({why})")
+                continue
+            try:
+                data = json.loads(raw)
+            except ZIP_ERRORS + (RecursionError,):
+                raise CorruptCheckpointError(path, f"{member} in the archive is not valid JSON") from None
+            if member == "metadata.json" and isinstance(data, dict):
+                meta.update({k: str(v) for k, v in data.items() if isinstance(v, (str, int))})
+            elif isinstance(data, dict):
+                meta["model_class"] = str(data.get("class_name", ""))
+                order = _config_layer_order(data)
         offset = zip_member_offset(path, info.header_offset, info.compress_size, raw_name(info), info.orig_filename)
     ck = _read_h5(path, (offset, info.file_size), "keras3-archive", meta)
     ck.format = Format.KERAS_ZIP
+    ck.warnings += skipped
     if order:  # HDF5 lists groups alphabetically; config.json has the model's own layer order
         rank = {name: i for i, name in enumerate(order)}
         ck.tensors.sort(key=lambda t: rank.get(t.layer.split("/")[0], len(rank)))

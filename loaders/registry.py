@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from functools import cache
 
-from wdist.loaders import fs
+from wdist.loaders import fs, jsonbudget
 from wdist.loaders.errors import (
     CorruptCheckpointError,
     MissingDependencyError,
@@ -34,6 +34,12 @@ BUILTIN_FORMATS: tuple[str, ...] = (
 )
 ENTRY_POINT_GROUP = "wdist.formats"
 MAX_INDEX_BYTES = 64 << 20  # a sharded index of 10^6 tensors is ~60 MB of JSON
+# An index is a few objects (weight_map, metadata) and one member per tensor: 10^6 tensors are 2M items
+# (a comma and a colon each). These bounds allow 2x that; the worst index found within them (1M distinct
+# keys with `[]`, 1M with 0, padded to 64 MiB) peaks at 0.45 GB in `wdist ls`, where 21M `[]` under
+# "metadata" took 1.6 GB.
+MAX_INDEX_CONTAINERS = 1_000_000
+MAX_INDEX_ITEMS = 4_000_000
 SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})(?P<ext>\.[A-Za-z0-9.]+)$")
 
 
@@ -277,8 +283,13 @@ def _load_index(path: str) -> Checkpoint:
     st = require_regular(path)
     if st.size > MAX_INDEX_BYTES:
         raise CorruptCheckpointError(path, f"sharded index is {st.size} bytes, over the {MAX_INDEX_BYTES}-byte limit")
+    raw = fs.pread(path, 0, st.size)
+    jsonbudget.check(path, raw, "sharded index", MAX_INDEX_CONTAINERS, MAX_INDEX_ITEMS)
     try:
-        index = json.loads(fs.pread(path, 0, st.size).decode("utf-8"))
+        text = raw.decode("utf-8")
+        del raw  # the bytes and the text are not both held while the JSON is parsed
+        index = json.loads(text)
+        del text
         weight_map = index["weight_map"]
         shards = list(dict.fromkeys(str(v) for v in weight_map.values()))
     except RecursionError:

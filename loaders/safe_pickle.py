@@ -69,6 +69,17 @@ MAX_WEAK_KEYS = 2000  # dict keys whose hash a file could make collide (ints/flo
 MAX_INT_BYTES = 64  # 512-bit integers (torch's legacy magic number is 10 bytes)
 MAX_LINE = 1 << 20  # protocol-0 text lines
 MAX_STORAGE_KEY = 256  # characters of a storage key (torch writes '0', '1', ... or a decimal address)
+# What the VM allocates, bounded in absolute terms (the opcode limit alone lets a 100 MB file of `]a` build
+# 50 M lists, ~11 GB with the graph measurement). Measured on the 10^5-tensor + Adam torch.save above:
+# 100,007 lists/dicts/sets (one state dict per parameter) and an estimate of ~1.0 GB for everything the
+# VM builds (1.4 M tuples, 0.8 M rebuild results, 0.5 M strings, 2.8 M memo entries, 0.9 M marks, item
+# slots; its peak RSS is ~0.95 GB). Estimates are CPython's object sizes, rounded up (a tuple includes its
+# entry in _VM.tuples); bytes payloads are not counted: they are at most the stream itself, and large ones
+# stay in the file.
+MAX_CONTAINERS = 1_000_000  # lists, dicts, sets and placeholder instances (10x the real 100,007)
+MAX_GLOBALS = 10_000  # distinct refused globals, each a class (real: < 200 even for torch.save(model))
+MAX_VM_BYTES = 4 << 30  # estimated bytes of everything built (~4x the real ~1.0 GB)
+_W_LIST, _W_DICT, _W_TUPLE, _W_CALL, _W_STR, _W_MEMO, _W_SLOT, _W_ENTRY = 64, 64, 200, 300, 64, 100, 8, 48
 MAX_DIM = 1 << 62  # shape dims, strides, offsets and element counts
 BIG_BYTES = 1 << 20  # bytes payloads at least this large, in a real file, are recorded by offset
 _CHUNK = 1 << 20
@@ -413,6 +424,8 @@ class _VM:
         self.tuples: dict[int, tuple] = {}
         self.weak_keys = 0
         self.arrays = 0
+        self.instances = 0  # placeholder instances (MAX_CONTAINERS)
+        self.built = (0, 0)  # (lists/dicts/sets, estimated bytes) once run() has finished
 
     # -- helpers -----------------------------------------------------------------------------------
     def tup(self, items: Any) -> tuple:
@@ -467,6 +480,8 @@ class _VM:
         full = f"{module}.{name}"
         cls = self.classes.get(full)
         if cls is None:
+            if len(self.classes) >= MAX_GLOBALS:
+                raise _Refused(f"more than {MAX_GLOBALS} distinct globals")
             self.unsafe.append(full)
             cls = type(name if name.isidentifier() else "Global", (Placeholder,), {"wdist_global": full})
             self.classes[full] = cls
@@ -475,6 +490,10 @@ class _VM:
     def call(self, func: Any, args: Any, kwargs: Any = None) -> Any:
         if not isinstance(args, tuple):
             raise _Refused("call arguments are not a tuple")
+        if isinstance(func, (type, Placeholder)):
+            self.instances += 1
+            if self.instances > MAX_CONTAINERS:
+                raise _Refused(f"more than {MAX_CONTAINERS} instances of refused globals")
         if isinstance(func, type) and issubclass(func, Placeholder):
             obj = Placeholder.__new__(func)
             object.__setattr__(obj, "wdist_args", args if not kwargs else (*args, kwargs))
@@ -589,6 +608,9 @@ class _VM:
         memo: dict = {}
         ops = 0
         max_ops = self.max_ops
+        made = 0  # lists, dicts and sets built (MAX_CONTAINERS)
+        spent = 0  # estimated bytes built (MAX_VM_BYTES), checked with the opcode count
+        max_spent = MAX_VM_BYTES
         tup = self.tup
         unpack = struct.unpack_from
 
@@ -667,7 +689,9 @@ class _VM:
             op = data[pos]
             pos += 1
             ops += 1
-            if ops > max_ops:
+            if ops > max_ops or spent > max_spent:
+                if spent > max_spent:
+                    raise _Refused(f"builds more than {MAX_VM_BYTES >> 20} MiB of objects (estimated)")
                 raise _Refused(f"more than {max_ops} opcodes")
             if op == 0x68:  # BINGET
                 stack.append(memo[data[pos]])
@@ -677,19 +701,23 @@ class _VM:
                 pos += 1
             elif op == 0x94:  # MEMOIZE
                 memo[len(memo)] = stack[-1]
+                spent += _W_MEMO
             elif op == 0x28:  # MARK
                 metastack.append(stack)
                 stack = []
+                spent += _W_LIST
             elif op == 0x58:  # BINUNICODE
                 if pos + 4 > n:
                     raise _Refused("pickle is truncated")
                 k = unpack("<I", data, pos)[0]
                 pos += 4
                 stack.append(str(payload(k, False), "utf-8", "surrogatepass"))
+                spent += _W_STR
             elif op == 0x8C:  # SHORT_BINUNICODE
                 k = data[pos]
                 pos += 1
                 stack.append(str(payload(k, False), "utf-8", "surrogatepass"))
+                spent += _W_STR
             elif op == 0x4B:  # BININT1
                 stack.append(data[pos])
                 pos += 1
@@ -701,31 +729,45 @@ class _VM:
                 pos += 4
             elif op == 0x74:  # TUPLE
                 t = tup(stack)
+                spent += _W_TUPLE + _W_SLOT * len(t)
                 stack = metastack.pop()
                 stack.append(t)
             elif op == 0x85:  # TUPLE1
                 stack[-1] = tup((stack[-1],))
+                spent += _W_TUPLE + 24
             elif op == 0x86:  # TUPLE2
                 b2 = stack.pop()
                 stack[-1] = tup((stack[-1], b2))
+                spent += _W_TUPLE + 24
             elif op == 0x87:  # TUPLE3
                 c3 = stack.pop()
                 b3 = stack.pop()
                 stack[-1] = tup((stack[-1], b3, c3))
+                spent += _W_TUPLE + 24
             elif op == 0x29:  # EMPTY_TUPLE
                 stack.append(tup(()))
             elif op == 0x52:  # REDUCE
                 args = stack.pop()
                 stack[-1] = self.call(stack[-1], args)
+                spent += _W_CALL
             elif op == 0x51:  # BINPERSID
                 stack[-1] = self.persistent(stack[-1])
             elif op == 0x7D:  # EMPTY_DICT
                 stack.append({})
+                spent += _W_DICT
+                made += 1
+                if made > MAX_CONTAINERS:
+                    raise _Refused(f"more than {MAX_CONTAINERS} lists, dicts and sets")
             elif op == 0x5D:  # EMPTY_LIST
                 stack.append([])
+                spent += _W_LIST
+                made += 1
+                if made > MAX_CONTAINERS:
+                    raise _Refused(f"more than {MAX_CONTAINERS} lists, dicts and sets")
             elif op == 0x75:  # SETITEMS
                 items = pop_mark()
                 target = stack[-1]
+                spent += _W_ENTRY // 2 * len(items)
                 if len(items) % 2:
                     raise _Refused("SETITEMS with an odd number of items")
                 if isinstance(target, dict):
@@ -740,6 +782,7 @@ class _VM:
                 v = stack.pop()
                 k2 = stack.pop()
                 target = stack[-1]
+                spent += _W_ENTRY
                 if isinstance(target, dict):
                     self.setkey(target, k2, v)
                 elif isinstance(target, Placeholder):
@@ -754,6 +797,7 @@ class _VM:
                 stack.append(None)
             elif op == 0x72:  # LONG_BINPUT
                 memo_put(unpack("<I", data, pos)[0])
+                spent += _W_MEMO
                 pos += 4
             elif op == 0x6A:  # LONG_BINGET
                 stack.append(memo[unpack("<I", data, pos)[0]])
@@ -768,6 +812,7 @@ class _VM:
             elif op == 0x61:  # APPEND
                 v = stack.pop()
                 target = stack[-1]
+                spent += _W_SLOT
                 if type(target) is list:
                     target.append(v)
                 elif isinstance(target, Placeholder):
@@ -777,6 +822,7 @@ class _VM:
             elif op == 0x65:  # APPENDS
                 items = pop_mark()
                 target = stack[-1]
+                spent += _W_SLOT * len(items)
                 if type(target) is list:
                     target.extend(items)
                 elif isinstance(target, Placeholder):
@@ -803,27 +849,33 @@ class _VM:
                 k = data[pos]
                 pos += 1
                 stack.append(payload(k, False))
+                spent += _W_STR
             elif op == 0x42:  # BINBYTES
                 k = unpack("<I", data, pos)[0]
                 pos += 4
                 stack.append(payload(k, True))
+                spent += _W_STR
             elif op == 0x8E or op == 0x96:  # BINBYTES8, BYTEARRAY8
                 k = unpack("<Q", data, pos)[0]
                 pos += 8
                 stack.append(payload(k, True))
+                spent += _W_STR
             elif op == 0x8D:  # BINUNICODE8
                 k = unpack("<Q", data, pos)[0]
                 pos += 8
                 stack.append(str(payload(k, False), "utf-8", "surrogatepass"))
+                spent += _W_STR
             elif op == 0x55:  # SHORT_BINSTRING (py2 str)
                 k = data[pos]
                 pos += 1
                 stack.append(_py2str(payload(k, False)))
+                spent += _W_STR
             elif op == 0x54:  # BINSTRING (py2 str)
                 k = unpack("<i", data, pos)[0]
                 pos += 4
                 s = payload(k, True)
                 stack.append(s if isinstance(s, FileBytes) else _py2str(s))
+                spent += _W_STR
             elif op == 0x95:  # FRAME: framing is only a hint to buffered readers
                 pos += 8
             elif op == 0x80:  # PROTO
@@ -834,6 +886,7 @@ class _VM:
                 if len(stack) != 1 or metastack:
                     raise _Refused("pickle stack is damaged at STOP")
                 src.pos = pos
+                self.built = (made, spent)
                 return stack[0]
             elif op == 0x30:  # POP
                 if stack:
@@ -852,35 +905,56 @@ class _VM:
                 for i in range(0, len(items), 2):
                     self.setkey(d2, items[i], items[i + 1])
                 stack.append(d2)
+                spent += _W_DICT + _W_ENTRY // 2 * len(items)
+                made += 1
+                if made > MAX_CONTAINERS:
+                    raise _Refused(f"more than {MAX_CONTAINERS} lists, dicts and sets")
             elif op == 0x6C:  # LIST
-                stack.append(pop_mark())
+                items = pop_mark()  # before `stack` is read: pop_mark rebinds it
+                stack.append(items)
+                spent += _W_SLOT * len(stack[-1])
+                made += 1
+                if made > MAX_CONTAINERS:
+                    raise _Refused(f"more than {MAX_CONTAINERS} lists, dicts and sets")
             elif op == 0x81:  # NEWOBJ
                 args = stack.pop()
                 stack[-1] = self.call(stack[-1], args)
+                spent += _W_CALL
             elif op == 0x92:  # NEWOBJ_EX
                 kw = stack.pop()
                 args = stack.pop()
                 stack[-1] = self.call(stack[-1], args, kw if isinstance(kw, dict) and kw else None)
+                spent += _W_CALL
             elif op == 0x6F:  # OBJ
                 items = pop_mark()
                 if not items:
                     raise _Refused("OBJ without a class")
                 stack.append(self.call(items[0], tup(items[1:])))
+                spent += _W_CALL + _W_TUPLE + _W_SLOT * len(items)
             elif op == 0x69:  # INST
                 module = line().decode("utf-8", "surrogatepass")
                 name = line().decode("utf-8", "surrogatepass")
                 cls = self.find_class(module, name)
-                stack.append(self.call(cls, tup(pop_mark())))
+                items = pop_mark()
+                stack.append(self.call(cls, tup(items)))
+                spent += _W_CALL + _W_TUPLE
             elif op == 0x8F:  # EMPTY_SET
                 stack.append([])
+                spent += _W_LIST
+                made += 1
+                if made > MAX_CONTAINERS:
+                    raise _Refused(f"more than {MAX_CONTAINERS} lists, dicts and sets")
             elif op == 0x90:  # ADDITEMS
                 items = pop_mark()
                 target = stack[-1]
                 if type(target) is not list:
                     raise _Refused(f"ADDITEMS applied to a {type(target).__name__}")
                 target.extend(items)
+                spent += _W_SLOT * len(items)
             elif op == 0x91:  # FROZENSET
-                stack.append(tup(pop_mark()))
+                items = pop_mark()
+                stack.append(tup(items))
+                spent += _W_TUPLE + _W_SLOT * len(stack[-1])
             elif op == 0x4C or op == 0x49:  # LONG, INT (text)
                 stack.append(int_line(line()))
             elif op == 0x46:  # FLOAT (text)
@@ -890,10 +964,13 @@ class _VM:
                 if len(s) < 2 or s[0] != s[-1] or s[0] not in b"'\"":
                     raise _Refused("STRING opcode is not quoted")
                 stack.append(_py2str(__import__("codecs").escape_decode(s[1:-1])[0]))
+                spent += _W_STR
             elif op == 0x56:  # UNICODE (text)
                 stack.append(str(line(), "raw-unicode-escape"))
+                spent += _W_STR
             elif op == 0x70:  # PUT
                 memo_put(int(line()))
+                spent += _W_MEMO
             elif op == 0x67:  # GET
                 stack.append(memo[int(line())])
             elif op == 0x50:  # PERSID (text)

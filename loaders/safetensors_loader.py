@@ -10,13 +10,21 @@ from typing import Any
 
 import numpy as np
 
-from wdist.loaders import fs
+from wdist.loaders import fs, jsonbudget
 from wdist.loaders.errors import CorruptCheckpointError
 from wdist.loaders.fileio import RangeReader, file_size
 from wdist.loaders.model import Checkpoint, Format, Role, TensorRef, dtype_itemsize, some_names
 from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, natural_key, split_name
 
 MAX_HEADER = 100_000_000  # the reference implementation's limit
+# A valid header has 3 JSON containers per tensor (entry, shape, data_offsets) and 4 colons and 3 + ndim
+# commas: 10^6 tensors (10x the largest real file; benchmarks/bench_many.py) are 3M containers and 8-11M
+# items. 33M `[]` inside one shape took 2.5 GB and 16 s to parse before its shape was refused. The worst
+# header found within the bounds (4M distinct keys with `[]`, 2M more with 0, padded to 100 MB) peaks at
+# 1.8 GB in `wdist ls` before it is refused, 1.35x what the valid 10^6-tensor file costs (1.36 GB). Tighter
+# would need a parser of our own; these keep a hostile header near the cost of the largest valid one.
+MAX_CONTAINERS = 4_000_000
+MAX_ITEMS = 12_000_000
 
 ST_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -82,6 +90,7 @@ def read_header(path: str) -> tuple[dict[str, Any], dict[str, Any], int]:
     if 8 + n > size:
         raise CorruptCheckpointError(path, f"safetensors header length {n} runs past the end of the file")
     raw = fs.pread(path, 8, n)  # one ranged read: `ls` of a remote file fetches the header only
+    jsonbudget.check(path, raw, "safetensors header", MAX_CONTAINERS, MAX_ITEMS)
     try:
         text = raw.decode("utf-8")
         del raw

@@ -302,3 +302,64 @@ def test_plain_pickle_without_arrays_is_still_refused(tmp_path):
         pickle.dump({"a": 1, "b": [1, 2]}, f, protocol=2)
     with pytest.raises(WdistError, match="not a torch.save checkpoint"):
         open_checkpoint(str(p))
+
+
+@pytest.mark.parametrize("unit", [b"]a", b"}a", b"(la", b"\x8f\x94"])
+def test_container_bomb_is_refused_early(tmp_path, unit):
+    """2.5 M fresh empty lists/dicts/sets in 5 MB: 8 s and 600 MB before the object budget; now refused
+    after MAX_CONTAINERS (see safe_pickle) in about a second."""
+    p = _plain(tmp_path, "bomb.pkl", b"\x80\x02]" + unit * 2_500_000 + b".")
+    assert_bounded_error(p, "CorruptCheckpointError", "lists, dicts and sets")
+
+
+@pytest.mark.parametrize("unit", [b")\x85a", b"\x94", b"\x8c\x02ab\x94a", b"(K\x01K\x02K\x03K\x04t\x940"])
+def test_allocation_budget_is_absolute(monkeypatch, tmp_path, unit):
+    """Tuples, memo entries, strings: bounded by estimated bytes built, whatever the file's size (the real
+    limit is 4 GiB; lowered here so the test is quick)."""
+    from wdist.loaders import safe_pickle
+
+    monkeypatch.setattr(safe_pickle, "MAX_VM_BYTES", 16 << 20)
+    small = _plain(tmp_path, "small.pkl", b"x")
+    t = time.perf_counter()
+    with pytest.raises(CorruptCheckpointError, match="more than 16 MiB of objects") as e:
+        safe_load(io.BytesIO(b"\x80\x02]" + unit * 400_000 + b"."), str(small))
+    assert time.perf_counter() - t < 5 and str(small) in str(e.value)
+
+
+def test_distinct_globals_are_bounded(tmp_path):
+    small = _plain(tmp_path, "small.pkl", b"x")
+    data = b"\x80\x02" + b"".join(b"cm\nG%d\n0" % i for i in range(10_001)) + b"N."
+    with pytest.raises(CorruptCheckpointError, match="more than 10000 distinct globals"):
+        safe_load(io.BytesIO(data), str(small))
+
+
+def test_state_dict_with_adam_is_far_below_the_object_budget(tmp_path):
+    """10^4 parameters + Adam state (4 * 10^4 tensors, one state dict per parameter): a tenth of the
+    10^5-parameter checkpoint the budget was measured on (100,007 containers, ~0.97 GB estimated)."""
+    from wdist.loaders import safe_pickle
+
+    params = [torch.nn.Parameter(torch.full((2,), float(i))) for i in range(10_000)]
+    opt = torch.optim.Adam(params, foreach=True)
+    for q in params:
+        q.grad = torch.ones(2)
+    opt.step()
+    p = tmp_path / "adam.pt"
+    torch.save({"model": {f"l{i}.weight": q.data for i, q in enumerate(params)}, "optim": opt.state_dict()}, p)
+    ck = open_checkpoint(str(p))
+    assert len(ck.tensors) >= 30_000
+    name = next(n for n in zipfile.ZipFile(p).namelist() if n.endswith("data.pkl"))
+    src = safe_pickle._Source(safe_pickle.Bounded(io.BytesIO(zipfile.ZipFile(p).read(name))))
+    vm = safe_pickle._VM(src, str(p), "data.pkl", {}, False, safe_pickle.MAX_OPCODES)
+    vm.run()
+    made, spent = vm.built
+    assert 10_000 <= made <= safe_pickle.MAX_CONTAINERS // 50, made
+    assert spent <= safe_pickle.MAX_VM_BYTES // 20, spent
+
+
+def test_protocol0_list_frozenset_and_inst():
+    """LIST, FROZENSET and INST take their items from the mark before pushing (a protocol-0 list was lost)."""
+    obj = {"a": [1, 2], "b": frozenset([3]), "c": collections.OrderedDict(x=1)}
+    assert safe_load(io.BytesIO(pickle.dumps(obj, protocol=0)), "p0.pkl").obj == {"a": [1, 2], "b": [],
+                                                                                "c": {"x": 1}}
+    r = safe_load(io.BytesIO(b"(S'ls'\niposix\nsystem\n."), "inst.pkl")
+    assert r.unsafe_globals == ["posix.system"] and r.obj.wdist_args == ("ls",)

@@ -1,0 +1,177 @@
+"""JSON read from a checkpoint (safetensors header, sharded index, a .keras archive's config.json) is
+bounded before json.loads: each case below took 1.6-2.5 GB and 5-16 s at full size (found by review) and
+is now refused, or skipped with a warning, in a child process whose address space may grow by a fraction
+of what parsing it would take."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from wdist.loaders import jsonbudget, open_checkpoint
+from wdist.loaders.errors import CorruptCheckpointError
+from wdist.loaders.keras_loader import MAX_CONFIG_BYTES, MAX_CONFIG_CONTAINERS
+from wdist.loaders.registry import MAX_INDEX_CONTAINERS, MAX_INDEX_ITEMS
+from wdist.loaders.safetensors_loader import MAX_CONTAINERS, MAX_ITEMS
+
+KERAS = Path(__file__).parent.parent / "data" / "keras" / "keras3_conv.keras"
+
+# `wdist ARGS...` in a child whose address space may grow by HEADROOM bytes past what the imports took
+# (as tests/loaders/test_hostile_zip.py measures it): the child prints its exit code and seconds last.
+CHILD = r"""
+import os, resource, sys, time
+import h5py, numpy  # imported before the limit: only the command's own work counts
+import wdist.loaders.keras_loader, wdist.loaders.registry, wdist.loaders.safetensors_loader, wdist.cli.main
+headroom, args = int(sys.argv[1]), sys.argv[2:]
+vm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + headroom, vm + headroom))
+sys.argv = ["wdist", *args]
+t = time.perf_counter()
+code = 0
+try:
+    wdist.cli.main.main()
+except SystemExit as e:
+    code = e.code
+print("\nEXIT", code, time.perf_counter() - t)
+"""
+
+
+def _bounded(*args: str, headroom_mb: int = 256, timeout: float = 60) -> tuple[int, float, str, str]:
+    """(exit code, seconds, stdout, stderr) of `wdist ARGS` run in a child limited as CHILD describes."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", CHILD, str(headroom_mb << 20), *args], capture_output=True,
+                       text=True, timeout=timeout, env=env)
+    last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+    assert r.returncode == 0 and last.startswith("EXIT "), (r.returncode, r.stdout[-1000:], r.stderr[-2000:])
+    _, code, seconds = last.split()
+    return int(code), float(seconds), r.stdout, r.stderr
+
+
+def _one_error(stderr: str, path: Path, word: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"wdist: error: {path}: ") and word in lines[0], stderr
+    assert "Traceback" not in stderr
+
+
+def _st_raw(p: Path, header: bytes) -> Path:
+    p.write_bytes(struct.pack("<Q", len(header)) + header)
+    return p
+
+
+# --- the shared bound -------------------------------------------------------------------------------------
+
+def test_budget_counts_containers_and_items() -> None:
+    jsonbudget.check("f", b"[" * 10, "x", 10, 0)  # short text is never over a limit it cannot hold
+    with pytest.raises(CorruptCheckpointError, match="11 JSON arrays/objects, over the limit of 10"):
+        jsonbudget.check("f", b"[]," * 10 + b"{}", "x", 10, 100)
+    with pytest.raises(CorruptCheckpointError, match=r"5 JSON items \(commas and colons\)"):  # 2 + 3
+        jsonbudget.check("f", b'{"a":1,"b":2,"c":3}', "x", 10, 4)
+    jsonbudget.check("f", b'{"a":1,"b":2,"c":3}', "x", 1, 5)
+
+
+def test_a_million_tensor_header_is_within_the_bounds() -> None:
+    """The bounds leave room for 10^6 tensors of 4 dimensions (benchmarks/bench_many.py reads 10^6 of one):
+    built as bytes, checked without parsing it (a 10^6-tensor `ls` takes a minute here)."""
+    n = 1_000_000
+    entry = b'"layers.%d.weight":{"dtype":"F32","shape":[1,1,1,1],"data_offsets":[%d,%d]}'
+    header = b"{" + b",".join(entry % (i, 4 * i, 4 * i + 4) for i in range(n)) + b"}"
+    assert len(header) < 100_000_000
+    jsonbudget.check("f", header, "safetensors header", MAX_CONTAINERS, MAX_ITEMS)
+    index = json.dumps({"metadata": {"total_size": 4 * n},
+                        "weight_map": {f"layers.{i}.weight": "model-00001-of-00002.safetensors"
+                                       for i in range(n)}}).encode()
+    jsonbudget.check("f", index, "sharded index", MAX_INDEX_CONTAINERS, MAX_INDEX_ITEMS)
+
+
+# --- C: safetensors header ----------------------------------------------------------------------------
+
+def test_safetensors_header_of_empty_arrays_is_refused_before_parsing(tmp_path: Path) -> None:
+    """The review's 100 MB header of 33M `[]` in one shape took 2.49 GB and 16.5 s before 'bad shape'; a
+    30 MB one (~0.7 GB to parse) is refused in well under the 256 MB of headroom."""
+    n = 10_000_000
+    p = _st_raw(tmp_path / "x.safetensors",
+                b'{"__metadata__":{},"x":{"dtype":"F32","shape":[' + b"[]," * (n - 1)
+                + b'[]],"data_offsets":[0,0]}}')
+    code, seconds, _, err = _bounded("ls", str(p))
+    assert code == 2 and seconds < 5, (seconds, err)
+    _one_error(err, p, "JSON arrays/objects, over the limit")
+
+
+def test_safetensors_header_items_are_refused(tmp_path: Path) -> None:
+    """Items are bounded as containers are: 12M+ numbers in one shape (floats, 32 bytes each once parsed,
+    are items too; the checks after parsing refuse them as before) never reach json.loads."""
+    for item in (b"0,", b"1e5,"):
+        p = _st_raw(tmp_path / "items.safetensors",
+                    b'{"x":{"dtype":"F32","shape":[' + item * MAX_ITEMS + b'0],"data_offsets":[0,0]}}')
+        with pytest.raises(CorruptCheckpointError, match="JSON items"):
+            open_checkpoint(str(p))
+
+
+def test_valid_safetensors_still_read(tmp_path: Path) -> None:
+    p = tmp_path / "ok.safetensors"
+    save_file({f"m{i}.weight": np.full((2, 3), i, np.float32) for i in range(1000)}, str(p),
+              metadata={"format": "np", "note": "1.5, [x], {y}: z"})  # separators inside strings count too
+    with open_checkpoint(str(p)) as ck:
+        assert len(ck.tensors) == 1000 and ck.metadata["note"] == "1.5, [x], {y}: z"
+        assert ck.tensors[5].read().max() == 5.0
+
+
+# --- B: sharded index ---------------------------------------------------------------------------------
+
+def test_sharded_index_of_empty_arrays_is_refused_before_parsing(tmp_path: Path) -> None:
+    """The review's 63 MB index with 21M `[]` under "metadata" took 1.58 GB (exit 0); a 24 MB one (~0.6 GB to
+    parse) is refused within the headroom."""
+    save_file({"w": np.ones(4, np.float32)}, str(tmp_path / "model.safetensors"))
+    p = tmp_path / "model.safetensors.index.json"
+    n = 8_000_000
+    p.write_bytes(b'{"metadata":[' + b"[]," * n + b'[]],"weight_map":{"w":"model.safetensors"}}')
+    code, seconds, _, err = _bounded("ls", str(p))
+    assert code == 2 and seconds < 5, (seconds, err)
+    _one_error(err, p, "sharded index holds")
+    p.write_bytes(b'{"metadata":[' + b"0," * MAX_INDEX_ITEMS + b'0],"weight_map":{"w":"model.safetensors"}}')
+    with pytest.raises(CorruptCheckpointError, match="JSON items"):
+        open_checkpoint(str(p))
+    p.write_text(json.dumps({"metadata": {"total_size": 16}, "weight_map": {"w": "model.safetensors"}}))
+    assert [t.name for t in open_checkpoint(str(p)).tensors] == ["w"]
+
+
+# --- A: .keras config.json ----------------------------------------------------------------------------
+
+def _keras_with_config(p: Path, config: bytes) -> Path:
+    with zipfile.ZipFile(KERAS) as z:
+        members = [(i.filename, z.read(i.filename)) for i in z.infolist()]
+    with zipfile.ZipFile(p, "w") as out:
+        for name, raw in members:
+            if name == "config.json":
+                out.writestr(name, config, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+            else:
+                out.writestr(name, raw)  # model.weights.h5 stays stored, as Keras writes it
+    return p
+
+
+def test_keras_config_bomb_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    """The review's 69 KB .keras whose deflated config.json is `[[],[],...]` cost 1.67 GB and 12 s (exit 0).
+    Under the size bound (16 MiB, ~5.6M `[]`: ~0.4 GB to parse) it is now skipped with a warning naming it,
+    and over it too: the weights are read, in HDF5 order, as without a config."""
+    n = (MAX_CONFIG_BYTES - 4) // 3
+    p = _keras_with_config(tmp_path / "bomb.keras", b"[" + b"[]," * n + b"[]]")
+    assert p.stat().st_size < 100_000
+    code, seconds, out, err = _bounded("ls", str(p), headroom_mb=200)
+    assert code == 0 and seconds < 5 and "Traceback" not in err, (seconds, err)
+    warning = f"config.json holds {n + 2:,} JSON arrays/objects, over the limit of {MAX_CONFIG_CONTAINERS:,}"
+    assert warning in " ".join(out.split()) and "stem/kernel" in out, out  # the warning wraps at COLUMNS
+    big = _keras_with_config(tmp_path / "big.keras", b" " * (MAX_CONFIG_BYTES + 1))
+    with open_checkpoint(str(big)) as ck:
+        assert len(ck.tensors) == 12 and any("config.json is 16,777,217 bytes" in w for w in ck.warnings)
+    with open_checkpoint(str(KERAS)) as ck:  # the real file: no warning, metadata and model order kept
+        assert not ck.warnings and ck.metadata["keras_version"] == "3.15.1"
+        assert ck.tensors[0].name == "stem/kernel"
