@@ -99,6 +99,8 @@ def options(roles: Sequence[str] | None = None, layers: Sequence[str] = (), near
         role_set = tuple(Role(r) for r in role_names) if role_names else DEFAULT_ROLES
     if not 4 <= bins <= 512:
         raise UsageError(None, f"bins must be between 4 and 512, not {bins}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 0 <= jobs <= 256:  # as the CLI's --jobs
+        raise UsageError(None, f"jobs must be an integer from 0 (all cores) to 256, not {jobs!r}")
     nz = NearZero(rel=0.01 if near_zero_rel is None else near_zero_rel, abs=near_zero_abs)
     spec = None
     if spectral:
@@ -204,6 +206,8 @@ def trend(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, metrics: S
     if order not in ("step", "given"):
         raise UsageError(None, f"order must be 'step' or 'given', not {order!r}")
     items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if not items:  # as the CLI, which needs at least one input
+        raise UsageError(None, "trend needs at least one checkpoint, folder or glob")
     refused: dict[str, str] = {}
     paths = expand_inputs([os.fspath(p) for p in items], refused)
     opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral)

@@ -25,6 +25,7 @@ from wdist.analyzers.inspect import CheckpointInfo, Options, Progress, checkpoin
 from wdist.analyzers.report import ReportMixin, jsonable
 from wdist.analyzers.summary import Part, Summary
 from wdist.analyzers.verdict import group_of
+from wdist.loaders.errors import UsageError
 from wdist.loaders.model import Checkpoint, TensorRef
 
 _WEIGHTY = ("weight", "embedding")  # groups whose histogram a layer shows first
@@ -82,13 +83,15 @@ def pair_chunk(a: np.ndarray, b: np.ndarray, tol: Tolerance) -> PairSums:
     return PairSums(*kernel.pair_fields(kernel.join_pairs([acc.subtrees()])))
 
 
-def change_metrics(p: PairSums, sa: Summary, sb: Summary, numel: int) -> dict[str, float | None]:
+def change_metrics(p: PairSums, sa: Summary, sb: Summary) -> dict[str, float | None]:
+    """The change metrics of a pair (or a layer's pooled pairs), every one over the elements finite in
+    both A and B (p.n of them), as the README defines them."""
     exact = sa.exact_bins and sb.exact_bins
     return {
         "rel_l2_change": math.sqrt(p.dd) / math.sqrt(p.aa) if p.aa > 0 else None,
         "cosine": p.ab / math.sqrt(p.aa * p.bb) if p.aa > 0 and p.bb > 0 else None,
         "sign_flip_fraction": p.flips / p.both_nonzero if p.both_nonzero else None,
-        "changed_fraction": p.changed / numel if numel else None,
+        "changed_fraction": p.changed / p.n if p.n else None,
         "max_abs_change": p.max_abs if p.n else None,
         "wasserstein": distances.wasserstein(sa.hist, sb.hist, exact, sa, sb),
         "ks": distances.ks(sa.hist, sb.hist, exact, sa, sb),
@@ -183,28 +186,48 @@ def _delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _align(ra: list[TensorRef], rb: list[TensorRef]) -> list[tuple[TensorRef | None, TensorRef | None]]:
-    def index(refs: list[TensorRef]) -> dict[str, TensorRef]:
-        out: dict[str, TensorRef] = {}
+def _align(ra: list[TensorRef], rb: list[TensorRef], notes: list[str] | None = None
+           ) -> list[tuple[str, TensorRef | None, TensorRef | None]]:
+    """(name, tensor of A, tensor of B) pairs by name without a wrapper prefix (module., model., ...). Where
+    two tensors of one side read as one name without it (`fc.weight` and `module.fc.weight`), neither is
+    dropped: they keep their full names (so only an exact name pairs with the other side), and `notes`
+    says so."""
+    def index(refs: list[TensorRef], side: str) -> dict[str, TensorRef]:
+        by: dict[str, list[TensorRef]] = {}
         for t in refs:
-            out.setdefault(canonical(t.name), t)
+            by.setdefault(canonical(t.name), []).append(t)
+        out: dict[str, TensorRef] = {}
+        for key, ts in by.items():
+            if len(ts) == 1:
+                out[key] = ts[0]
+                continue
+            for t in ts:
+                if t.name != key and t.name in by:  # `module.module.x` next to `module.x`: no honest pairing
+                    raise UsageError(None, f"{side}: tensor {t.name} and the tensors read as {t.name} without "
+                                           "their prefix cannot be told apart")
+                out[t.name] = t  # full names are distinct within a checkpoint
+            if notes is not None:
+                notes.append(f"{side}: {len(ts)} tensors read as {key} without their prefix "
+                             f"({', '.join(t.name for t in ts)}): compared by their full names")
         return out
 
-    ia, ib = index(ra), index(rb)
+    ia, ib = index(ra, "A"), index(rb, "B")
     keys = list(ia) + [k for k in ib if k not in ia]
-    return [(ia.get(k), ib.get(k)) for k in keys]
+    return [(k, ia.get(k), ib.get(k)) for k in keys]
 
 
 def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol: Tolerance | None = None,
             progress: Progress | None = None) -> DiffReport:
     opts = opts or Options()
     tol = tol or Tolerance()
-    pairs = _align(select(ck_a, opts.roles, opts.layers), select(ck_b, opts.roles, opts.layers))
+    clashes: list[str] = []
+    pairs = _align(select(ck_a, opts.roles, opts.layers), select(ck_b, opts.roles, opts.layers), clashes)
     rows: list[TensorDiff] = []
     work: list[tuple[int, TensorRef, TensorRef]] = []
-    for ta, tb in pairs:
-        name = canonical((ta or tb).name)  # type: ignore[union-attr]
-        layer = canonical((ta or tb).layer)  # type: ignore[union-attr]
+    for name, ta, tb in pairs:
+        t0 = ta or tb
+        assert t0 is not None
+        layer = canonical(t0.layer) if name == canonical(t0.name) else t0.layer
         row = TensorDiff(name, "matched", ta.name if ta else None, tb.name if tb else None, layer,
                          shape_a=list(ta.shape) if ta else None, shape_b=list(tb.shape) if tb else None,
                          dtype_a=ta.dtype if ta else None, dtype_b=tb.dtype if tb else None)
@@ -248,7 +271,7 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
         metrics.finalise(sb, opts.near_zero)
         row.a = metrics.compute(sa, opts.near_zero)
         row.b = metrics.compute(sb, opts.near_zero)
-        row.change = change_metrics(p, sa, sb, ta.numel)
+        row.change = change_metrics(p, sa, sb)
         row.delta = _delta(row.a, row.b)
         # the layer's histograms (--hist, plots) show one judgement group only, as inspect's do: its weights
         # if it has any, else its first tensor's group, so BatchNorm's gamma and beta are never one histogram
@@ -269,7 +292,7 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
             progress(done, i + 1)
     layers = []
     for name, (p, sa, sb, numel) in layer_sums.items():
-        ch = change_metrics(p, sa, sb, numel)
+        ch = change_metrics(p, sa, sb)
         layers.append(LayerDiff(name, numel, ch["rel_l2_change"], ch["cosine"], ch["sign_flip_fraction"],
                                 ch["changed_fraction"], ch["max_abs_change"], a_summary=pack(hist_sums[name][1]),
                                 b_summary=pack(hist_sums[name][2])))
@@ -280,14 +303,21 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
     tot = PairSums()
     for p, *_ in layer_sums.values():
         tot.merge(p)
+    ranked = _ranked(layers)
     summary = {"statuses": counts,
                "rel_l2_change": math.sqrt(tot.dd / tot.aa) if tot.aa > 0 else None,
                "cosine": tot.ab / math.sqrt(tot.aa * tot.bb) if tot.aa > 0 and tot.bb > 0 else None,
-               "most_moved": [lr.name for lr in sorted(layers, key=lambda x: -(x.rel_l2_change or 0))[:3]
-                              if (lr.rel_l2_change or 0) > 0],
-               "least_moved": [lr.name for lr in sorted(layers, key=lambda x: x.rel_l2_change or 0)[:3]]}
+               "most_moved": [lr.name for lr in ranked[::-1][:3] if (lr.rel_l2_change or 0) > 0],
+               "least_moved": [lr.name for lr in ranked[:3]]}
     return DiffReport(checkpoint_info(ck_a), checkpoint_info(ck_b),
-                      {**opts.as_dict(), "rtol": tol.rtol, "atol": tol.atol}, rows, layers, summary, notes)
+                      {**opts.as_dict(), "rtol": tol.rtol, "atol": tol.atol}, rows, layers, summary,
+                      clashes + notes)
+
+
+def _ranked(layers: list[LayerDiff]) -> list[LayerDiff]:
+    """Layers whose relative L2 change is defined, least moved first (ties in file order): the one order
+    the summary's most/least moved lists and the reading's note both come from."""
+    return sorted((lr for lr in layers if lr.rel_l2_change is not None), key=lambda x: x.rel_l2_change or 0.0)
 
 
 def _notes(rows: list[TensorDiff], layers: list[LayerDiff]) -> list[str]:
@@ -300,18 +330,21 @@ def _notes(rows: list[TensorDiff], layers: list[LayerDiff]) -> list[str]:
     for lr in layers:
         own = per.get(lr.name, [])
         top = max(own, key=lambda nv: nv[1]) if own else None
-        if lr.changed_fraction == 0:
+        if lr.max_abs_change == 0:
             lr.notes.append("did not move at all between the checkpoints: frozen, or not trained?")
+        elif lr.changed_fraction == 0:
+            lr.notes.append(f"no value changed beyond the tolerance (rtol/atol), though some moved: max |B-A| "
+                            f"{lr.max_abs_change:.3g}")
         elif top is not None and top[1] > 0.5:
             who = f" ({top[0]}, the most of the layer's tensors)" if len(own) > 1 else ""
             lr.notes.append(f"moved a lot: |B-A| is {top[1]:.0%} of |A|{who}")
         if lr.sign_flip_fraction is not None and lr.sign_flip_fraction > 0.3:
             lr.notes.append(f"{lr.sign_flip_fraction:.0%} of its weights flipped sign")
-    moved = sorted((lr for lr in layers if lr.rel_l2_change is not None), key=lambda x: x.rel_l2_change or 0)
+    moved = _ranked(layers)
     if moved and (moved[-1].rel_l2_change or 0) > 0:  # "most moved" means nothing when nothing moved
         out.append(f"most moved: {moved[-1].name} (relative L2 change {moved[-1].rel_l2_change:.3g}); "
                    f"least moved: {moved[0].name} ({moved[0].rel_l2_change:.3g})")
-    frozen = [lr.name for lr in layers if lr.changed_fraction == 0]
+    frozen = [lr.name for lr in layers if lr.max_abs_change == 0]
     if frozen:
         out.append(f"{len(frozen)} layer{'s' if len(frozen) != 1 else ''} identical in both checkpoints: "
                    f"{', '.join(frozen)}")

@@ -50,7 +50,7 @@ def check(paths: tuple[str, ...], rule_texts: tuple[str, ...], config_path: str 
     import os
 
     import wdist
-    from wdist.cli.main import _error_line, reading
+    from wdist.cli.main import _error_line, echo_err, reading, set_exit
     from wdist.cli.options import runtime
     from wdist.cli.render import check_render
     from wdist.cli.render.common import output_may_end
@@ -63,6 +63,7 @@ def check(paths: tuple[str, ...], rule_texts: tuple[str, ...], config_path: str 
                              near_zero_abs=near_zero_abs, jobs=jobs, format=input_format, cache=holder.cache,
                              engine=holder.engine, spectral=True if spectral else None, on_file=reading)
     reading(None)
+    set_exit(report.exit_code)
     with output_may_end():
         check_render.render(report, fmt)
     if junit_path:
@@ -72,10 +73,10 @@ def check(paths: tuple[str, ...], rule_texts: tuple[str, ...], config_path: str 
             check_render.github(report.checkpoints)
     for r in report.checkpoints:
         if r.error:
-            click.echo(_error_line(r.path, r.error), err=True)
+            echo_err(_error_line(r.path, r.error))
         for rr in r.rules:
             if rr.verdict == "error":
-                click.echo(_error_line(r.path, f"rule {rr.rule!r}: {rr.message}"), err=True)
+                echo_err(_error_line(r.path, f"rule {rr.rule!r}: {rr.message}"))
     raise SystemExit(report.exit_code)
 
 

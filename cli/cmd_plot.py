@@ -37,13 +37,13 @@ def plot(paths: tuple[str, ...], out: str, formats: tuple[str, ...], spectral: b
     def wrote(p: str) -> None:
         click.echo(safe(p))
 
-    from wdist.cli.main import _error_line
+    from wdist.cli.main import _error_line, echo_err
 
     unread: list[str] = []
 
     def failed(path: str, why: str) -> None:
         unread.append(path)
-        click.echo(_error_line(path, why), err=True)
+        echo_err(_error_line(path, why))
 
     write_report(files, out, formats or ("png",), on_file=wrote, on_step=step, spectral=spectral, on_error=failed)
     if unread:  # the report covers the others; as in trend, an unreadable checkpoint makes the exit code 2

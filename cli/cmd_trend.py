@@ -51,7 +51,7 @@ def trend(inputs: tuple[str, ...], fmt: str, roles: tuple[str, ...], layer_globs
 
     import wdist
     from wdist.analyzers.trend import DEFAULT_METRICS
-    from wdist.cli.main import _error_line
+    from wdist.cli.main import _error_line, echo_err, set_exit
     from wdist.cli.options import apply_spectral, runtime
     from wdist.cli.render import trend_render
     from wdist.cli.render.common import output_may_end
@@ -84,6 +84,8 @@ def trend(inputs: tuple[str, ...], fmt: str, roles: tuple[str, ...], layer_globs
                                      progress=lambda i, n: p.update(task, completed=i, total=n))
         else:
             report = wdist.trend(list(inputs), metrics=metrics, order=order, format=input_format, opts=opts)
+    if report.errors:
+        set_exit(2)
     with output_may_end():
         trend_render.render(report, fmt, hist)
     if tb_logdir:
@@ -94,7 +96,7 @@ def trend(inputs: tuple[str, ...], fmt: str, roles: tuple[str, ...], layer_globs
                    f"{w.logdir} (tensorboard --logdir {w.logdir})", err=True)
     for pt in report.checkpoints:
         if pt.error:
-            click.echo(_error_line(pt.path, pt.error), err=True)
+            echo_err(_error_line(pt.path, pt.error))
     if report.errors:
         raise SystemExit(2)
 

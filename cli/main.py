@@ -81,14 +81,35 @@ def _error_line(path: str | None, reason: str) -> str:
     return f"wdist: error: {safe(path)}: {safe(reason)}" if path else f"wdist: error: {safe(reason)}"
 
 
-def quiet_stdout() -> None:
-    """After a broken pipe: point stdout at /dev/null so the final flush cannot raise again."""
+def _to_devnull(stream: Any) -> None:
     try:
         fd = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(fd, sys.stdout.fileno())
+        os.dup2(fd, stream.fileno())
         os.close(fd)
     except (OSError, ValueError, AttributeError):
         pass
+
+
+def quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the final flush cannot raise again."""
+    _to_devnull(sys.stdout)
+
+
+def echo_err(line: str) -> None:
+    """A line on stderr. When its reader has left (`wdist check ... 2>&1 | head -1`), stderr goes to /dev/null
+    and the command carries on to its own exit code: a closed pipe never turns a failure into success."""
+    try:
+        click.echo(line, err=True)
+    except OSError as e:
+        if not _is_broken_pipe(e):
+            raise
+        _to_devnull(sys.stderr)
+
+
+def set_exit(code: int) -> None:
+    """The exit code a command will end with, recorded before it writes its report: if the reader of its
+    output leaves mid-way (a broken pipe), the command still exits with it, not with 0."""
+    state()["exit"] = code
 
 
 def _is_broken_pipe(e: BaseException) -> bool:
@@ -127,7 +148,7 @@ class LazyGroup(click.Group):
             if "--debug" in args:
                 raise
             where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-            click.echo(_error_line(None, e.format_message() + where), err=True)
+            echo_err(_error_line(None, e.format_message() + where))
             raise click.exceptions.Exit(EXIT_ERROR) from None
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -138,27 +159,27 @@ class LazyGroup(click.Group):
         except WdistError as e:
             if state().get("debug"):
                 raise
-            click.echo(_error_line(e.path, e.reason), err=True)
+            echo_err(_error_line(e.path, e.reason))
             ctx.exit(EXIT_ERROR)
         except click.UsageError as e:  # a bad option or argument: one line too, naming where help is
             if state().get("debug"):
                 raise
             where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-            click.echo(_error_line(None, e.format_message() + where), err=True)
+            echo_err(_error_line(None, e.format_message() + where))
             ctx.exit(EXIT_ERROR)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
-            click.echo("wdist: interrupted", err=True)
+            echo_err("wdist: interrupted")
             ctx.exit(130)
         except Exception as e:  # an unexpected failure still gets one line naming the file, unless --debug
             if _is_broken_pipe(e):  # `wdist ls x | head -1`: the reader left; that is not an error
                 quiet_stdout()
-                ctx.exit(EXIT_OK)
+                ctx.exit(state().get("exit", EXIT_OK))
             if state().get("debug"):
                 raise
             reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            click.echo(_error_line(state().get("path"), reason + " (run with --debug for a traceback)"), err=True)
+            echo_err(_error_line(state().get("path"), reason + " (run with --debug for a traceback)"))
             ctx.exit(EXIT_ERROR)
 
 

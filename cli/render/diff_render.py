@@ -76,6 +76,8 @@ def render(r: DiffReport, fmt: str, per_tensor: bool, hist: bool, top: int | Non
         w = csv_writer()
         csv_row(w, ["name", "status"] + list(CHANGE_METRICS))
         status = {t.name: t.status for t in r.tensors}
+        if per_tensor and not top:  # every tensor has its row: those without a pair (only_a, only_b,
+            rows += [(t.name, {}) for t in r.tensors if not t.change]  # shape_changed, ...) too, empty
         for name, ch in rows:
             csv_row(w, [name, status.get(name, "layer")] + ["" if ch.get(k) is None else ch[k] for k in CHANGE_METRICS])
         return

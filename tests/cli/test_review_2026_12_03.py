@@ -210,3 +210,24 @@ def test_a_percent_never_rounds_to_none_or_all(share, shown):
     if share not in (0, 1):
         assert float(pct(share)[:-1]) not in (0.0, 100.0)
     assert float(pct(1 - 1e-15)[:-1]) != 100.0
+
+
+def test_stderr_into_the_same_closed_pipe_keeps_the_exit_code(tmp_path):
+    p = tmp_path / "n.safetensors"
+    save_file({"a.weight": np.ones(4, dtype=np.float32)}, str(p))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"nope")
+    d = tmp_path / "run"
+    d.mkdir()
+    for i in range(1, 3):
+        save_file({"a.weight": np.full(4, float(i), dtype=np.float32)}, str(d / f"epoch{i}.safetensors"))
+    (d / "epoch3.safetensors").write_bytes(b"\x00" * 16)
+    # `head -c0` leaves at once: every write, the stderr error line included, meets a closed pipe
+    for _ in range(3):
+        out = _sh(f"{sys.executable} -m wdist check {p} {bad} --no-config --rule '*.weight: zero_fraction >= 0.5' "
+                  "2>&1 | head -c0")
+        assert out.returncode == 2, out
+        out = _sh(f"{sys.executable} -m wdist trend {d} 2>&1 | head -c0")
+        assert out.returncode == 2, out
+        out = _sh(f"{sys.executable} -m wdist inspect {bad} 2>&1 | head -c0")
+        assert out.returncode == 2, out
