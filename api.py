@@ -258,6 +258,13 @@ def check(sources: Source | Sequence[Source], rules: Sequence[str] = (), *, conf
         if base is not None and on_file:
             on_file(os.fspath(base) if isinstance(base, (str, os.PathLike)) else None)
         base_ck = stack.enter_context(_opened(base, format)) if base is not None else None
+
+        def kept(ck: Checkpoint) -> Checkpoint:  # `exclude` applies to the baseline as to the checkpoints
+            return ck if not cfg.exclude else dataclasses.replace(ck, tensors=[
+                t for t in ck.tensors if not any(fnmatch.fnmatchcase(t.name, g) for g in cfg.exclude)])
+
+        if base_ck is not None:
+            base_ck = kept(base_ck)
         for src in srcs:
             # an in-memory input is named by its type, as inspect names it (its repr can be megabytes)
             label = (os.fspath(src) if isinstance(src, (str, os.PathLike))
@@ -266,10 +273,9 @@ def check(sources: Source | Sequence[Source], rules: Sequence[str] = (), *, conf
                 on_file(label)
             try:
                 with _opened(src, format) as ck:
-                    kept = ck if not cfg.exclude else dataclasses.replace(ck, tensors=[
-                        t for t in ck.tensors if not any(fnmatch.fnmatchcase(t.name, g) for g in cfg.exclude)])
-                    report = analyse(kept, opts)
-                    d = compare(base_ck, kept, opts) if base_ck is not None else None
+                    mine = kept(ck)
+                    report = analyse(mine, opts)
+                    d = compare(base_ck, mine, opts) if base_ck is not None else None
                     results.append(CheckpointResult(label, None, evaluate(parsed, report, d, allow_empty,
                                                                           spectral=report.spectral),
                                                     list(ck.warnings)))

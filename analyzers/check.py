@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import operator
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +30,11 @@ VERDICT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "shape": (("==", "!="), SHAPES), "state": (("==", "!="), STATES), "flags": (("has", "lacks"), FLAGS),
 }
 _WORD_OPS = ("has", "lacks")
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")  # . for delta.<m>
+DELTA = "delta."  # delta.<metric>: B - A of an inspect metric, against the baseline
+# a rule's number: plain ASCII decimal or exponent form, or inf (float() alone also takes "0_5" as 5,
+# full-width digits and nan, with which "X != nan" always passes)
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf", re.ASCII)
 
 
 class Word(str):
@@ -75,7 +81,7 @@ class Rule:
 
     @property
     def is_change(self) -> bool:
-        return self.metric in CHANGE_METRICS
+        return self.metric in CHANGE_METRICS or self.metric.startswith(DELTA)
 
     @property
     def is_verdict(self) -> bool:
@@ -121,18 +127,21 @@ def parse_rule(text: str, origin: str = "--rule", baseline: bool = False) -> Rul
     if op in _WORD_OPS:
         raise UsageError(None, f"{origin}: {op!r} applies to flags only, in {text[:200]!r}")
     valid = METRICS + CHANGE_METRICS + SPECTRAL_METRICS
-    if metric not in valid:
+    if metric.startswith(DELTA) and metric[len(DELTA):] in METRICS:
+        if scope == "model":
+            raise UsageError(None, f"{origin}: {metric} is per tensor (B - A of each matched tensor), in "
+                             f"{text[:200]!r}; write a tensor glob, e.g. '*.weight: {metric} {op} {raw}'")
+    elif metric not in valid:
         raise UsageError(None, f"{origin}: unknown metric {metric!r} in {text[:200]!r}; valid metrics: "
                          f"{', '.join(valid + tuple(VERDICT))}")
     if metric in SPECTRAL_METRICS and scope == "model":
         raise UsageError(None, f"{origin}: {metric} is a per-matrix spectral metric with no model-wide value, in "
                          f"{text[:200]!r}; write a tensor glob instead, e.g. '*.weight: {metric} {op} {raw}'")
-    if metric in CHANGE_METRICS and not baseline:
+    if (metric in CHANGE_METRICS or metric.startswith(DELTA)) and not baseline:
         raise UsageError(None, f"{origin}: {metric} compares against a baseline; give --baseline (or baseline = in config)")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise UsageError(None, f"{origin}: value {raw!r} in {text[:200]!r} is not a number") from None
+    if not _NUMBER.fullmatch(raw):
+        raise UsageError(None, f"{origin}: value {raw!r} in {text[:200]!r} is not a number")
+    value = float(raw)
     validate_glob(scope, origin)
     return Rule(text.strip(), scope, metric, op, value, origin)
 
@@ -198,7 +207,8 @@ def load_config(path: str) -> Config:
         setattr(cfg, key, v)
     for key in ("near_zero_rel", "near_zero_abs"):
         v = data.get(key)
-        if v is not None and (not isinstance(v, (int, float)) or v < 0):
+        # a TOML boolean is an int to Python: `near_zero_rel = true` is not the number 1
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
             raise UsageError(path, f"{key} must be a number >= 0")
         setattr(cfg, key, None if v is None else float(v))
     b = data.get("baseline")
@@ -262,6 +272,10 @@ def _verdict_outcome(name: str, reading: Any, rule: Rule) -> Outcome:
     return Outcome(name, Word(v), (v == rule.value) == (rule.op == "=="))
 
 
+# diff statuses with no pair of values to compare, as a change rule's failing value
+_UNPAIRED = {"only_a": "only in the baseline", "only_b": "not in the baseline", "shape_changed": "shape changed"}
+
+
 def _worst_first(outcomes: list[Outcome], op: str, target: float | str) -> list[Outcome]:
     """Failures ordered by how far they miss: smallest first for lower bounds (> >=), largest first for
     upper bounds (< <=), farthest from the value for == and !=."""
@@ -310,7 +324,13 @@ def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, 
         elif rule.is_change:
             for td in diff.tensors if diff else []:
                 if fnmatch.fnmatchcase(td.name, rule.scope) or (td.b_name and fnmatch.fnmatchcase(td.b_name, rule.scope)):
-                    v = (td.change or {}).get(rule.metric)
+                    if td.status in _UNPAIRED:  # nothing to compare: a drift gate must not pass on it
+                        outcomes.append(Outcome(td.b_name or td.name, Word(_UNPAIRED[td.status]), False))
+                        continue
+                    if rule.metric.startswith(DELTA):
+                        v = (td.delta or {}).get(rule.metric[len(DELTA):])
+                    else:
+                        v = (td.change or {}).get(rule.metric)
                     outcomes.append(Outcome(td.b_name or td.name, v, None if v is None else OPS[rule.op](v, rule.value)))
         else:
             for t in report.tensors:
@@ -321,6 +341,10 @@ def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, 
         if not outcomes and not allow_empty:
             what = "tensor with spectral metrics (weight/embedding, rank >= 2)" if rule.is_spectral else "analysed tensor"
             verdict, msg = "error", f"glob {rule.scope!r} matches no {what} (typo? --allow-empty to permit)"
+        elif outcomes and all(o.passed is None for o in outcomes):
+            # nothing was checked (an all-NaN model has no max): that must not read as a pass
+            verdict, msg = "error", (f"{rule.metric} is undefined for every one of the {len(outcomes)} matched "
+                                     "(non-finite values, or a metric not defined for them): nothing to check")
         else:
             verdict, msg = ("fail" if fails else "pass"), ""
         out.append(RuleResult(rule.text, rule.scope, rule.metric, rule.op, rule.value, verdict, len(outcomes), fails,

@@ -55,6 +55,14 @@ SCHEMES: tuple[Scheme, ...] = (
            lambda fi, fo: f"√(2/({fi}+{fo}))"),
     Scheme("LeCun truncated normal (Keras lecun_normal)", "truncnormal", lambda fi, fo: math.sqrt(1 / fi),
            lambda fi, fo: f"√(1/{fi})"),
+    # torch.nn.RNN / GRU / LSTM draw every weight from U(±1/√hidden); weight_hh ([gates·H, H]) matches the
+    # PyTorch default above (fan_in = H), weight_ih ([gates·H, input]) only through its fan_out = gates·H
+    _u("PyTorch LSTM default U(±1/√hidden), hidden = fan_out/4", lambda fi, fo: 1 / math.sqrt(3 * fo / 4),
+       lambda fi, fo: f"1/√(3·{fo}/4)"),
+    _u("PyTorch GRU default U(±1/√hidden), hidden = fan_out/3", lambda fi, fo: 1 / math.sqrt(fo),
+       lambda fi, fo: f"1/√(3·{fo}/3)"),
+    _u("PyTorch RNN default U(±1/√hidden), hidden = fan_out", lambda fi, fo: 1 / math.sqrt(3 * fo),
+       lambda fi, fo: f"1/√(3·{fo})"),
     Scheme("normal(0, 0.02)", "normal", lambda fi, fo: 0.02, lambda fi, fo: "0.02", ("weight", "embedding")),
     Scheme("truncated normal(0, 0.02) at ±2σ", "truncnormal", lambda fi, fo: 0.02 * TRUNC_STD,
            lambda fi, fo: "0.02·0.880", ("weight", "embedding")),

@@ -194,10 +194,28 @@ def _pruned_normal(s: Summary, r: Reading, k: int, kz: float, t: float) -> None:
             lo = mid
         else:
             hi = mid
-    expected = truncated_normal_kurtosis(0.5 * (lo + hi))
-    if abs(kz - expected) <= 4 * math.sqrt(24 / k) + 0.1:
+    a = 0.5 * (lo + hi)
+    expected = truncated_normal_kurtosis(a)
+    if abs(kz - expected) <= 4 * math.sqrt(24 / k) + 0.1 and _reaches_normal_tail(s, k, t, t / a):
         r.nonzero_shape = "gaussian"
         r.nonzero_expected_kurtosis = expected
+
+
+def _reaches_normal_tail(s: Summary, k: int, t: float, sigma: float) -> bool:
+    """Deep pruning leaves a narrow band of non-zeros whose kurtosis is near -2 whatever the weights were
+    (a pruned uniform: +-U(0.9b, b)). A normal's tail beyond t also reaches far out: the largest of k draws
+    sits near x_k, where P(|w| > x_k) = P(|w| > t) / k. The band is taken as a pruned normal only when its
+    max|w| gets at least halfway from t to x_k (the max of k draws falls short of that with negligible
+    probability for k >= 100; below that the kurtosis test alone decides)."""
+    if k < 100 or not sigma > 0:
+        return True
+    from statistics import NormalDist
+
+    q = 0.5 * math.erfc(t / sigma / math.sqrt(2)) / k  # one-sided tail share of the k-th largest draw
+    if not q > 0:
+        return True
+    x_k = -NormalDist(0.0, sigma).inv_cdf(q)
+    return max(abs(s.min), abs(s.max)) >= t + 0.5 * (x_k - t)
 
 
 def _shape_flags(flags: set[str], shp: str, r: Reading, m: Stats) -> None:
@@ -319,8 +337,10 @@ def judge_pool(members: Sequence[tuple[Reading, int]], shape_members: Sequence[t
 def judge_model(tensors: Sequence[tuple[Reading, int]], shape_reading: Reading, step: tuple[str, int] | None,
                 optimizer_tensors: int) -> ModelReading:
     """State: `trained` when a step/epoch > 0 or optimizer state is recorded, or fewer than 10% of the judged
-    weight parameters sit at an init signature; `initialised` when at least half do and nothing records
-    training; else `unknown`."""
+    weight parameters sit at an init signature and fewer than half are uniform-shaped; `initialised` when at
+    least half sit at a signature and nothing records training; else `unknown`. Uniform-shaped weights that
+    match no known scheme (a custom U(-a, a), a scaled default) are what a fresh uniform init leaves and
+    training does not: no evidence of training."""
     # all-zero and constant tensors are neither evidence of training nor a random-init signature (a constant
     # weight is what nn.init.constant_ leaves, or a collapse): they are left out of the share
     judged = [(r, n) for r, n in tensors
@@ -328,6 +348,7 @@ def judge_model(tensors: Sequence[tuple[Reading, int]], shape_reading: Reading, 
     total = sum(n for _, n in judged)
     at = sum(n for r, n in judged if "at_init" in r.flags)
     share = at / total if total else None
+    uniform = sum(n for r, n in judged if r.shape == "uniform") / total if total else 0.0
     schemes: dict[str, int] = {}
     for r, _ in judged:
         if r.init:
@@ -352,9 +373,12 @@ def judge_model(tensors: Sequence[tuple[Reading, int]], shape_reading: Reading, 
         state = "trained"
     elif share is not None and share >= INIT_SHARE:
         state = "initialised"
-    elif share is not None and share < TRAINED_SHARE:
+    elif share is not None and share < TRAINED_SHARE and uniform < INIT_SHARE:
         state = "trained"
     else:
+        if share is not None and share < TRAINED_SHARE:
+            evidence.append(f"{100 * uniform:.0f}% of weight parameters are uniform-shaped, as a fresh uniform "
+                            "initialisation leaves them, though no known scheme at their fans")
         state = "unknown"
     flags = set(shape_reading.flags) - {"at_init"}
     for r, _ in tensors:

@@ -72,3 +72,85 @@ def test_failures_are_ordered_worst_first(tmp_path):
     assert [o.name for o in lower.failures] == ["b.weight", "c.weight"]  # 0.0 misses by more than 0.25
     (upper,) = evaluate([parse_rule("*: zero_fraction <= 0.1")], rep, None, False)
     assert [o.name for o in upper.failures] == ["a.weight", "c.weight"]
+
+
+# --- gate bypasses found by the 2026-12-03 review ----------------------------------------------------
+
+
+def test_a_rule_with_nothing_defined_to_check_is_an_error_not_a_pass(tmp_path):
+    import torch
+
+    from wdist import check as run_check
+
+    p = tmp_path / "allnan.pt"
+    torch.save({"a.weight": torch.full((8, 8), float("nan")), "b.weight": torch.full((8, 8), float("inf"))}, p)
+    for rule in ("model: max <= 1", "*.weight: std <= 0.1", "*.weight: kurtosis < 5", "model: std <= 0.1"):
+        rep = run_check(str(p), [rule], config=False)
+        rr = rep.checkpoints[0].rules[0]
+        assert rr.verdict == "error" and "nothing to check" in rr.message, (rule, rr)
+        assert rep.exit_code == 2
+    # a rule on a defined metric of the same file still evaluates: nan_count is a number
+    assert run_check(str(p), ["model: nan_count == 0"], config=False).exit_code == 1
+
+
+def test_drift_gates_fail_on_tensors_without_a_baseline_pair(tmp_path):
+    import torch
+
+    from wdist import check as run_check
+
+    torch.manual_seed(0)
+    sd = {"0.weight": torch.randn(8, 4), "0.bias": torch.randn(8), "2.weight": torch.randn(2, 8)}
+    torch.save(sd, tmp_path / "default.pt")
+    torch.save({f"renamed.{k}": v for k, v in sd.items()}, tmp_path / "renamed.pt")
+    torch.save({**sd, "2.weight": torch.randn(4, 8)}, tmp_path / "reshaped.pt")
+    rule = ["*: rel_l2_change <= 0.05"]
+    # the renamed baseline: no tensor pairs (canonical names differ): every one fails, none passes
+    rep = run_check(str(tmp_path / "default.pt"), rule, config=False, baseline=str(tmp_path / "renamed.pt"))
+    rr = rep.checkpoints[0].rules[0]
+    assert rr.verdict == "fail" and {o.name for o in rr.failures} >= set(sd), rr
+    rep = run_check(str(tmp_path / "reshaped.pt"), rule, config=False, baseline=str(tmp_path / "default.pt"))
+    rr = rep.checkpoints[0].rules[0]
+    assert rr.verdict == "fail" and [(o.name, o.value) for o in rr.failures] == [("2.weight", "shape changed")]
+    # unchanged against itself: passes
+    rep = run_check(str(tmp_path / "default.pt"), rule, config=False, baseline=str(tmp_path / "default.pt"))
+    assert rep.exit_code == 0
+
+
+def test_delta_rules_gate_on_b_minus_a(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from wdist import check as run_check
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 0.1, (16, 16)).astype(np.float32)
+    save_file({"fc.weight": a}, str(tmp_path / "a.safetensors"))
+    save_file({"fc.weight": a * 3}, str(tmp_path / "b.safetensors"))
+    std_a = float(a.std())
+    kw = dict(config=False, baseline=str(tmp_path / "a.safetensors"))
+    rep = run_check(str(tmp_path / "b.safetensors"), ["*: delta.std <= 0.05"], **kw)
+    rr = rep.checkpoints[0].rules[0]
+    assert rr.verdict == "fail" and rr.failures[0].value == pytest.approx(2 * std_a, rel=1e-5)
+    assert run_check(str(tmp_path / "b.safetensors"), [f"*: delta.std <= {3 * std_a}"], **kw).exit_code == 0
+    with pytest.raises(UsageError, match="per tensor"):
+        run_check(str(tmp_path / "b.safetensors"), ["model: delta.std <= 1"], **kw)
+    with pytest.raises(UsageError, match="baseline"):
+        run_check(str(tmp_path / "b.safetensors"), ["*: delta.std <= 1"], config=False)
+    with pytest.raises(UsageError, match="unknown metric"):
+        run_check(str(tmp_path / "b.safetensors"), ["*: delta.stdd <= 1"], **kw)
+
+
+@pytest.mark.parametrize("raw", ["0_5", "\uff10.5", "nan", "NaN", "1e", "0x10", "1.5.2"])
+def test_a_rule_value_is_a_plain_number(raw):
+    with pytest.raises(UsageError, match="is not a number"):
+        parse_rule(f"*: std <= {raw}")
+    assert parse_rule("*: std <= 5e-3").value == 0.005 and parse_rule("*: max < inf").value == float("inf")
+    assert parse_rule("*: mean >= -.5").value == -0.5
+
+
+@pytest.mark.parametrize("value", ["true", "false", "nan", "inf"])
+def test_config_thresholds_must_be_real_numbers(tmp_path, value):
+    p = tmp_path / "wdist.toml"
+    p.write_text(f'rules = ["model: near_zero_fraction <= 0.5"]\nnear_zero_rel = {value}\n')
+    with pytest.raises(UsageError, match="near_zero_rel must be a number"):
+        load_config(str(p))

@@ -323,3 +323,67 @@ def test_nothing_floating_point_is_not_an_empty_tensor(tmp_path: Path) -> None:
         with pytest.raises(UnsupportedFormatError, match="complex64"):
             next(ck.tensors[0].chunks())
         assert ck.tensors[0].reader.read_raw(0, 2).tolist() == [1j, 1 + 1j]
+
+
+# --- readings found wrong by the 2026-12-03 review -------------------------------------------------------
+
+
+def _state(tmp_path, name: str, sd: dict) -> tuple[str, list[str]]:
+    import torch
+
+    import wdist
+
+    p = tmp_path / f"{name}.pt"
+    torch.save(sd, p)
+    r = wdist.inspect(str(p)).model.reading
+    return r.state, r.evidence
+
+
+@pytest.mark.parametrize("make", [lambda t: t.nn.LSTM(2048, 64), lambda t: t.nn.GRU(64, 128),
+                                  lambda t: t.nn.RNN(96, 160), lambda t: t.nn.LSTM(32, 48, num_layers=2)])
+def test_a_fresh_recurrent_layer_reads_initialised(tmp_path, make):
+    import torch
+
+    torch.manual_seed(0)
+    state, evidence = _state(tmp_path, "rnn", make(torch).state_dict())
+    assert state == "initialised", evidence
+
+
+def test_uniform_weights_of_no_known_scheme_are_not_read_as_trained(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.Linear(128, 64))
+    for lin in m:
+        torch.nn.init.uniform_(lin.weight, -0.1, 0.1)
+        torch.nn.init.zeros_(lin.bias)
+    state, evidence = _state(tmp_path, "u", m.state_dict())
+    assert state == "unknown" and any("uniform-shaped" in e for e in evidence), (state, evidence)
+    scaled = {k: v * 10 for k, v in torch.nn.Linear(256, 128).state_dict().items()}
+    assert _state(tmp_path, "x10", scaled)[0] == "unknown"
+    # weights that left the uniform shape and every signature read trained, as before
+    g = torch.Generator().manual_seed(1)
+    lap = torch.distributions.Laplace(0.0, 0.05)
+    trained = {"a.weight": lap.sample((256, 128)), "b.weight": torch.randn(64, 256, generator=g) * 0.07}
+    assert _state(tmp_path, "t", trained)[0] == "trained"
+
+
+@pytest.mark.parametrize("amount", [0.5, 0.8, 0.9, 0.97])
+def test_magnitude_pruning_reads_the_original_family(tmp_path, amount):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    import wdist
+
+    rng = np.random.default_rng(0)
+    for family, w in (("normal", rng.normal(0, 0.05, (256, 256))), ("uniform", rng.uniform(-0.06, 0.06, (256, 256)))):
+        t = np.quantile(np.abs(w), amount)
+        w = np.where(np.abs(w) > t, w, 0).astype(np.float32)
+        p = tmp_path / f"{family}{amount}.safetensors"
+        save_file({"fc.weight": w}, str(p))
+        r = wdist.inspect(str(p)).tensors[0].reading
+        kz = float(((w[w != 0] - w[w != 0].mean()) ** 4).mean() / w[w != 0].var() ** 2 - 3)
+        if family == "normal":
+            assert r.nonzero_shape == "gaussian", (amount, r)
+        else:  # a band of +-U(t, b): never Gaussian-like (its kurtosis is near -2 like a pruned normal's)
+            assert r.nonzero_shape != "gaussian", (amount, r, kz)
