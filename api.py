@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from wdist.analyzers.report import CheckReport, Listing
+from wdist.loaders import fs
 from wdist.loaders.errors import UsageError, WdistError
 from wdist.loaders.model import DEFAULT_ROLES, Checkpoint, Role
 from wdist.loaders.registry import open_checkpoint
@@ -267,8 +268,8 @@ def check(sources: Source | Sequence[Source], rules: Sequence[str] = (), *, conf
             base_ck = kept(base_ck)
         for src in srcs:
             # an in-memory input is named by its type, as inspect names it (its repr can be megabytes)
-            label = (os.fspath(src) if isinstance(src, (str, os.PathLike))
-                     else str(getattr(src, "path", None) or f"<{type(src).__name__}>"))
+            label = fs.redact(os.fspath(src) if isinstance(src, (str, os.PathLike))
+                              else str(getattr(src, "path", None) or f"<{type(src).__name__}>"))
             if on_file:
                 on_file(label)
             try:

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import typing
 from collections.abc import Callable
@@ -51,6 +52,10 @@ def file_identity(path: str) -> dict[str, Any]:
     from wdist.loaders import fs
 
     st = fs.stat(path)
+    if fs.is_url(path) and not st.version:
+        # a server that gives no ETag, version or modification time: a replaced object of the same size
+        # could not be told apart, so nothing of it is cached (tensor_key: None)
+        raise ValueError(f"{fs.redact(path)}: no version, ETag or modification time to key the cache by")
     return {"path": fs.canonical(path), "size": st.size, "version": st.version}
 
 
@@ -118,9 +123,13 @@ class SummaryCache:
         if entry is None or entry[0] != cls.__name__:
             return None
         try:
-            return _build(cls, entry[1])
+            value = _build(cls, entry[1])
         except (TypeError, ValueError):
             return None
+        # right types but impossible values (a negative count, a histogram of the wrong shape) would fail
+        # every later run: such an entry is a miss, recomputed and rewritten
+        plausible = getattr(value, "plausible", None)
+        return value if plausible is None or plausible() else None
 
     def put(self, key: dict[str, Any], value: Any) -> None:
         bundle = self._bundle_id(key)
@@ -151,10 +160,21 @@ class SummaryCache:
         self._dirty.clear()
 
     def entries(self) -> list[tuple[str, int, float]]:
-        out = []
-        for root, _dirs, files in os.walk(self.directory):
+        """The cache's own bundle files, <2 hex>/<64 hex>.npz: nothing else in the folder is counted, evicted
+        or cleared (WDIST_CACHE_DIR may point at a folder that holds other files)."""
+        out: list[tuple[str, int, float]] = []
+        try:
+            subs = [d for d in os.listdir(self.directory) if _SUBDIR.fullmatch(d)]
+        except OSError:
+            return out
+        for sub in subs:
+            root = os.path.join(self.directory, sub)
+            try:
+                files = os.listdir(root)
+            except OSError:
+                continue
             for f in files:
-                if f.endswith(".npz") and not f.startswith(".tmp-"):
+                if _BUNDLE.fullmatch(f) and f.startswith(sub):
                     p = os.path.join(root, f)
                     try:
                         st = os.stat(p)
@@ -207,6 +227,8 @@ def _fields(obj: Any) -> dict[str, Any]:
 
 
 _INT64 = 1 << 63
+_SUBDIR = re.compile(r"[0-9a-f]{2}")
+_BUNDLE = re.compile(r"[0-9a-f]{64}\.npz")
 
 
 def _fits(v: Any, hint: Any) -> bool:

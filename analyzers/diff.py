@@ -62,6 +62,15 @@ class PairSums:
     changed: int = 0
     max_abs: float = 0.0
 
+    def plausible(self) -> bool:
+        """Counts and sums that real pairs can give (what a cached entry must satisfy)."""
+        counts = (self.n, self.both_nonzero, self.flips, self.changed)
+        if any(c < 0 or c >= 1 << 62 for c in counts) or max(self.both_nonzero, self.changed) > self.n:
+            return False
+        sums = (self.aa, self.bb, self.ab, self.dd, self.max_abs)
+        return (self.flips <= self.both_nonzero and all(math.isfinite(v) for v in sums) and self.aa >= 0
+                and self.bb >= 0 and self.dd >= 0 and self.max_abs >= 0)
+
     def merge(self, o: PairSums) -> PairSums:
         self.n += o.n
         self.aa += o.aa

@@ -26,6 +26,7 @@ from wdist.analyzers.metrics import NearZero
 from wdist.analyzers.report import ReportMixin, jsonable
 from wdist.analyzers.summary import NBINS, SAMPLE_MAX, Part, Summary
 from wdist.analyzers.verdict import ModelReading, Reading
+from wdist.loaders import fs
 from wdist.loaders.errors import UsageError
 from wdist.loaders.model import DEFAULT_CHUNK, DEFAULT_ROLES, Checkpoint, Role, TensorRef
 
@@ -166,7 +167,7 @@ def checkpoint_info(ck: Checkpoint) -> CheckpointInfo:
         by_role[t.role.value] = by_role.get(t.role.value, 0) + t.numel
         by_dtype[t.dtype] = by_dtype.get(t.dtype, 0) + t.numel
     meta = {k: v for k, v in ck.metadata.items() if isinstance(v, (str, int, float))}
-    return CheckpointInfo(ck.path, ck.format, ck.variant, len(ck.tensors), ck.parameters, ck.nbytes,
+    return CheckpointInfo(fs.redact(ck.path), ck.format, ck.variant, len(ck.tensors), ck.parameters, ck.nbytes,
                           by_role, by_dtype, meta, ck.step(), list(ck.unsafe_globals), list(ck.warnings))
 
 

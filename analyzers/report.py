@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from wdist.loaders import fs
 from wdist.loaders.errors import MissingDependencyError
 from wdist.loaders.model import Checkpoint, TensorRef
 
@@ -214,7 +215,7 @@ class Listing(ReportMixin):
     @classmethod
     def of(cls, ck: Checkpoint) -> Listing:
         meta = {k: v for k, v in ck.metadata.items() if isinstance(v, (str, int, float))}
-        return cls(ck.path, ck.format, ck.variant, ck.parameters, ck.nbytes, meta, list(ck.unsafe_globals),
+        return cls(fs.redact(ck.path), ck.format, ck.variant, ck.parameters, ck.nbytes, meta, list(ck.unsafe_globals),
                    list(ck.warnings), TensorRows(list(ck.tensors)))
 
     def _head(self, tensors: list[dict[str, Any]]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ how it was split into tasks. Tensors then merge into a layer's summary, layers i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +53,37 @@ class Summary:
     finalised: int = 0
     # every finite value (float32), while there are at most SAMPLE_MAX of them; None once there are more
     sample: np.ndarray | None = field(default_factory=_no_sample, repr=False)
+
+    def plausible(self) -> bool:
+        """Whether the counts, moments and histogram can describe real data: what a summary read back from
+        the cache must satisfy (the histogram holds the n finite values; numel = n + NaNs + Infs)."""
+        counts = (self.numel, self.n, self.zeros, self.nans, self.infs, self.units, self.dead_units, self.tensors,
+                  self.finalised)
+        if any(c < 0 or c >= 1 << 62 for c in counts) or self.n + self.nans + self.infs != self.numel:
+            return False
+        if self.zeros > self.n or self.dead_units > self.units or not 0 <= self.near_zero <= self.numel:
+            return False
+        moments = (self.mean, self.m2, self.m3, self.m4, self.l1, self.sumsq, self.zn, self.z3, self.z4)
+        if self.n and not (all(math.isfinite(v) for v in moments) and self.m2 >= 0 and self.m4 >= 0
+                           and self.l1 >= 0 and self.sumsq >= 0 and self.min <= self.max):
+            return False
+        h = self.hist
+        if h.dtype.kind not in "iu":
+            return False
+        if h.ndim == 1:
+            if h.size != NBINS or (h.size and int(h.min()) < 0):
+                return False
+            total = int(h.sum())
+        elif h.ndim == 2:
+            idx, cnt = h[0], h[1] if h.shape[0] == 2 else h[0]
+            if h.shape[0] != 2 or (idx.size and (int(idx.min()) < 0 or int(idx.max()) >= NBINS
+                                                 or int(cnt.min()) < 0 or bool((np.diff(idx) <= 0).any()))):
+                return False
+            total = int(cnt.sum())
+        else:
+            return False
+        s = self.sample
+        return total == self.n and (s is None or (s.ndim == 1 and s.size <= SAMPLE_MAX))
 
     def merge(self, o: Summary) -> Summary:
         """Merge o into self (Chan/Pébay pairwise update of the central moments)."""

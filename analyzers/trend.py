@@ -130,7 +130,7 @@ class TrendReport(ReportMixin):
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": self.SCHEMA, "order": self.order, "metrics": list(self.metrics),
-                "checkpoints": [jsonable(p) for p in self.checkpoints],
+                "checkpoints": [{**jsonable(p), "path": fs.redact(p.path)} for p in self.checkpoints],
                 "layers": [{"name": lt.name, "series": jsonable(lt.series), "change_first": jsonable(lt.change_first),
                             "change_prev": jsonable(lt.change_prev), "notes": list(lt.notes)} for lt in self.layers],
                 "tensors": [{"name": n, "series": jsonable(s)} for n, s in self.tensors.items()],
@@ -160,7 +160,10 @@ def order_points(paths: list[str], given: bool) -> tuple[list[TrendPoint], str]:
     pts = []
     for p in paths:
         s = step_from_name(p)
-        pts.append(TrendPoint(p, os.path.basename(os.path.normpath(p)), s[1] if s else None, s[0] if s else None))
+        # the label of a URL is taken after its credentials are masked (a signed URL's query is in its
+        # last path segment)
+        pts.append(TrendPoint(p, os.path.basename(os.path.normpath(fs.redact(p))), s[1] if s else None,
+                              s[0] if s else None))
     if given:
         return pts, "as given on the command line"
     if pts and all(p.step is not None for p in pts) and len({p.step_source for p in pts}) == 1:
@@ -441,6 +444,8 @@ def watch(source: str, poll: float = 5.0, settle: float = 2.0, stop: Callable[[]
     """Follow a training run: yield the list of complete checkpoints of `source` (a folder or glob) each
     time a new one is complete. A checkpoint counts as complete when its size and mtime (every shard's, for a
     sharded index) have not changed for `settle` seconds, so a file still being written is never read.
+    A reported checkpoint whose size or mtime changes afterwards (a write that paused longer than `settle`,
+    a file rewritten in place) counts as new again once it is stable, and is yielded again.
     Stops when `stop()` is true (and on KeyboardInterrupt, which the caller handles)."""
     import time
 
@@ -448,6 +453,7 @@ def watch(source: str, poll: float = 5.0, settle: float = 2.0, stop: Callable[[]
     clock = clock or time.monotonic
     stable: dict[str, tuple[tuple, float]] = {}  # path -> (fingerprint, since when unchanged)
     done: list[str] = []
+    done_fp: dict[str, tuple] = {}  # the fingerprint each reported checkpoint had when it was reported
     while not (stop and stop()):
         try:
             paths = expand_inputs([source])
@@ -456,9 +462,12 @@ def watch(source: str, poll: float = 5.0, settle: float = 2.0, stop: Callable[[]
         now = clock()
         new = False
         for p in paths:
-            if p in done:
-                continue
             fp = _fingerprint(p)
+            if p in done_fp:
+                if fp is None or fp == done_fp[p]:
+                    continue
+                del done_fp[p]  # changed since it was reported: settle again, then report it again
+                done.remove(p)
             if fp is None:
                 stable.pop(p, None)
                 continue
@@ -467,11 +476,13 @@ def watch(source: str, poll: float = 5.0, settle: float = 2.0, stop: Callable[[]
                 stable[p] = (fp, now)
             elif now - old[1] >= settle:
                 done.append(p)
+                done_fp[p] = fp
                 new = True
         if new:
             # only what the folder still lists: a reported file replaced by a symlink out of the folder
             # must not be read again under its old name
             listed = set(paths)
             done = [p for p in done if p in listed]
+            done_fp = {p: f for p, f in done_fp.items() if p in listed}
             yield list(done)
         sleep(poll)

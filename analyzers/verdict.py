@@ -248,7 +248,8 @@ def judge_tensor(name: str, role: str, shape: Sequence[int], s: Summary, m: Stat
         p999 = m.get("abs_p999")
         if p999 and s.n >= OUTLIER_MIN and _max_abs(m) >= OUTLIER_RATIO * p999:
             flags.add("outliers")
-        if m.get("dead_units"):
+        # one all-zero row of an embedding is its padding_idx row, zero by design (nn.Embedding)
+        if m.get("dead_units") and not (grp == "embedding" and m.get("dead_units") == 1):
             flags.add("dead_units")
         if zf < PARTLY_SPARSE and m.get("std"):
             hit = inits.match(tuple(shape), keras, grp, s.n, m.get("mean") or 0.0, m["std"], k, _max_abs(m))

@@ -77,8 +77,10 @@ def _global_params() -> list[click.Option]:
 
 def _error_line(path: str | None, reason: str) -> str:
     from wdist.cli.render.common import safe
+    from wdist.loaders.fs import redact  # a URL's credentials are never printed
 
-    return f"wdist: error: {safe(path)}: {safe(reason)}" if path else f"wdist: error: {safe(reason)}"
+    return (f"wdist: error: {safe(redact(path))}: {safe(redact(reason))}" if path
+            else f"wdist: error: {safe(redact(reason))}")
 
 
 def _to_devnull(stream: Any) -> None:

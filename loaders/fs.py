@@ -39,10 +39,27 @@ def local_path(path: str) -> str:
     return path[len("file://"):] if path.lower().startswith("file://") else path
 
 
+# query parameters that carry credentials: signed-URL signatures and keys (S3, GCS, Azure SAS), tokens
+_SECRET_PARAM = re.compile(r"token|sig|secret|passw|pwd|key|credential|auth|session|^x-(?:amz|goog)-", re.I)
+_QUERY = re.compile(r"\?([^\s#]*)")
+
+
+def _redact_query(m: re.Match[str]) -> str:
+    parts = []
+    for item in m.group(1).split("&"):
+        name, eq, _ = item.partition("=")
+        parts.append(f"{name}=***" if eq and _SECRET_PARAM.search(name) else item)
+    return "?" + "&".join(parts)
+
+
 def redact(url: str) -> str:
-    """A URL without credentials (user:password@ or query-string tokens), for messages."""
-    url = re.sub(r"//[^/@]*@", "//", url)
-    return re.sub(r"([?&](?:token|sig|signature|x-amz-[a-z-]+|access_key|secret)[^&]*)", "", url, flags=re.I)
+    """A URL (or a message holding URLs) without its credentials, for display: user:password@ becomes ***@
+    (up to the last @ of the authority), and the value of every query parameter that carries a secret
+    becomes *** (X-Amz-Signature=***, access_token=***); the rest of the URL is left as it was."""
+    if "://" not in url:  # a local path is shown as it is, `?` and `@` in file names included
+        return url
+    url = re.sub(r"(://)[^/\s?#]*@", r"\1***@", url)
+    return _QUERY.sub(_redact_query, url)
 
 
 def _filesystem(proto: str) -> Any:
@@ -102,8 +119,9 @@ def stat(path: str) -> Stat:
     except Exception as e:
         raise _remote_error(path, e) from None
     is_dir = info.get("type") == "directory"
+    # fsspec's HTTP file system reports a Last-Modified header under that name (with the hyphen)
     version = str(info.get("VersionId") or info.get("ETag") or info.get("etag") or info.get("mtime")
-                  or info.get("LastModified") or "")
+                  or info.get("LastModified") or info.get("Last-Modified") or info.get("last_modified") or "")
     return Stat(int(info.get("size") or 0), is_dir, not is_dir, version)
 
 

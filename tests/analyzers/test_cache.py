@@ -206,3 +206,58 @@ def test_cached_fields_of_the_wrong_type_are_a_miss(tmp_path, rng, field, value)
     fresh.put(key, summarize_tensor(ref))
     fresh.flush()
     _same(SummaryCache(str(tmp_path / "cache")).get(key, Summary), summarize_tensor(ref))
+
+
+def test_cache_clear_and_eviction_touch_only_the_caches_own_files(tmp_path):
+    import numpy as np
+
+    from wdist.analyzers.cache import SummaryCache
+    from wdist.analyzers.summary import Summary
+
+    d = tmp_path / "shared"
+    (d / "otherapp").mkdir(parents=True)
+    np.savez(d / "otherapp" / "data.npz", x=np.ones(3))
+    (d / "ab").mkdir()
+    np.savez(d / "ab" / "mine-looking.npz", x=np.ones(3))  # in a hex folder, but not a bundle name
+    c = SummaryCache(str(d), max_bytes=0)
+    c.put({"file": {"path": "x", "size": 1, "version": "1"}, "name": "w"}, Summary())
+    c.flush()  # max_bytes 0: eviction runs and removes only its own bundle
+    assert (d / "otherapp" / "data.npz").exists() and (d / "ab" / "mine-looking.npz").exists()
+    c.put({"file": {"path": "x", "size": 1, "version": "1"}, "name": "w"}, Summary())
+    c.max_bytes = 1 << 30
+    c.flush()
+    assert c.info()["files"] == 1 and c.clear() == 1
+    assert (d / "otherapp" / "data.npz").exists() and (d / "ab" / "mine-looking.npz").exists()
+
+
+@pytest.mark.parametrize("tamper", ["neg", "big", "hist2d", "histsum", "nan_mean"])
+def test_an_entry_with_impossible_values_is_a_miss(tmp_path, tamper):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from wdist.analyzers.cache import SummaryCache, tensor_key
+    from wdist.analyzers.engine import pack, summarize_tensor
+    from wdist.loaders import open_checkpoint
+
+    p = tmp_path / "a.safetensors"
+    save_file({"w": np.linspace(-1, 1, 4096, dtype=np.float32).reshape(64, 64)}, str(p))
+    c = SummaryCache(str(tmp_path / "cache"))
+    with open_checkpoint(str(p)) as ck:
+        ref = ck.tensors[0]
+        key = tensor_key(ref, 1 << 20)
+        s = pack(summarize_tensor(ref))
+        assert s.plausible()
+        if tamper == "neg":
+            s.n = -5
+        elif tamper == "big":
+            s.n = 2 ** 62
+        elif tamper == "hist2d":
+            s.hist = np.ones((3, 3), dtype=np.float64)
+        elif tamper == "histsum":
+            s.hist = s.hist.copy()
+            s.hist[1, 0] += 7
+        else:
+            s.mean = float("nan")
+        c.put(key, s)
+        c.flush()
+        assert SummaryCache(str(tmp_path / "cache")).get(key, type(s)) is None

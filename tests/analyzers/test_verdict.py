@@ -387,3 +387,18 @@ def test_magnitude_pruning_reads_the_original_family(tmp_path, amount):
             assert r.nonzero_shape == "gaussian", (amount, r)
         else:  # a band of +-U(t, b): never Gaussian-like (its kurtosis is near -2 like a pruned normal's)
             assert r.nonzero_shape != "gaussian", (amount, r, kz)
+
+
+def test_an_embeddings_padding_row_is_not_a_dead_unit(tmp_path):
+    import torch
+
+    import wdist
+
+    torch.manual_seed(0)
+    torch.save({"emb.weight": torch.nn.Embedding(2000, 64, padding_idx=0).weight.detach()}, tmp_path / "emb.pt")
+    t = wdist.inspect(str(tmp_path / "emb.pt")).tensors[0]
+    assert t.stats["dead_units"] == 1 and "dead_units" not in t.reading.flags
+    w = torch.nn.Embedding(2000, 64).weight.detach().clone()
+    w[:2] = 0  # two zero rows are more than a padding row
+    torch.save({"emb.weight": w}, tmp_path / "emb2.pt")
+    assert "dead_units" in wdist.inspect(str(tmp_path / "emb2.pt")).tensors[0].reading.flags

@@ -213,3 +213,42 @@ def test_s3_trend_over_a_run_folder(s3, tmp_path, torch_model_sd):
     assert [p.step for p in tr.checkpoints] == [1, 2] and not tr.errors
     local = wdist.trend([tmp_path / "step1.safetensors", tmp_path / "step2.safetensors"])
     assert [lt.series for lt in tr.layers] == [lt.series for lt in local.layers]
+
+
+def test_credentials_in_a_url_are_never_shown(http_dir, torch_model_sd):
+    from wdist.loaders.fs import redact
+
+    root, url, _ = http_dir
+    save_file({k: v.contiguous() for k, v in torch_model_sd.items()}, str(root / "m.safetensors"))
+    secret = url.replace("http://", "http://alice:p@ssS3CRET@") + "/m.safetensors?X-Goog-Signature=GSECRET&page=1"
+    for args in (("inspect", secret, "--format", "json"), ("inspect", secret), ("ls", secret, "--format", "json"),
+                 ("trend", secret, "--format", "json"), ("check", secret, "--no-config", "--rule", "model: std >= 0")):
+        r = run(*args, "--no-cache") if args[0] != "ls" else run(*args)
+        assert "S3CRET" not in r.output and "GSECRET" not in r.output and "alice" not in r.output, (args, r.output)
+        assert "***@127.0.0.1" in r.output and "X-Goog-Signature=***&page=1" in r.output, (args, r.output)
+    missing = url.replace("http://", "http://bob:PW@") + "/nope.safetensors?token=T1&access_token=T2&api_key=K3"
+    r = run("inspect", missing)
+    assert r.exit_code == 2 and not any(s in r.output for s in ("PW", "T1", "T2", "K3")), r.output
+    # only URLs are rewritten: a local name with ? and @ is shown as it is
+    assert redact("/data/a@b?key=1.pt") == "/data/a@b?key=1.pt"
+
+
+def test_a_remote_file_without_a_validator_is_not_cached(http_dir, monkeypatch):
+    from wdist.analyzers.cache import file_identity, tensor_key
+    from wdist.loaders import fs
+
+    root, url, _ = http_dir
+    save_file({"w": torch.ones(4, 4)}, str(root / "m.safetensors"))
+    assert fs.stat(f"{url}/m.safetensors").version  # the test server sends Last-Modified
+    orig = http.server.BaseHTTPRequestHandler.send_header
+
+    def no_dates(self, k, v):  # a server that says nothing about versions
+        if k.lower() not in ("last-modified", "etag"):
+            orig(self, k, v)
+
+    monkeypatch.setattr(http.server.BaseHTTPRequestHandler, "send_header", no_dates)
+    assert not fs.stat(f"{url}/m.safetensors").version
+    with pytest.raises(ValueError, match="no version"):
+        file_identity(f"{url}/m.safetensors")
+    with open_checkpoint(f"{url}/m.safetensors") as ck:
+        assert tensor_key(ck.tensors[0], 1 << 20) is None
