@@ -60,15 +60,36 @@ def fp8_table(dtype: str) -> np.ndarray:
     return out.astype(np.float32)
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = float(np.finfo(np.float32).smallest_subnormal)
+
+
+def _float64_to_float32(raw: np.ndarray) -> np.ndarray:
+    """float64 rounded to float32, saturating instead of leaving float32's range: a finite value beyond
+    ±3.4e38 stays finite (±float32 max) and a nonzero one below ±1.4e-45 stays nonzero (± the smallest
+    subnormal), so the counts of finite, infinite and zero values are the file's own."""
+    with np.errstate(over="ignore"):
+        y = raw.astype(np.float32)
+    big = np.isinf(y) & np.isfinite(raw)
+    if big.any():
+        y[big] = np.copysign(_F32_MAX, raw[big])
+    tiny = (y == 0) & (raw != 0)
+    if tiny.any():
+        y[tiny] = np.copysign(_F32_TINY, raw[tiny])
+    return y
+
+
 def to_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """Exact float32 view/copy of raw stored values (float64 is rounded to float32)."""
+    """Exact float32 view/copy of raw stored values (float64 is rounded to float32, saturating at float32's
+    limits: see _float64_to_float32)."""
     if dtype == "float32":
         return raw if raw.dtype == np.float32 else raw.view(np.float32)
     if dtype == "bfloat16":
         return (raw.astype(np.uint32) << 16).view(np.float32)
-    if dtype in ("float16", "float64"):
-        with np.errstate(over="ignore"):
-            return raw.astype(np.float32)
+    if dtype == "float16":
+        return raw.astype(np.float32)
+    if dtype == "float64":
+        return _float64_to_float32(raw)
     if dtype.startswith("float8"):
         return fp8_table(dtype)[raw]
     return raw.astype(np.float32)

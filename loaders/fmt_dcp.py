@@ -22,7 +22,7 @@ import numpy as np
 
 from wdist.loaders.dtypes import storage_dtype
 from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError, WdistError
-from wdist.loaders.fileio import ZIP_ERRORS, RangeReader, Window, file_size
+from wdist.loaders.fileio import ZIP_ERRORS, RangeReader, StridedReader, Window, file_size
 from wdist.loaders.fs import inside_model_folder
 from wdist.loaders.model import Checkpoint, Role, TensorRef, dtype_itemsize
 from wdist.loaders.plugin import FormatPlugin
@@ -61,7 +61,7 @@ def _ints(v: Any, what: str, path: str) -> tuple[int, ...]:
 class Chunk:
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]
-    reader: RangeReader
+    reader: RangeReader | StridedReader  # a permuted (transposed) stored tensor reads strided
     run_dim: int = 0
     run_len: int = 0
     nruns: int = 1
@@ -218,8 +218,21 @@ def _item(path: str, fp: str, fsize: int, offset: int, length: int, what: str,
     return (res, info.filename[: -len("data.pkl")]), zf, win
 
 
+def _permuted_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether a view is a contiguous buffer read in another dimension order (a saved `.t()` or
+    `.permute()`: DCP writes such a tensor with its strides as they are): every element of the buffer once,
+    no overlap, no broadcast."""
+    expect = 1
+    for s, d in sorted((s, d) for d, s in zip(shape, stride) if d != 1):
+        if s != expect:
+            return False
+        expect *= d
+    return True
+
+
 def _tensor_item(path: str, fp: str, fsize: int, offset: int, length: int, dtype: str,
-                 sizes: tuple[int, ...], what: str, parsed: dict[bytes, Any] | None = None) -> RangeReader:
+                 sizes: tuple[int, ...], what: str, parsed: dict[bytes, Any] | None = None
+                 ) -> RangeReader | StridedReader:
     from wdist.loaders.safe_pickle import PickledTensor  # the pickle VM is imported only to read DCP
     (res, prefix), zf, win = _item(path, fp, fsize, offset, length, what, parsed)
     try:
@@ -230,8 +243,10 @@ def _tensor_item(path: str, fp: str, fsize: int, offset: int, length: int, dtype
             raise CorruptCheckpointError(path, f"{what}: stored dtype {pt.dtype} differs from the metadata's {dtype}")
         if pt.shape != sizes:
             raise CorruptCheckpointError(path, f"{what}: stored shape {list(pt.shape)} differs from the chunk's {list(sizes)}")
-        if not pt.is_contiguous() or pt.offset < 0:
-            raise CorruptCheckpointError(path, f"{what}: stored tensor is not contiguous")
+        contiguous = pt.is_contiguous()
+        if pt.offset < 0 or not (contiguous or _permuted_contiguous(pt.shape, pt.stride)):
+            raise CorruptCheckpointError(path, f"{what}: stored tensor is not contiguous (nor a permuted "
+                                               "contiguous buffer)")
         try:
             m = zf.getinfo(f"{prefix}data/{pt.storage.key}")
         except KeyError:
@@ -253,7 +268,9 @@ def _tensor_item(path: str, fp: str, fsize: int, offset: int, length: int, dtype
         start = hdr_at + 30 + int.from_bytes(hdr[26:28], "little") + int.from_bytes(hdr[28:30], "little")
         if start + need > offset + length:
             raise CorruptCheckpointError(path, f"{what}: tensor data runs past the item's byte range")
-        return RangeReader(fp, start + pt.offset * item, dtype)
+        if contiguous:
+            return RangeReader(fp, start + pt.offset * item, dtype)
+        return StridedReader(fp, start + pt.offset * item, dtype, tuple(sizes), tuple(pt.stride))
     finally:
         zf.close()
         win.close()
