@@ -221,7 +221,8 @@ def check(sources: Source | Sequence[Source], rules: Sequence[str] = (), *, conf
           baseline: Source | None = None, allow_empty: bool = False, roles: Sequence[str] | None = None,
           near_zero_rel: float | None = None, near_zero_abs: float | None = None, jobs: int = 0,
           format: str | None = None, cwd: str | None = None, cache: Any = None, engine: Any = None,
-          spectral: bool | None = None, on_file: Callable[[str | None], None] | None = None) -> CheckReport:
+          spectral: bool | None = None, spectral_max_side: int = 8192, spectral_conv: str = "per-kernel",
+          on_file: Callable[[str | None], None] | None = None) -> CheckReport:
     """Evaluate rules on each checkpoint. `config`: a path, False for none, or None to look for wdist.toml /
     [tool.wdist] from `cwd` (default: the current directory) upward. A checkpoint that cannot be read is
     recorded as an error in its result; the others are still checked."""
@@ -252,7 +253,7 @@ def check(sources: Source | Sequence[Source], rules: Sequence[str] = (), *, conf
     opts = options(roles or tuple(cfg.roles), tuple(cfg.include),
                    near_zero_rel if near_zero_rel is not None else cfg.near_zero_rel,
                    near_zero_abs if near_zero_abs is not None else cfg.near_zero_abs, 64, jobs, cache, engine,
-                   spectral=bool(spectral))
+                   spectral=bool(spectral), spectral_max_side=spectral_max_side, spectral_conv=spectral_conv)
     results: list[CheckpointResult] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(_flushing(opts))

@@ -490,17 +490,21 @@ def spectral_metrics(res: SpectralResult, evals: np.ndarray, n: int, m: int, fro
     res.esd_histogram = esd_histogram(ev, opts.hist_bins)
     if lmax <= 0:
         res.alpha_skipped = "the matrix is all zeros"
-        res.stable_rank = 0.0
+        res.stable_rank = None  # 0/0: undefined, as on the randomized path
         return res
     res.log_spectral_norm = math.log10(lmax)
     res.stable_rank = float(frobenius_sq / lmax)
-    # Eigenvalues below eigvalsh's rounding floor are zero singular values, not tiny ones.
-    sv = np.sqrt(ev[ev > lmax * ev.size * 1e-15])
+    # Eigenvalues below eigvalsh's rounding floor are zero singular values, not tiny ones: for the effective
+    # rank, the power-law fit and the MP bulk alike (a rank-1 matrix with lambda_max 1e12 would otherwise get
+    # an alpha fitted on rounding noise above the fit's absolute 1e-5 cut)
+    floor = lmax * ev.size * 1e-15
+    sv = np.sqrt(ev[ev > floor])
     p = sv / sv.sum()
     res.effective_rank = float(np.exp(-np.sum(p * np.log(p))))
+    ev = np.where(ev > floor, ev, 0.0)
     fit = fit_power_law(ev, opts)
     if fit is None:
-        res.alpha_skipped = f"fewer than 2 eigenvalues above {opts.fit_min_eval:g}"
+        res.alpha_skipped = f"fewer than 2 eigenvalues above {max(opts.fit_min_eval, floor):g}"
     else:
         res.alpha, res.xmin, res.alpha_ks, res.tail_count = fit.alpha, fit.xmin, fit.ks, fit.tail_count
         res.fit_method = fit.method
@@ -512,7 +516,9 @@ def spectral_metrics(res: SpectralResult, evals: np.ndarray, n: int, m: int, fro
     if mp is not None:
         res.mp_spikes, res.mp_sigma2, res.mp_edge = mp.spikes, mp.sigma2, mp.edge
         res.mp_threshold, res.mp_ks = mp.threshold, mp.ks
-        res.looks_random = mp.spikes == 0 and mp.ks <= max(opts.mp_random_ks, opts.mp_random_ks_scale / m)
+        # with fewer than 8 eigenvalues the KS allowance (4/m) reaches 1 and anything would "look random"
+        res.looks_random = (mp.spikes == 0 and mp.ks <= max(opts.mp_random_ks, opts.mp_random_ks_scale / m)
+                            if m >= 8 else None)
     return res
 
 
@@ -589,5 +595,6 @@ def combine_layer(name: str, results: Sequence[SpectralResult], opts: SpectralOp
     res.mp_sigma2 = res.mp_edge = res.mp_threshold = None
     res.mp_spikes = sum(r.mp_spikes or 0 for r in fits) if len(fits) == len(results) else None
     res.mp_ks = max((r.mp_ks for r in fits if r.mp_ks is not None), default=None)
-    res.looks_random = all(r.looks_random for r in results) if res.mp_spikes is not None else None
+    judged = [r.looks_random for r in results]
+    res.looks_random = (all(judged) if None not in judged else None) if res.mp_spikes is not None else None
     return res

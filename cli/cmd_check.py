@@ -61,7 +61,8 @@ def check(paths: tuple[str, ...], rule_texts: tuple[str, ...], config_path: str 
         report = wdist.check(list(paths), list(rule_texts), config=cfg,
                              baseline=baseline, allow_empty=allow_empty, roles=roles or None, near_zero_rel=near_zero_rel,
                              near_zero_abs=near_zero_abs, jobs=jobs, format=input_format, cache=holder.cache,
-                             engine=holder.engine, spectral=True if spectral else None, on_file=reading)
+                             engine=holder.engine, spectral=True if spectral else None,
+                             spectral_max_side=spectral_max_side, spectral_conv=spectral_conv, on_file=reading)
     reading(None)
     set_exit(report.exit_code)
     with output_may_end():

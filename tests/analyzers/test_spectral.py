@@ -374,3 +374,64 @@ def test_bad_values_layers_and_json(tmp_path: Path) -> None:
     assert renamed is not None and renamed.to_dict() == {**a.to_dict(), "name": "one"}
     renamed.notes.append("x")
     assert "x" not in a.notes
+
+
+# --- defects found by the 2026-12-03 review --------------------------------------------------------------
+
+
+def _res(name, shape):
+    from wdist.analyzers.spectral import SpectralResult
+
+    return SpectralResult(name=name, shape=list(shape), mode="matrix", convention="test", matrices=1,
+                          matrix_shape=[max(shape), min(shape)], method="gram")
+
+
+def test_rank_deficient_matrices_with_a_large_norm_are_not_fitted_on_rounding_noise():
+    import numpy as np
+
+    from wdist.analyzers.spectral import SpectralOptions, spectral_metrics
+
+    w = np.full((64, 48), 3e4)  # rank 1, lambda_max 2.76e12: eigvalsh's noise sits near 1e-4
+    ev = np.linalg.eigvalsh(w.T @ w)
+    assert (ev > 1e-5).sum() > 2  # the noise that the absolute 1e-5 cut let into the fit
+    res = spectral_metrics(_res("c", [64, 48]), ev, 64, 48, float((w ** 2).sum()),
+                           SpectralOptions())
+    assert res.alpha is None and "fewer than 2 eigenvalues" in (res.alpha_skipped or "")
+    assert res.effective_rank == pytest.approx(1.0)
+
+
+def test_all_zero_and_tiny_matrices_give_honest_nulls():
+    import numpy as np
+
+    from wdist.analyzers.spectral import SpectralOptions, spectral_metrics
+
+    res = spectral_metrics(_res("z", [20, 30]), np.zeros(20), 30, 20, 0.0, SpectralOptions())
+    assert res.stable_rank is None and res.spectral_norm == 0.0
+    rng = np.random.default_rng(0)
+    row = rng.normal(size=(37, 4))
+    res = spectral_metrics(_res("r", [37, 4]), np.linalg.eigvalsh(row.T @ row), 37, 4,
+                           float((row ** 2).sum()), SpectralOptions())
+    assert res.looks_random is None  # 4 eigenvalues: MP's KS allowance 4/M is 1, nothing can fail it
+
+
+def test_check_passes_the_spectral_options_on(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    import wdist
+
+    rng = np.random.default_rng(0)
+    save_file({"gauss.weight": rng.normal(size=(200, 100)).astype(np.float32),
+               "conv2.weight": rng.normal(size=(32, 12, 3, 5)).astype(np.float32)}, str(tmp_path / "m.safetensors"))
+    p = str(tmp_path / "m.safetensors")
+    rep = wdist.check(p, ["gauss.weight: alpha <= 100"], config=False, spectral_max_side=16)
+    assert rep.checkpoints[0].rules[0].verdict == "error"  # alpha not computed above max_side: nothing to check
+    from wdist.api import options
+
+    flat = wdist.inspect(p, opts=options(spectral=True, spectral_conv="flatten")).spectral.tensors["conv2.weight"]
+    per = wdist.inspect(p, spectral=True).spectral.tensors["conv2.weight"]
+    flat, per = flat["tail_count"], per["tail_count"]
+    assert flat != per
+    for conv, want in (("flatten", flat), ("per-kernel", per)):
+        rr = wdist.check(p, [f"conv2.weight: tail_count <= {want}"], config=False, spectral_conv=conv).checkpoints[0]
+        assert rr.rules[0].verdict == "pass" and rr.rules[0].results[0].value == want
