@@ -159,13 +159,15 @@ def ls(source: Source, format: str | None = None) -> Listing:
 def inspect(source: Source, *, roles: Sequence[str] | None = None, layers: Sequence[str] = (),
             near_zero_rel: float | None = None, near_zero_abs: float | None = None, bins: int = 64,
             jobs: int = 0, format: str | None = None, progress: Progress | None = None, cache: Any = None,
-            spectral: bool = False, opts: Options | None = None) -> InspectReport:
+            spectral: bool = False, spectral_max_side: int = 8192, spectral_conv: str = "per-kernel",
+            opts: Options | None = None) -> InspectReport:
     """Per-tensor, per-layer and whole-model metrics and the reading (`report.reading`); with spectral=True
     also the singular-value metrics (`report.spectral`). `opts` (from `options(...)`) replaces the analysis
     keywords when given."""
     from wdist.analyzers.inspect import analyse
 
-    opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral)
+    opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral,
+                           spectral_max_side=spectral_max_side, spectral_conv=spectral_conv)
     with _opened(source, format) as ck, _flushing(opts):
         return analyse(ck, opts, progress)
 
@@ -174,12 +176,13 @@ def diff(a: Source, b: Source, *, roles: Sequence[str] | None = None, layers: Se
          near_zero_rel: float | None = None, near_zero_abs: float | None = None, bins: int = 64, jobs: int = 0,
          rtol: float = 1e-5, atol: float = 1e-8, format: str | None = None,
          progress: Progress | None = None, cache: Any = None, spectral: bool = False,
-         opts: Options | None = None) -> DiffReport:
+         spectral_max_side: int = 8192, spectral_conv: str = "per-kernel", opts: Options | None = None) -> DiffReport:
     """How the weights moved from A to B (tensors aligned by name, across formats); with spectral=True also
     both sides' singular-value metrics and each layer's change of alpha."""
     from wdist.analyzers.diff import Tolerance, compare
 
-    opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral)
+    opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral,
+                           spectral_max_side=spectral_max_side, spectral_conv=spectral_conv)
     with _opened(a, format) as ck_a, _opened(b, format) as ck_b, _flushing(opts):
         report = compare(ck_a, ck_b, opts, Tolerance(rtol, atol), progress)
         if opts.spectral is not None:
@@ -199,7 +202,8 @@ def trend(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, metrics: S
           order: str = "step", roles: Sequence[str] | None = None, layers: Sequence[str] = (),
           near_zero_rel: float | None = None, near_zero_abs: float | None = None, bins: int = 64, jobs: int = 0,
           format: str | None = None, ridgeline: bool = True, progress: Progress | None = None, cache: Any = None,
-          spectral: bool = False, opts: Options | None = None) -> TrendReport:
+          spectral: bool = False, spectral_max_side: int = 8192, spectral_conv: str = "per-kernel",
+          opts: Options | None = None) -> TrendReport:
     """Metrics per layer across the checkpoints of a run (files, folders or globs), ordered by step. A
     checkpoint that cannot be read is recorded with its reason (`report.checkpoints[i].error`)."""
     from wdist.analyzers.trend import expand_inputs, run
@@ -211,7 +215,8 @@ def trend(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, metrics: S
         raise UsageError(None, "trend needs at least one checkpoint, folder or glob")
     refused: dict[str, str] = {}
     paths = expand_inputs([os.fspath(p) for p in items], refused)
-    opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral)
+    opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral,
+                           spectral_max_side=spectral_max_side, spectral_conv=spectral_conv)
     with _flushing(opts):
         return run(paths, opts, tuple(metrics), order == "given", format, progress, ridgeline=ridgeline,
                    refused=refused)

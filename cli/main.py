@@ -130,11 +130,13 @@ class LazyGroup(click.Group):
 
         mod, fn = target.split(":")
         cmd: click.Command = getattr(importlib.import_module(mod), fn)
-        # the global options are accepted after the command too; a command's own --quiet stays its own
-        have = {o for p in cmd.params for o in getattr(p, "opts", [])}
-        for p in _global_params():
-            if not have & set(p.opts):
-                cmd.params.append(p)
+        # the global options are accepted after the command too (and after a subcommand: `cache info
+        # --debug`); a command's own --quiet stays its own
+        for c in [cmd, *(cmd.commands.values() if isinstance(cmd, click.Group) else ())]:
+            have = {o for p in c.params for o in getattr(p, "opts", [])}
+            for p in _global_params():
+                if not have & set(p.opts):
+                    c.params.append(p)
         return cmd
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

@@ -142,3 +142,23 @@ def test_ls_does_not_import_the_analysis():
             "print(sorted(m for m in sys.modules if m.startswith('wdist.analyzers.') and m != 'wdist.analyzers.report'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_every_analysis_call_takes_the_spectral_options(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    import wdist
+
+    rng = np.random.default_rng(0)
+    p = str(tmp_path / "m.safetensors")
+    save_file({"conv.weight": rng.normal(size=(16, 8, 3, 3)).astype(np.float32),
+               "fc.weight": rng.normal(size=(64, 48)).astype(np.float32)}, p)
+    flat = wdist.inspect(p, spectral=True, spectral_conv="flatten").spectral.tensors["conv.weight"]
+    assert flat["mode"] == "flatten" and flat["matrix_shape"] == [72, 16]
+    small = wdist.inspect(p, spectral=True, spectral_max_side=16).spectral.tensors["fc.weight"]
+    assert small["alpha"] is None and "max_side" in small["alpha_skipped"]
+    d = wdist.diff(p, p, spectral=True, spectral_conv="flatten").spectral["a"]["tensors"]["conv.weight"]
+    assert d["mode"] == "flatten"
+    tr = wdist.trend([p], spectral=True, spectral_max_side=16)
+    assert tr.spectral is not None and tr.spectral["alpha"]["fc"] == [None]

@@ -231,3 +231,10 @@ def test_stderr_into_the_same_closed_pipe_keeps_the_exit_code(tmp_path):
         assert out.returncode == 2, out
         out = _sh(f"{sys.executable} -m wdist inspect {bad} 2>&1 | head -c0")
         assert out.returncode == 2, out
+
+
+@pytest.mark.parametrize("args", [("cache", "info", "--debug"), ("cache", "clear", "--quiet"),
+                                  ("cache", "info", "--width", "40")])
+def test_global_options_work_after_a_subcommand(tmp_path, args):
+    r = run(*args, env={"WDIST_CACHE_DIR": str(tmp_path / "c")})
+    assert r.exit_code == 0, r.output
