@@ -368,19 +368,24 @@ def test_chunks_of_one_layout_run_the_pickle_vm_once(tmp_path, monkeypatch):
         np.testing.assert_array_equal(got[k], v.numpy())
 
 
+def _shards_in(src: Path, dst: Path, link: bool) -> Path:
+    """A new folder holding the .distcp shards of `src`: symlinks to them (`link`) or copies."""
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.name.endswith(".distcp"):
+            if link:
+                os.symlink(f, dst / f.name)
+            else:
+                shutil.copy(f, dst / f.name)
+    return dst
+
+
 def test_storage_file_symlinked_out_of_the_folder_is_refused(tmp_path):
     """A .distcp that is a symlink to another checkpoint's shard outside the folder was followed (the other
     run's values reached the report, exit 0): shards are resolved and must stay inside the folder."""
-    import shutil
-
     other = _save({"w": torch.full((8, 8), 7777.0)}, tmp_path / "other")
-    d = tmp_path / "ckpt"
-    d.mkdir()
-    for f in other.iterdir():
-        if f.name.endswith(".distcp"):
-            os.symlink(f, d / f.name)
-        else:
-            shutil.copy(f, d / f.name)
+    d = _shards_in(other, tmp_path / "ckpt", link=True)
+    shutil.copy(other / ".metadata", d / ".metadata")
     with pytest.raises(CorruptCheckpointError, match="outside"):
         open_checkpoint(str(d))
     r = run("inspect", str(d))
@@ -412,3 +417,26 @@ def test_a_transposed_tensor_saved_by_dcp_is_read_exactly(tmp_path, view):
     torch.save({"model.a.weight": v.contiguous()}, tmp_path / "c.pt")
     d = wdist.diff(str(tmp_path / "c.pt"), str(tmp_path / "ck")).to_dict()
     assert d["tensors"][0]["change"]["max_abs_change"] == 0, d["tensors"][0]
+
+
+def test_metadata_symlinked_out_of_the_folder_is_refused(tmp_path):
+    """A folder whose .metadata is a symlink to another run's (found by review: its copies of the shards
+    were then read under the other run's metadata, exit 0) is refused like a shard symlinked out; a
+    .metadata named on the command line is the user's choice, and a symlink inside the folder is fine."""
+    other = _save({"w": torch.full((4, 4), 7777.0)}, tmp_path / "A")
+    d = _shards_in(other, tmp_path / "C", link=False)
+    os.symlink(os.path.join("..", "A", ".metadata"), d / ".metadata")
+    shard = next(d.glob("*.distcp"))
+    for target in (d, shard):
+        with pytest.raises(CorruptCheckpointError, match="'.metadata' resolves outside the checkpoint's folder"):
+            open_checkpoint(str(target))
+        r = run("ls", str(target))
+        assert r.exit_code == 2 and "7777" not in r.output and r.output.count("\n") == 1, r.output
+        assert r.output.startswith(f"wdist: error: {target}: "), r.output
+    with open_checkpoint(str(d / ".metadata")) as ck:  # named explicitly: read against this folder's shards
+        assert ck.tensors[0].read().max() == 7777.0
+    (d / ".metadata").unlink()
+    shutil.copy(other / ".metadata", d / "metadata.real")
+    os.symlink("metadata.real", d / ".metadata")
+    with open_checkpoint(str(d)) as ck:
+        assert [t.name for t in ck.tensors] == ["w"]

@@ -479,3 +479,30 @@ def test_index_symlinked_out_of_the_folder_is_not_followed(tmp_path):
     # ones, which B's crc32c then refuses: never B's values)
     with open_checkpoint(str(d / "ckpt.index")) as ck, pytest.raises(CorruptCheckpointError, match="crc32c"):
         ck.tensors[0].read()
+
+
+def test_checkpoint_file_symlinked_out_of_the_folder_is_not_read(tmp_path, monkeypatch):
+    """The `checkpoint` file naming the folder's .index is not read when it is a symlink out of the folder
+    (found by review: it was opened and read): it counts as absent. A symlink inside the folder is read."""
+    import wdist.loaders.fmt_tf as tf
+
+    _bundle(tmp_path / "A", np.ones((4, 4)))
+    (tmp_path / "B").mkdir()
+    outside = tmp_path / "B" / "checkpoint"
+    outside.write_text('model_checkpoint_path: "other"\n')
+    os.symlink(outside, tmp_path / "A" / "checkpoint")
+    opened: list[str] = []
+    real_open = open
+    monkeypatch.setattr(tf, "open", lambda f, *a, **k: opened.append(os.path.realpath(f)) or real_open(f, *a, **k),
+                        raising=False)
+    with open_checkpoint(str(tmp_path / "A")) as ck:  # the single .index, as without a `checkpoint` file
+        assert ck.tensors[0].read().max() == 1.0
+    assert sniff_dir(str(tmp_path / "A")) and str(outside) not in opened
+    # inside the folder: followed, and it picks one of two indexes
+    d = tmp_path / "D"
+    _bundle(d, np.full((4, 4), 3.0))
+    shutil.copy(d / "ckpt.index", d / "zzz.index")
+    (d / "state.txt").write_text('model_checkpoint_path: "ckpt"\n')
+    os.symlink("state.txt", d / "checkpoint")
+    with open_checkpoint(str(d)) as ck:
+        assert ck.sources[0] == str(d / "ckpt.index") and ck.tensors[0].read().max() == 3.0
