@@ -81,7 +81,7 @@ class Rule:
 
     @property
     def is_change(self) -> bool:
-        return self.metric in CHANGE_METRICS or self.metric.startswith(DELTA)
+        return _is_change(self.metric)
 
     @property
     def is_verdict(self) -> bool:
@@ -90,6 +90,11 @@ class Rule:
     @property
     def is_spectral(self) -> bool:
         return self.metric in SPECTRAL_METRICS
+
+
+def _is_change(metric: str) -> bool:
+    """A metric read off the diff against the baseline: a change metric or delta.<metric>."""
+    return metric in CHANGE_METRICS or metric.startswith(DELTA)
 
 
 def needs_spectral(rules: list[Rule]) -> bool:
@@ -137,7 +142,7 @@ def parse_rule(text: str, origin: str = "--rule", baseline: bool = False) -> Rul
     if metric in SPECTRAL_METRICS and scope == "model":
         raise UsageError(None, f"{origin}: {metric} is a per-matrix spectral metric with no model-wide value, in "
                          f"{text[:200]!r}; write a tensor glob instead, e.g. '*.weight: {metric} {op} {raw}'")
-    if (metric in CHANGE_METRICS or metric.startswith(DELTA)) and not baseline:
+    if _is_change(metric) and not baseline:
         raise UsageError(None, f"{origin}: {metric} compares against a baseline; give --baseline (or baseline = in config)")
     if not _NUMBER.fullmatch(raw):
         raise UsageError(None, f"{origin}: value {raw!r} in {text[:200]!r} is not a number")

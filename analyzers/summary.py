@@ -74,10 +74,10 @@ class Summary:
             if h.size != NBINS or (h.size and int(h.min()) < 0):
                 return False
             total = int(h.sum())
-        elif h.ndim == 2:
-            idx, cnt = h[0], h[1] if h.shape[0] == 2 else h[0]
-            if h.shape[0] != 2 or (idx.size and (int(idx.min()) < 0 or int(idx.max()) >= NBINS
-                                                 or int(cnt.min()) < 0 or bool((np.diff(idx) <= 0).any()))):
+        elif h.ndim == 2 and h.shape[0] == 2:  # packed: ascending bin indices, counts
+            idx, cnt = h
+            if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= NBINS or int(cnt.min()) < 0
+                             or bool((np.diff(idx) <= 0).any())):
                 return False
             total = int(cnt.sum())
         else:

@@ -376,11 +376,10 @@ def _layer_notes(lt: LayerTrend, points: list[TrendPoint], moves: list[tuple[str
                            if start is not None else f"heavy-tailed by {_label(points, i)}")
                 break
     if "zero_fraction" in s and weight_zero:
-        start = next((v for v in weight_zero if v is not None), None)
+        i0, start = next(((i, v) for i, v in enumerate(weight_zero) if v is not None), (0, None))
         if start is not None and start >= 0.5:
-            i = next(i for i, v in enumerate(weight_zero) if v is not None)
             out.append(f"sparse from the first checkpoint: {start:.0%} of its weights exactly zero at "
-                       f"{_label(points, i)}")
+                       f"{_label(points, i0)}")
         else:
             for i, v in enumerate(weight_zero):
                 if v is not None and v >= 0.5:

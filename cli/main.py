@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -97,15 +99,27 @@ def quiet_stdout() -> None:
     _to_devnull(sys.stdout)
 
 
-def echo_err(line: str) -> None:
-    """A line on stderr. When its reader has left (`wdist check ... 2>&1 | head -1`), stderr goes to /dev/null
+@contextmanager
+def pipe_may_close(stream: Any) -> Iterator[None]:
+    """Writes to `stream` whose reader may leave (`| head -1`): a broken pipe points the stream at /dev/null
     and the command carries on to its own exit code: a closed pipe never turns a failure into success."""
     try:
-        click.echo(line, err=True)
+        yield
     except OSError as e:
         if not _is_broken_pipe(e):
             raise
-        _to_devnull(sys.stderr)
+        _to_devnull(stream)
+
+
+def echo_err(line: str) -> None:
+    """A line on stderr, which may be the same closed pipe (`wdist check ... 2>&1 | head -1`)."""
+    with pipe_may_close(sys.stderr):
+        click.echo(line, err=True)
+
+
+def _usage_line(e: click.UsageError) -> None:
+    where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+    echo_err(_error_line(None, e.format_message() + where))
 
 
 def set_exit(code: int) -> None:
@@ -151,8 +165,7 @@ class LazyGroup(click.Group):
         except click.UsageError as e:
             if "--debug" in args:
                 raise
-            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-            echo_err(_error_line(None, e.format_message() + where))
+            _usage_line(e)
             raise click.exceptions.Exit(EXIT_ERROR) from None
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -168,8 +181,7 @@ class LazyGroup(click.Group):
         except click.UsageError as e:  # a bad option or argument: one line too, naming where help is
             if state().get("debug"):
                 raise
-            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-            echo_err(_error_line(None, e.format_message() + where))
+            _usage_line(e)
             ctx.exit(EXIT_ERROR)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise

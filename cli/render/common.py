@@ -66,14 +66,10 @@ def output_may_end() -> Iterator[None]:
     """Standard output whose reader may leave (`wdist check x | head -1`): a broken pipe ends the output
     only. The command goes on (JUnit file, stderr error lines) and keeps its exit code, so a failing gate
     piped into `head` still fails."""
-    from wdist.cli.main import _is_broken_pipe, quiet_stdout
+    from wdist.cli.main import pipe_may_close
 
-    try:
+    with pipe_may_close(sys.stdout):
         yield
-    except OSError as e:
-        if not _is_broken_pipe(e):
-            raise
-        quiet_stdout()
 
 
 NATURAL = 1 << 20  # "no limit" for rich, which needs a number
@@ -317,17 +313,14 @@ def pct(v: Any) -> str:
     if v is None:
         return "-"
     p = 100 * v
-    s = f"{p:.1f}%"
     if v in (0, 1) or not math.isfinite(p):
-        return s
-    for digits in range(2, 10):
-        if float(s[:-1]) not in (0.0, 100.0):
-            return s
-        s = f"{p:.{digits}f}%"
-    if float(s[:-1]) not in (0.0, 100.0):
-        return s
-    s = f"{p:.3g}%"  # a share 1e-12 from 0 or from all
-    return s if float(s[:-1]) not in (0.0, 100.0) else f"{p!r}%"
+        return f"{p:.1f}%"
+    # 1 to 9 decimals, then 3 significant digits (a share 1e-12 from 0 or from all), then every digit
+    for spec in [f".{d}f" for d in range(1, 10)] + [".3g"]:
+        s = f"{p:{spec}}"
+        if float(s) not in (0.0, 100.0):
+            return s + "%"
+    return f"{p!r}%"
 
 
 def human_bytes(n: int) -> str:
