@@ -224,10 +224,14 @@ def load_config(path: str) -> Config:
     bad_roles = [r for r in cfg.roles if r not in ROLES]
     if bad_roles:
         raise UsageError(path, f"unknown role(s) {', '.join(bad_roles)}; valid roles: {', '.join(ROLES)}")
-    for i, line in enumerate(text.splitlines(), 1):
-        for r in cfg.rules:
-            if r in line and r not in cfg.lines:
-                cfg.lines[r] = i
+    # the line a rule is on, for messages: a quoted match first ("*: std > 1e" is inside "*: std > 1e5"),
+    # then any line holding it (a TOML escape changes the quoted text)
+    lines = text.splitlines()
+    for quoted in (True, False):
+        for i, line in enumerate(lines, 1):
+            for r in cfg.rules:
+                if r not in cfg.lines and ((f'"{r}"' in line or f"'{r}'" in line) if quoted else r in line):
+                    cfg.lines[r] = i
     for g in cfg.include + cfg.exclude:
         validate_glob(g, path)
     return cfg
@@ -298,6 +302,17 @@ def _worst_first(outcomes: list[Outcome], op: str, target: float | str) -> list[
     return sorted(outcomes, key=badness, reverse=True)
 
 
+def _named(t: Any, scope: str) -> bool:
+    """Whether a tensor glob matches a tensor: its name or a name tied to it (lm_head.weight = emb.weight)."""
+    return fnmatch.fnmatchcase(t.name, scope) or any(fnmatch.fnmatchcase(a, scope) for a in t.aliases)
+
+
+def _test(v: Any, rule: Rule) -> bool | None:
+    """Whether a value passes a rule (None: undefined). A plain bool whatever v's type: a NumPy scalar's
+    comparison gives np.bool_, which `passed is False` never matches, and which JSON cannot write."""
+    return None if v is None else bool(OPS[rule.op](v, rule.value))
+
+
 def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, allow_empty: bool,
              spectral: SpectralReport | None = None) -> list[RuleResult]:
     """Each rule's verdict on one checkpoint. Spectral rules (metrics in SPECTRAL_METRICS) read the per-tensor
@@ -312,20 +327,20 @@ def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, 
             for name, d in (spectral.tensors if spectral is not None else {}).items():
                 if fnmatch.fnmatchcase(name, rule.scope):
                     v = d.get(rule.metric)
-                    outcomes.append(Outcome(name, v, None if v is None else OPS[rule.op](v, rule.value)))
+                    outcomes.append(Outcome(name, v, _test(v, rule)))
         elif rule.is_verdict:
             if rule.scope == "model":
                 outcomes.append(_verdict_outcome("model", report.model.reading, rule))
             else:
                 for t in report.tensors:
-                    if fnmatch.fnmatchcase(t.name, rule.scope):
+                    if _named(t, rule.scope):
                         outcomes.append(_verdict_outcome(t.name, t.reading, rule))
         elif rule.scope == "model":
             if rule.is_change:
                 v = diff.summary.get(rule.metric) if diff else None
             else:
                 v = report.model.stats.get(rule.metric)
-            outcomes.append(Outcome("model", v, None if v is None else OPS[rule.op](v, rule.value)))
+            outcomes.append(Outcome("model", v, _test(v, rule)))
         elif rule.is_change:
             for td in diff.tensors if diff else []:
                 if fnmatch.fnmatchcase(td.name, rule.scope) or (td.b_name and fnmatch.fnmatchcase(td.b_name, rule.scope)):
@@ -336,12 +351,12 @@ def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, 
                         v = (td.delta or {}).get(rule.metric[len(DELTA):])
                     else:
                         v = (td.change or {}).get(rule.metric)
-                    outcomes.append(Outcome(td.b_name or td.name, v, None if v is None else OPS[rule.op](v, rule.value)))
+                    outcomes.append(Outcome(td.b_name or td.name, v, _test(v, rule)))
         else:
             for t in report.tensors:
-                if fnmatch.fnmatchcase(t.name, rule.scope):
+                if _named(t, rule.scope):
                     v = t.stats.get(rule.metric)
-                    outcomes.append(Outcome(t.name, v, None if v is None else OPS[rule.op](v, rule.value)))
+                    outcomes.append(Outcome(t.name, v, _test(v, rule)))
         fails = _worst_first([o for o in outcomes if o.passed is False], rule.op, rule.value)
         if not outcomes and not allow_empty:
             what = "tensor with spectral metrics (weight/embedding, rank >= 2)" if rule.is_spectral else "analysed tensor"

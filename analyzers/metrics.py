@@ -85,7 +85,7 @@ def count_at_most(counts: Counts, t: float, exact: bool) -> float:
         return below + at
     width = hi[k] - lo[k]
     frac = 1.0 if width <= 0 or not math.isfinite(width) else min(1.0, (t - lo[k]) / width)
-    return below + frac * at
+    return float(below + frac * at)  # a plain float: a NumPy scalar compares to np.bool_ in rules
 
 
 def gini(counts: Counts, n: int, exact: bool) -> float | None:
@@ -222,12 +222,12 @@ def compute(s: Summary, nz: NearZero, counts: tuple[np.ndarray, np.ndarray] | No
     )
     if pooled(s):  # each tensor at its own threshold (one number for an absolute threshold)
         out["near_zero_threshold"] = nz.abs
-        out["near_zero_fraction"] = s.near_zero / s.numel
+        out["near_zero_fraction"] = float(s.near_zero) / s.numel
     else:
         t = nz.threshold(max_abs)
         out["near_zero_threshold"] = _f(t)
         near = count_at_most(counts, t, s.exact_bins) if near_zero_count is None else near_zero_count
-        out["near_zero_fraction"] = near / s.numel
+        out["near_zero_fraction"] = float(near) / s.numel
     lo, _, rep = bins.abs_tables()
     table = lo if s.exact_bins else rep
     qv = _quantiles(counts[0], np.cumsum(counts[1]), table, n, tuple(QUANTILES.values()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -67,18 +68,37 @@ def check(paths: tuple[str, ...], rule_texts: tuple[str, ...], config_path: str 
     set_exit(report.exit_code)
     with output_may_end():
         check_render.render(report, fmt)
+    code = report.exit_code
     if junit_path:
-        check_render.write_junit(report.checkpoints, junit_path)
+        code = max(code, _written(junit_path, lambda: check_render.write_junit(report.checkpoints, junit_path)))
     if os.environ.get("GITHUB_ACTIONS") == "true":
+        # annotations go to stderr when stdout is JSON, which they would make unparsable (the runner reads
+        # workflow commands from both streams)
         with output_may_end():
-            check_render.github(report.checkpoints)
+            check_render.github(report.checkpoints, err=fmt == "json")
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            code = max(code, _written(summary, lambda: check_render.step_summary(report.checkpoints, summary)))
     for r in report.checkpoints:
         if r.error:
             echo_err(_error_line(r.path, r.error))
         for rr in r.rules:
             if rr.verdict == "error":
                 echo_err(_error_line(r.path, f"rule {rr.rule!r}: {rr.message}"))
-    raise SystemExit(report.exit_code)
+    set_exit(code)
+    raise SystemExit(code)
+
+
+def _written(path: str, write: Callable[[], None]) -> int:
+    """Run a report writer; a path it cannot write is one error line (exit 2), not a traceback."""
+    from wdist.cli.main import _error_line, echo_err
+
+    try:
+        write()
+    except OSError as e:
+        echo_err(_error_line(path, e.strerror or str(e)))
+        return 2
+    return 0
 
 
 def build_holder() -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 
 import click
@@ -65,7 +64,7 @@ def write_junit(results: list[CheckpointResult], path: str) -> None:
     suites = ET.Element("testsuites", name="wdist check")
     for r in results:
         cases: list[ET.Element] = []
-        cls = x(f"wdist.check.{os.path.basename(r.path)}")
+        cls = x(f"wdist.check.{r.path}")  # the whole path: run1/model.pt and run2/model.pt are two classes
         if r.error:
             c = ET.Element("testcase", classname="wdist.check", name=x(f"read {r.path}"))
             ET.SubElement(c, "error", message=x(r.error)).text = x(r.error)
@@ -98,18 +97,30 @@ def _gh_prop(s: str) -> str:
     return _gh_escape(s).replace(":", "%3A").replace(",", "%2C")
 
 
-def github(results: list[CheckpointResult]) -> None:
-    """::error workflow commands on stdout, and a markdown table appended to $GITHUB_STEP_SUMMARY."""
+def github(results: list[CheckpointResult], err: bool = False) -> None:
+    """::error workflow commands, on stdout (stderr with `err`): the worst SHOW_WORST failures of each rule
+    and, when there are more, one annotation that says how many more."""
+    def out(line: str) -> None:
+        click.echo(line, err=err)
+
     for r in results:
         if r.error:
-            click.echo(f"::error file={_gh_prop(r.path)},title=wdist check::{_gh_escape(r.error)}")
+            out(f"::error file={_gh_prop(r.path)},title=wdist check::{_gh_escape(r.error)}")
         for rr in r.rules:
             if rr.verdict == "error":
-                click.echo(f"::error file={_gh_prop(r.path)},title=wdist check::{_gh_escape(rr.rule + ': ' + rr.message)}")
+                out(f"::error file={_gh_prop(r.path)},title=wdist check::{_gh_escape(rr.rule + ': ' + rr.message)}")
+            title = _gh_prop('wdist ' + rr.rule)
             for o in rr.failures[:SHOW_WORST]:
-                click.echo(f"::error file={_gh_prop(r.path)},title={_gh_prop('wdist ' + rr.rule)}::"
-                           + _gh_escape(f"{o.name}: {rr.metric} = {o.value} (wanted {rr.op} {rr.value})"))
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+                out(f"::error file={_gh_prop(r.path)},title={title}::"
+                    + _gh_escape(f"{o.name}: {rr.metric} = {o.value} (wanted {rr.op} {rr.value})"))
+            if len(rr.failures) > SHOW_WORST:
+                out(f"::error file={_gh_prop(r.path)},title={title}::"
+                    + _gh_escape(f"... {len(rr.failures) - SHOW_WORST} more of {len(rr.failures)} failing "
+                                 "(all of them in --format json and --junit)"))
+
+
+def step_summary(results: list[CheckpointResult], summary: str) -> None:
+    """A markdown table appended to the file $GITHUB_STEP_SUMMARY names."""
     if summary:
         lines = ["## wdist check", "", "| checkpoint | rule | verdict | failing |", "|---|---|---|---:|"]
         for r in results:

@@ -327,7 +327,8 @@ def human_bytes(n: int) -> str:
     """Binary units, labelled as such (KiB, MiB, GiB), the same as the progress bar's."""
     x = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if x < 1024 or unit == "TiB":
+        # compared after rounding: 1,048,575 B is "1.0 MiB", never "1024.0 KiB"
+        if (round(x) if unit == "B" else round(x, 1)) < 1024 or unit == "TiB":
             return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
         x /= 1024
     return f"{n} B"

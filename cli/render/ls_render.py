@@ -41,6 +41,11 @@ def _dtype(t: dict[str, Any]) -> str:
     return f"{t['dtype']} ({t['stored_as']})" if t.get("stored_as") else t["dtype"]
 
 
+def _named(t: dict[str, Any]) -> str:
+    """A tensor's name with the names tied to it: `emb.weight (= lm_head.weight)`."""
+    return t["name"] + (f" (= {', '.join(t['aliases'])})" if t["aliases"] else "")
+
+
 def render(ls: Listing, fmt: str) -> None:
     if fmt == "json":
         for piece in ls.iter_json():  # streamed: a listing of 10^6 tensors is never one string in memory
@@ -49,18 +54,18 @@ def render(ls: Listing, fmt: str) -> None:
         return
     if fmt == "csv":
         w = csv_writer()
-        csv_row(w, ["name", "layer", "role", "shape", "dtype", "stored_as", "numel", "nbytes"])
+        csv_row(w, ["name", "layer", "role", "shape", "dtype", "stored_as", "numel", "nbytes", "aliases"])
         for t in ls.tensors:
             csv_row(w, [t["name"], t["layer"], t["role"], "x".join(map(str, t["shape"])), t["dtype"],
-                        t.get("stored_as") or "", t["numel"], t["nbytes"]])
+                        t.get("stored_as") or "", t["numel"], t["nbytes"], ", ".join(t["aliases"])])
         return
     n = len(ls.tensors)
     if fmt == "markdown":
         lines = [f"**{md_cell(ls.path)}** ({md_cell(ls.format)}, {md_cell(ls.variant)}): "
                  f"{plural(n, 'tensor')}, {plural(ls.parameters, 'parameter')}, {human_bytes(ls.bytes)}", ""]
         lines += md_table(["name", "layer", "role", "shape", "dtype", "parameters", "bytes"],
-                          [[t["name"], t["layer"], t["role"], str(list(t["shape"])), _dtype(t), f"{t['numel']:,}",
-                            f"{t['nbytes']:,}"] for t in ls.tensors], [False] * 5 + [True, True])
+                          [[_named(t), t["layer"], t["role"], str(list(t["shape"])), _dtype(t), str(t["numel"]),
+                            str(t["nbytes"])] for t in ls.tensors], [False] * 5 + [True, True])
         lines += [f"\nwarning: {md_cell(w)}" for w in ls.warnings]
         click.echo("\n".join(lines))
         return
@@ -70,7 +75,7 @@ def render(ls: Listing, fmt: str) -> None:
                                   f"{plural(ls.parameters, 'parameter')}  {human_bytes(ls.bytes)}")
     cols = [Col("layer", False), Col("role", False), Col("shape", False), Col("dtype", False), Col("parameters"),
             Col("bytes")]
-    rows = [(t["name"] + (f" (= {', '.join(t['aliases'])})" if t["aliases"] else ""),
+    rows = [(_named(t),
              [t["layer"], t["role"], shape_text(t["shape"]), _dtype(t), f"{t['numel']:,}", human_bytes(t["nbytes"])])
             for t in ls.tensors]
     print_table(con, "name", cols, rows)
