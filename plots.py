@@ -174,7 +174,7 @@ def metric_lines(trend: Any, layers: Sequence[Any] | None = None) -> Any:
     ms = trend.metrics
     cols = min(3, len(ms))
     rows = -(-len(ms) // cols)
-    xs = [p.step if p.step is not None else i + 1 for i, p in enumerate(trend.checkpoints)]
+    xs = trend.x_steps()
     with _plain_text():
         fig, axes = _grid(plt, rows, cols, 4.2, 2.3, top=0.35, bottom=0.5)
         for ax, m in zip(axes.flat, ms):
@@ -246,10 +246,10 @@ def _figures(paths: Sequence[str], last: Any, trend: Any, diff: Any) -> list[tup
     base_last = os.path.basename(paths[-1])
     groups: list[tuple[str, list[Figure]]] = []
 
-    def add(title: str, items: list[Any], fn: Callable[[list[Any]], Any]) -> None:
+    # each kind of figure has its own number (OUT-1 ... OUT-5) whichever others are drawn
+    def add(k: int, title: str, items: list[Any], fn: Callable[[list[Any]], Any]) -> None:
         chunks = pages(items)
         figs = []
-        k = len(groups) + 1
         for i, chunk in enumerate(chunks):
             sfx = _suffix(i, len(chunks))
             page = f" (page {i + 1} of {len(chunks)})" if len(chunks) > 1 else ""
@@ -257,23 +257,23 @@ def _figures(paths: Sequence[str], last: Any, trend: Any, diff: Any) -> list[tup
                                functools.partial(fn, chunk)))
         groups.append((title, figs))
 
-    add(f"Histograms per layer: {base_last}", [lr for lr in last.layers if lr.histogram is not None],
+    add(1, f"Histograms per layer: {base_last}", [lr for lr in last.layers if lr.histogram is not None],
         lambda c: layer_histograms(last, c))
     if diff is not None:
-        add(f"First vs last: {os.path.basename(paths[0])} / {base_last}",
+        add(2, f"First vs last: {os.path.basename(paths[0])} / {base_last}",
             [lr for lr in diff.layers if lr.a_summary is not None and lr.b_summary is not None],
             lambda c: overlay(diff, c))
     if trend is not None:
-        add("Ridgeline of histograms over the run",
+        add(3, "Ridgeline of histograms over the run",
             [lt for lt in trend.layers if any(h is not None for h in lt.ridgeline)], lambda c: ridgeline(trend, c))
-        add("Metrics over the run", list(trend.layers), lambda c: metric_lines(trend, c))
+        add(4, "Metrics over the run", list(trend.layers), lambda c: metric_lines(trend, c))
     spectral = getattr(last, "spectral", None)
     if spectral is not None and spectral.layers:
         import types
 
         from wdist.spectral_plots import esd_page
 
-        add("Spectral density (ESD) per layer", [types.SimpleNamespace(name=n) for n in spectral.layers],
+        add(5, "Spectral density (ESD) per layer", [types.SimpleNamespace(name=n) for n in spectral.layers],
             lambda c: esd_page(spectral, [x.name for x in c]))
     return [(t, [f for f in figs if f.names]) for t, figs in groups if any(f.names for f in figs)]
 
@@ -286,10 +286,13 @@ _CSS = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-c
 def write_report(paths: Sequence[str], out: str, formats: Sequence[str] = ("png",), last: Any = None,
                  trend: Any = None, on_file: Callable[[str], None] | None = None,
                  on_error: Callable[[str, str], None] | None = None,
-                 on_step: Callable[[str], None] | None = None, spectral: bool = False) -> str:
+                 on_step: Callable[[str], None] | None = None, spectral: bool = False,
+                 refused: dict[str, str] | None = None) -> str:
     """Images next to `out` (OUT-1.png, or OUT-1a.png, OUT-1b.png, ... when a figure needs several pages)
     and a self-contained OUT.html with every page embedded, a table of contents and a table of every
-    layer. `last`/`trend` reuse reports the caller already has. Returns the HTML path."""
+    layer. `last`/`trend` reuse reports the caller already has. Of a run, the last and first *readable*
+    checkpoints are analysed and compared (an unreadable one is said through `on_error` and in the HTML);
+    `refused` (from expand_inputs) names paths recorded as unreadable unopened. Returns the HTML path."""
     from wdist.analyzers.diff import compare
     from wdist.analyzers.inspect import Options, analyse
     from wdist.analyzers.trend import run
@@ -305,16 +308,20 @@ def write_report(paths: Sequence[str], out: str, formats: Sequence[str] = ("png"
         opts.spectral = SpectralOptions()
         if last is not None and getattr(last, "spectral", None) is None:
             last = None
-    if last is None:
-        step(f"analysing {paths[-1]}")
-        last = analyse(open_checkpoint(paths[-1]), opts)
-    diff = None
+    plain = Options(jobs=1)  # the run and the A/B diff never need the spectral pass (only the last's pages do)
+    readable = list(paths)
     if len(paths) >= 2:
-        step(f"comparing {paths[0]} with {paths[-1]}")
-        diff = compare(open_checkpoint(paths[0]), open_checkpoint(paths[-1]), opts)
         if trend is None:
             step(f"reading the run ({len(paths)} checkpoints)")
-            trend = run(list(paths), opts)
+            trend = run(list(paths), plain, refused=refused)
+        readable = [p.path for p in trend.checkpoints if not p.error] or [paths[-1]]
+    if last is None:
+        step(f"analysing {readable[-1]}")
+        last = analyse(open_checkpoint(readable[-1]), opts)
+    diff = None
+    if len(readable) >= 2:
+        step(f"comparing {readable[0]} with {readable[-1]}")
+        diff = compare(open_checkpoint(readable[0]), open_checkpoint(readable[-1]), plain)
     unread = [(p.path, p.error) for p in (trend.checkpoints if trend is not None else []) if p.error]
     for path, why in unread:  # the report is of the others; each unreadable file is said, never dropped
         if on_error:
@@ -342,14 +349,14 @@ def write_report(paths: Sequence[str], out: str, formats: Sequence[str] = ("png"
         parts.append(f"<tr><td>{_html(lr.name)}</td>{cells}</tr>")
     parts.append("</table>")
     done = 0
-    for k, (title, figs) in enumerate(groups, 1):
+    for title, figs in groups:
         parts.append(f"<h2>{_html(title)}</h2>")
-        for i, f in enumerate(figs):
+        for f in figs:
             done += 1
             step(f"figure {done}/{n_figs}: {f.title}")
             fig = f.make()
             png = _png(fig)
-            base = f"{out}-{k}{_suffix(i, len(figs))}"
+            base = out + f.anchor[len("fig"):]  # OUT-3, OUT-3a: the figure's own number, as its anchor
             if "png" in formats:
                 with open(base + ".png", "wb") as fh:
                     fh.write(png)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from wdist.analyzers.histogram import Histogram
+from wdist.analyzers.text import safe  # tags: names from files, escaped (a lone surrogate cannot be encoded)
+from wdist.analyzers.trend import exact_stats
 from wdist.loaders.errors import MissingDependencyError
 
 if TYPE_CHECKING:
@@ -111,7 +113,7 @@ def _add_hist(w: Any, tag: str, h: Histogram | None, stats: Mapping[str, Any] | 
     f = histogram_fields(h, stats) if h is not None else None
     if f is None:
         return 0
-    w.add_histogram_raw(tag, f.min, f.max, f.num, f.sum, f.sum_squares, f.limits, f.counts, global_step=step)
+    w.add_histogram_raw(safe(tag), f.min, f.max, f.num, f.sum, f.sum_squares, f.limits, f.counts, global_step=step)
     return 1
 
 
@@ -120,24 +122,15 @@ def _add_scalars(w: Any, prefix: str, values: Mapping[str, Any], chosen: Iterabl
     for m in chosen:
         v = _finite(values.get(m))
         if v is not None:  # undefined metrics (None) and NaN/Inf leave a gap, as in the JSON
-            w.add_scalar(f"{prefix}{m}", v, global_step=step)
+            w.add_scalar(safe(f"{prefix}{m}"), v, global_step=step)
             n += 1
     return n
-
-
-def _summary_stats(summary: Any) -> dict[str, Any] | None:
-    """finite_count/min/max/mean/l2_norm of a layer's packed shape-group Summary (the population of the
-    layer's histogram), read from its fields: the packed histogram is left as it is."""
-    if summary is None or not summary.n:
-        return None
-    return {"finite_count": summary.n, "min": summary.min, "max": summary.max, "mean": summary.mean,
-            "l2_norm": math.sqrt(summary.sumsq)}
 
 
 def write_trend(report: TrendReport, logdir: str, tensors: bool = False,
                 metrics: Sequence[str] | None = None) -> Written:
     """One histogram per layer (and per tensor when `tensors` and the report holds tensor histograms) at
-    each checkpoint's step (its index when it has none), and `metrics` (default: the report's) as
+    each checkpoint's step (every checkpoint at its position 1, 2, ... when one has none: TrendReport.x_steps), and `metrics` (default: the report's) as
     scalars. Checkpoints that could not be read are left out."""
     chosen = list(metrics if metrics is not None else report.metrics)
     w = _writer(logdir)
@@ -145,14 +138,14 @@ def write_trend(report: TrendReport, logdir: str, tensors: bool = False,
     steps: list[int] = []
     try:
         tensor_hists: Mapping[str, Sequence[Any]] = getattr(report, "tensor_histograms", None) or {}
+        xs = report.x_steps()
         for i, pt in enumerate(report.checkpoints):
             if pt.error:
                 continue
-            step = pt.step if pt.step is not None else i
+            step = xs[i]
             steps.append(step)
             for lt in report.layers:
-                ridge_stats = getattr(lt, "ridge_stats", None)
-                st = ridge_stats[i] if ridge_stats and i < len(ridge_stats) else None
+                st = lt.ridge_stats[i] if i < len(lt.ridge_stats) else None
                 if i < len(lt.ridgeline):
                     nh += _add_hist(w, f"layer/{lt.name}", lt.ridgeline[i], st, step)
                 ns += _add_scalars(w, f"layer/{lt.name}/", {m: s[i] for m, s in lt.series.items() if i < len(s)},
@@ -185,7 +178,7 @@ def write_inspect(report: InspectReport, logdir: str, step: int | None = None, t
     nh = ns = 0
     try:
         for lr in report.layers:
-            nh += _add_hist(w, f"layer/{lr.name}", lr.histogram, _summary_stats(lr.summary), step)
+            nh += _add_hist(w, f"layer/{lr.name}", lr.histogram, exact_stats(lr.summary), step)
             ns += _add_scalars(w, f"layer/{lr.name}/", lr.stats, chosen, step)
         if tensors:
             for t in report.tensors:

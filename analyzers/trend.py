@@ -112,6 +112,9 @@ class LayerTrend:
     change_prev: dict[str, float | None]
     ridgeline: list[Histogram | None] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # per checkpoint, the exact finite_count/min/max/mean/l2_norm of the values each ridgeline row bins
+    # (TensorBoard's histogram min, max and sums); not in the JSON, which has the layer's series
+    ridge_stats: list[dict[str, Any] | None] = field(default_factory=list, repr=False)
 
 
 @dataclass
@@ -127,6 +130,13 @@ class TrendReport(ReportMixin):
     spectral: dict[str, dict[str, list[float | None]]] | None = None  # metric -> layer -> series (--spectral)
 
     SCHEMA = "wdist/trend/1"
+
+    def x_steps(self) -> list[int]:
+        """Where each checkpoint goes on a step axis (TensorBoard, charts): its step when every checkpoint
+        has one, else every checkpoint at its position 1, 2, ... (a mix would put them out of run order)."""
+        if all(p.step is not None for p in self.checkpoints):
+            return [int(p.step) for p in self.checkpoints if p.step is not None]
+        return list(range(1, len(self.checkpoints) + 1))
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": self.SCHEMA, "order": self.order, "metrics": list(self.metrics),
@@ -278,6 +288,7 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
         lt = LayerTrend(name, series, first, prev)
         if ridgeline:
             lt.ridgeline = _ridge(layer_summ[name], opts.bins)
+            lt.ridge_stats = [exact_stats(x) for x in layer_summ[name]]
         # the last interval between readable checkpoints: an unreadable last one must not hide the movement
         moves = [(t, _last_move([tensor_l2[t][i] for i in readable if i < len(tensor_l2[t])]))
                  for t in by_layer.get(name, [])]
@@ -316,6 +327,13 @@ def _for_ridge(s: Summary | None) -> Summary | None:
     out = copy.copy(s)
     out.sample = None
     return out
+
+
+def exact_stats(s: Summary | None) -> dict[str, Any] | None:
+    """finite_count/min/max/mean/l2_norm of a summary's finite values, from its fields."""
+    if s is None or not s.n:
+        return None
+    return {"finite_count": s.n, "min": s.min, "max": s.max, "mean": s.mean, "l2_norm": math.sqrt(s.sumsq)}
 
 
 def _ridge(summ: list[Summary | None], bins: int) -> list[Histogram | None]:

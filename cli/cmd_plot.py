@@ -18,14 +18,19 @@ def plot(paths: tuple[str, ...], out: str, formats: tuple[str, ...], spectral: b
     """Write per-layer histograms (linear and log|w|), an A/B overlay of the first and last checkpoint, a
     ridgeline of histograms across checkpoints, metric-over-step charts, and a self-contained HTML report
     with every layer. Prints each file it writes. Needs the plot extra: pip install 'wdist[plot]'."""
+    import os
     import sys
 
     from wdist.analyzers.trend import expand_inputs, order_points
     from wdist.cli.main import reading
     from wdist.cli.render.common import quiet, safe
+    from wdist.loaders.errors import UsageError
     from wdist.plots import write_report
 
-    ordered, _ = order_points(expand_inputs(list(paths)), given=False)
+    if not os.path.basename(out):  # "-o ''" or "-o dir/" would write "-1.png" and a hidden ".html"
+        raise UsageError(None, f"-o/--out {out!r} names no file prefix: give e.g. {os.path.join(out, 'report')!r}")
+    refused: dict[str, str] = {}
+    ordered, _ = order_points(expand_inputs(list(paths), refused), given=False)
     files = [p.path for p in ordered]
     reading(files[-1] if files else None)
     show = not quiet() and sys.stderr.isatty()
@@ -45,6 +50,12 @@ def plot(paths: tuple[str, ...], out: str, formats: tuple[str, ...], spectral: b
         unread.append(path)
         echo_err(_error_line(path, why))
 
-    write_report(files, out, formats or ("png",), on_file=wrote, on_step=step, spectral=spectral, on_error=failed)
+    try:
+        write_report(files, out, formats or ("png",), on_file=wrote, on_step=step, spectral=spectral,
+                     on_error=failed, refused=refused)
+    except OSError as e:  # the output side (readers raise typed errors): name the output path, not an input
+        reading(None)
+        echo_err(_error_line(str(e.filename) if e.filename else out, e.strerror or str(e)))
+        raise SystemExit(2) from None
     if unread:  # the report covers the others; as in trend, an unreadable checkpoint makes the exit code 2
         raise SystemExit(2)

@@ -211,3 +211,69 @@ def test_an_unreadable_checkpoint_in_the_middle_is_said_not_dropped(three_ckpts,
     assert len(errors) == 1 and "checkpoint-200.pt" in errors[0]
     html = (tmp_path / "report.html").read_text()
     assert "not read:" in html and "checkpoint-200.pt" in html and html.count("data:image/png;base64,") >= 3
+
+
+@pytest.mark.parametrize("bad", ["checkpoint-100.pt", "checkpoint-300.pt"])
+def test_an_unreadable_first_or_last_checkpoint_still_gives_the_report(three_ckpts, tmp_path, bad):
+    """Only a damaged middle file was tolerated: a damaged first or last one wrote nothing (review)."""
+    import shutil
+
+    d = tmp_path / "run"
+    d.mkdir()
+    for p in three_ckpts:
+        shutil.copy(p, d / p.name)
+    (d / bad).write_bytes(b"junk")
+    out = tmp_path / "r"
+    r = run("plot", d, "-o", out)
+    assert r.exit_code == 2, r.output
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("wdist: error:")]
+    assert len(errors) == 1 and bad in errors[0]
+    html = (tmp_path / "r.html").read_text()
+    assert f"not read: {d / bad}" in html
+    # the figures keep their numbers: histograms, overlay, ridgeline, metrics
+    assert sorted(p.name for p in tmp_path.glob("r-*.png")) == ["r-1.png", "r-2.png", "r-3.png", "r-4.png"]
+
+
+def test_an_entry_symlinked_out_of_the_run_is_named(three_ckpts, tmp_path):
+    import shutil
+
+    d = tmp_path / "run"
+    d.mkdir()
+    for p in three_ckpts[:2]:
+        shutil.copy(p, d / p.name)
+    os.symlink(three_ckpts[2], d / "checkpoint-300.pt")
+    r = run("plot", d, "-o", tmp_path / "r")
+    assert r.exit_code == 2
+    assert "checkpoint-300.pt" in r.stderr and "symlink" in r.stderr
+    assert "checkpoint-300.pt" in (tmp_path / "r.html").read_text()
+
+
+def test_figure_numbers_do_not_shift(three_ckpts, tmp_path):
+    """One checkpoint with --spectral: OUT-1 and OUT-5 (the ESD pages), the numbers the HTML anchors use."""
+    pytest.importorskip("matplotlib")
+    r = run("plot", three_ckpts[0], "-o", tmp_path / "r", "--spectral")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.glob("r-*.png")) == ["r-1.png", "r-5.png"]
+    html = (tmp_path / "r.html").read_text()
+    assert "id='fig-1'" in html and "id='fig-5'" in html
+
+
+@pytest.mark.parametrize("kind", ["file-parent", "dir-html", "empty", "slash"])
+def test_output_paths_that_cannot_be_written(three_ckpts, tmp_path, kind):
+    if kind == "file-parent":
+        (tmp_path / "afile").write_text("x")
+        out, name = tmp_path / "afile" / "x", str(tmp_path / "afile")
+    elif kind == "dir-html":
+        (tmp_path / "o").mkdir()
+        (tmp_path / "o" / "y.html").mkdir()
+        out, name = tmp_path / "o" / "y", str(tmp_path / "o" / "y.html")
+    else:
+        out, name = ("" if kind == "empty" else f"{tmp_path}/"), None
+    r = run("plot", *three_ckpts, "-o", out)
+    assert r.exit_code == 2
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("wdist: error:")]
+    assert len(errors) == 1, r.output
+    if name:
+        assert errors[0].startswith(f"wdist: error: {name}: ") and "checkpoint-300" not in errors[0]
+    else:
+        assert "names no file prefix" in errors[0] and not list(tmp_path.glob("-*.png"))
