@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from wdist.analyzers.histogram import Histogram
 from wdist.analyzers.text import safe  # tags: names from files, escaped (a lone surrogate cannot be encoded)
 from wdist.analyzers.trend import exact_stats
-from wdist.loaders.errors import MissingDependencyError
+from wdist.loaders.errors import MissingDependencyError, UsageError
 
 if TYPE_CHECKING:
     from wdist.analyzers.inspect import InspectReport
@@ -59,7 +59,11 @@ def require(logdir: str | None = None) -> Any:
 
 
 def _writer(logdir: str) -> Any:
-    return require(logdir)(logdir=logdir)
+    cls = require(logdir)
+    try:
+        return cls(logdir=logdir)
+    except OSError as e:  # a log folder that cannot be made: named, not blamed on the checkpoint
+        raise UsageError(logdir, f"cannot write TensorBoard events there: {e.strerror or e}") from None
 
 
 def _finite(v: Any) -> float | None:

@@ -150,3 +150,16 @@ def test_byte_sizes_never_read_1024_of_a_unit(n, text):
     from wdist.cli.render.common import human_bytes
 
     assert human_bytes(n) == text
+
+
+@pytest.mark.parametrize("cmd", ["inspect", "trend"])
+def test_a_tensorboard_folder_that_cannot_be_made_is_named(tmp_path, cmd):
+    pytest.importorskip("tensorboardX")
+    p = _randn(tmp_path / "a.pt")
+    (tmp_path / "afile").write_text("x")
+    target = tmp_path / "afile" / "sub"
+    args = [cmd, p] + ([p] if cmd == "trend" else []) + ["--tensorboard", target]
+    r = run(*args)
+    assert r.exit_code == 2
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("wdist: error:")]
+    assert errors == [f"wdist: error: {target}: cannot write TensorBoard events there: Not a directory"]
