@@ -355,6 +355,8 @@ def _last_move(vals: list[float | None]) -> tuple[float, float] | None:
     """(relative L2 change over the last interval, last L2) of a tensor; the change is inf when the L2
     norm left exactly 0 (a beta or bias moving off its zero init)."""
     if len(vals) >= 2 and vals[-1] is not None and vals[-2] is not None:
+        if vals[-2] == vals[-1] == 0:  # exactly zero throughout (a zero bias, beta): it did not move
+            return (0.0, 0.0)
         r = _rel(vals[-2], vals[-1])
         return None if r is None else (r, vals[-1])
     return None

@@ -372,10 +372,16 @@ def judge_model(tensors: Sequence[tuple[Reading, int]], shape_reading: Reading, 
                         "signatures")
     if record:
         state = "trained"
+        # the record that decided it comes first (the summary gives evidence[0] as the reason): a step of 0
+        # recorded beside optimizer state is not why
+        if step is not None and step[1] <= 0:
+            evidence.append(evidence.pop(0))
     elif share is not None and share >= INIT_SHARE:
         state = "initialised"
     elif share is not None and share < TRAINED_SHARE and uniform < INIT_SHARE:
         state = "trained"
+        if step is not None:  # decided by the weights, not by a recorded step of 0: that reason first
+            evidence.append(evidence.pop(0))
     else:
         if share is not None and share < TRAINED_SHARE:
             evidence.append(f"{100 * uniform:.0f}% of weight parameters are uniform-shaped, as a fresh uniform "
@@ -419,6 +425,9 @@ def note_degenerate(r: Reading, m: Stats) -> str | None:
             return f"all zero: {r.group.replace('_', ' ')} at its usual initial value, not sparsity"
         return "all zeros: never trained, pruned away entirely, or zero-initialised"
     if r.shape == "constant":
+        if m.get("min") != m.get("max"):  # a pool of constant members at different values
+            return (f"constant members: each tensor holds one value ({_g(m['min'])} to {_g(m['max'])}; an "
+                    "initialisation that has not moved?)")
         if "at_init" in r.flags:
             return f"every value is {_g(m['mean'])}: {r.group.replace('_', ' ')} at its usual initial value"
         return f"constant: every value is {_g(m['mean'])} (an initialisation that has not moved?)"

@@ -116,3 +116,18 @@ def test_watch_never_rereads_a_file_replaced_by_a_symlink_out(tmp_path):
     rounds.append(next(gen))
     assert [os.path.basename(p) for p in rounds[0]] == ["step1.pt"]
     assert [os.path.basename(p) for p in rounds[1]] == ["step2.pt"]
+
+
+def test_a_tensor_at_zero_throughout_does_not_hide_its_layer_moving(tmp_path):
+    """A bias that stays exactly 0 had an unknown change (0 -> 0), which blanked the layer's moving/settled."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 64, generator=g)
+    paths = []
+    for i, scale in enumerate((1.0, 1.2, 1.44)):
+        torch.save({"moving.weight": w * scale, "moving.bias": torch.zeros(64),
+                    "rest.weight": w.clone(), "rest.bias": torch.zeros(64)}, tmp_path / f"step-{i + 1}.pt")
+        paths.append(str(tmp_path / f"step-{i + 1}.pt"))
+    rep = run(paths, Options(jobs=1))
+    notes = {lt.name: lt.notes for lt in rep.layers}
+    assert any(n.startswith("still moving: L2 norm changed +20.0% (moving.weight)") for n in notes["moving"]), notes
+    assert any(n.startswith("settled") for n in notes["rest"]), notes

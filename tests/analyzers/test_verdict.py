@@ -402,3 +402,32 @@ def test_an_embeddings_padding_row_is_not_a_dead_unit(tmp_path):
     w[:2] = 0  # two zero rows are more than a padding row
     torch.save({"emb.weight": w}, tmp_path / "emb2.pt")
     assert "dead_units" in wdist.inspect(str(tmp_path / "emb2.pt")).tensors[0].reading.flags
+
+
+def test_constant_members_at_different_values_are_not_one_value() -> None:
+    """Two constant weights (0.1 and 0.3) pooled: the note said "every value is 0.2", a value none has."""
+    import wdist
+
+    rep = wdist.inspect({"l0.weight": np.full((16, 16), 0.1, np.float32),
+                         "l1.weight": np.full((16, 16), 0.3, np.float32)}, jobs=1)
+    assert rep.reading is not None and rep.reading.shape == "constant"
+    text = " ".join(rep.model.notes)
+    assert "0.2" not in text and "0.1 to 0.3" in text
+    # a single constant tensor still says its value
+    assert any("every value is 0.1" in n for n in rep.tensors[0].notes)
+
+
+def test_a_recorded_step_of_0_is_not_the_reason_for_trained(tmp_path: Path) -> None:
+    import torch
+
+    import wdist
+
+    rng = np.random.default_rng(0)
+    sd = {f"l{i}.weight": torch.from_numpy(rng.standard_t(3, size=(256, 256)).astype(np.float32) * 0.05)
+          for i in range(4)}
+    torch.save({"state_dict": sd, "global_step": 0}, tmp_path / "step0.pt")
+    rep = wdist.inspect(str(tmp_path / "step0.pt"), jobs=1)
+    assert rep.reading is not None and rep.reading.state == "trained"
+    assert rep.reading.evidence[0].startswith("0 of 4 weight tensors")
+    assert "global_step 0 recorded in the checkpoint" in rep.reading.evidence[1:]
+    assert "State: trained (0 of 4 weight tensors" in rep.model.summary
