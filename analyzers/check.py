@@ -113,6 +113,10 @@ def validate_glob(g: str, where: str) -> None:
         raise UsageError(None, f"{where}: malformed glob {g!r} (unclosed '[' or empty)")
 
 
+# the change metrics a diff pools over the whole model (DiffReport.summary); the others are per tensor
+MODEL_CHANGE_METRICS = ("rel_l2_change", "cosine")
+
+
 def parse_rule(text: str, origin: str = "--rule", baseline: bool = False) -> Rule:
     parts = _split_rule(text)
     if parts is None:
@@ -139,6 +143,10 @@ def parse_rule(text: str, origin: str = "--rule", baseline: bool = False) -> Rul
     elif metric not in valid:
         raise UsageError(None, f"{origin}: unknown metric {metric!r} in {text[:200]!r}; valid metrics: "
                          f"{', '.join(valid + tuple(VERDICT))}")
+    if scope == "model" and metric in CHANGE_METRICS and metric not in MODEL_CHANGE_METRICS:
+        raise UsageError(None, f"{origin}: {metric} is a per-tensor change metric with no model-wide value, in "
+                         f"{text[:200]!r}; model rules take {' or '.join(MODEL_CHANGE_METRICS)}, or write a "
+                         f"tensor glob, e.g. '*.weight: {metric} {op} {raw}'")
     if metric in SPECTRAL_METRICS and scope == "model":
         raise UsageError(None, f"{origin}: {metric} is a per-matrix spectral metric with no model-wide value, in "
                          f"{text[:200]!r}; write a tensor glob instead, e.g. '*.weight: {metric} {op} {raw}'")

@@ -17,6 +17,7 @@ def test_every_operator(op):
     ("*.weight zero_fraction >= 0.5", "cannot parse"), ("*: zero_frac >= 0.5", "unknown metric"),
     ("*: zero_fraction => 0.5", "cannot parse"), ("*: kurtosis < ten", "not a number"),
     ("[abc: kurtosis < 1", "malformed glob"), ("*: rel_l2_change < 0.1", "baseline"),
+    ("model: max_abs_change <= 0", "no model-wide value"), ("model: ks < 0.1", "no model-wide value"),
 ])
 def test_invalid_rules(text, match):
     with pytest.raises(UsageError, match=match):
