@@ -163,3 +163,13 @@ def test_a_tensorboard_folder_that_cannot_be_made_is_named(tmp_path, cmd):
     assert r.exit_code == 2
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("wdist: error:")]
     assert errors == [f"wdist: error: {target}: cannot write TensorBoard events there: Not a directory"]
+
+
+def test_json_keeps_every_layer_in_file_order_whatever_sort_and_top(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    torch.save({f"l{i}.weight": torch.randn(16, 16, generator=g) * (i + 1) for i in range(5)}, tmp_path / "s.pt")
+    d = json.loads(run("inspect", tmp_path / "s.pt", "--sort", "std", "--top", "2", "--format", "json").stdout)
+    assert [lr["name"] for lr in d["layers"]] == [f"l{i}" for i in range(5)]
+    rows = list(csv.DictReader(io.StringIO(run("inspect", tmp_path / "s.pt", "--sort", "std", "--top", "2",
+                                               "--format", "csv").stdout)))
+    assert [r["name"] for r in rows] == ["l4", "l3"]
