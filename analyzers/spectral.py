@@ -193,8 +193,14 @@ class GramState:
 
 
 def accumulate_gram(ref: TensorRef, view: MatrixView, opts: SpectralOptions | None = None) -> GramState:
-    """Stream the tensor once (tall matrices) or once per column panel (wide ones) into its Gram matrices."""
-    opts = opts or SpectralOptions()
+    """Stream the tensor once (tall matrices) or once per column panel (wide ones) into its Gram matrices.
+    NaN/Inf make a non-finite Gram, which the caller reports ("the tensor has NaN or Inf values"): numpy's
+    RuntimeWarning about it would only reach the user's stderr as noise."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        return _accumulate_gram(ref, view, opts or SpectralOptions())
+
+
+def _accumulate_gram(ref: TensorRef, view: MatrixView, opts: SpectralOptions) -> GramState:
     st = GramState.empty(view)
     if st.side == "cols":
         for k, _r0, b in _row_blocks(ref, view, opts.chunk_elems):

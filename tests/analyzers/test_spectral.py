@@ -435,3 +435,20 @@ def test_check_passes_the_spectral_options_on(tmp_path):
     for conv, want in (("flatten", flat), ("per-kernel", per)):
         rr = wdist.check(p, [f"conv2.weight: tail_count <= {want}"], config=False, spectral_conv=conv).checkpoints[0]
         assert rr.rules[0].verdict == "pass" and rr.rules[0].results[0].value == want
+
+
+def test_nan_matrices_make_no_numpy_warnings(tmp_path):
+    """A NaN weight's Gram is non-finite and reported as such; numpy's matmul warning leaked to stderr."""
+    import warnings
+
+    import wdist
+
+    w = np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32)
+    w[0, 0], w[1, 1], w[2, 2] = np.nan, np.inf, -np.inf  # inf * 0 and inf - inf in the Gram: "invalid value"
+    from safetensors.numpy import save_file
+
+    save_file({"a.weight": w}, str(tmp_path / "nan.safetensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rep = wdist.inspect(str(tmp_path / "nan.safetensors"), jobs=1, spectral=True)
+    assert rep.spectral is not None
