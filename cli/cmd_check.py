@@ -55,15 +55,24 @@ def check(paths: tuple[str, ...], rule_texts: tuple[str, ...], config_path: str 
     from wdist.cli.options import runtime
     from wdist.cli.render import check_render
     from wdist.cli.render.common import output_may_end
+    from wdist.loaders.errors import WdistError
 
     holder = build_holder()
     with runtime(holder, scheduler, cluster, no_cache):
         cfg = config_path if config_path else (False if no_config else None)
-        report = wdist.check(list(paths), list(rule_texts), config=cfg,
-                             baseline=baseline, allow_empty=allow_empty, roles=roles or None, near_zero_rel=near_zero_rel,
-                             near_zero_abs=near_zero_abs, jobs=jobs, format=input_format, cache=holder.cache,
-                             engine=holder.engine, spectral=True if spectral else None,
-                             spectral_max_side=spectral_max_side, spectral_conv=spectral_conv, on_file=reading)
+        try:
+            report = wdist.check(list(paths), list(rule_texts), config=cfg,
+                                 baseline=baseline, allow_empty=allow_empty, roles=roles or None,
+                                 near_zero_rel=near_zero_rel, near_zero_abs=near_zero_abs, jobs=jobs,
+                                 format=input_format, cache=holder.cache, engine=holder.engine,
+                                 spectral=True if spectral else None, spectral_max_side=spectral_max_side,
+                                 spectral_conv=spectral_conv, on_file=reading)
+        except WdistError as e:
+            # nothing was checked (bad rule, config or baseline): a CI job still gets its JUnit report,
+            # one error test case saying why, before the usual error line
+            if junit_path:
+                _written(junit_path, lambda: check_render.write_junit_error(e.path, e.reason, junit_path))
+            raise
     reading(None)
     set_exit(report.exit_code)
     with output_may_end():

@@ -89,6 +89,16 @@ def write_junit(results: list[CheckpointResult], path: str) -> None:
     ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
 
 
+def write_junit_error(path: str | None, reason: str, out: str) -> None:
+    """JUnit XML of a check that could not run at all: one test case in error, saying why."""
+    suites = ET.Element("testsuites", name="wdist check")
+    suite = ET.SubElement(suites, "testsuite", name="wdist check", tests="1", failures="0", errors="1")
+    c = ET.SubElement(suite, "testcase", classname="wdist.check", name=safe(f"read {path}" if path else "check"))
+    msg = safe(f"{path}: {reason}" if path else reason)
+    ET.SubElement(c, "error", message=msg).text = msg
+    ET.ElementTree(suites).write(out, encoding="utf-8", xml_declaration=True)
+
+
 def _gh_escape(s: str) -> str:
     return safe(s).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 

@@ -173,3 +173,18 @@ def test_json_keeps_every_layer_in_file_order_whatever_sort_and_top(tmp_path):
     rows = list(csv.DictReader(io.StringIO(run("inspect", tmp_path / "s.pt", "--sort", "std", "--top", "2",
                                                "--format", "csv").stdout)))
     assert [r["name"] for r in rows] == ["l4", "l3"]
+
+
+def test_junit_is_written_when_the_baseline_cannot_be_read(tmp_path):
+    p = _randn(tmp_path / "a.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    junit = tmp_path / "bj.xml"
+    r = run("check", p, "--no-config", "--baseline", bad, "--rule", "*: rel_l2_change < 0.1", "--junit", junit)
+    assert r.exit_code == 2
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("wdist: error:")][0].startswith(f"wdist: error: {bad}:")
+    root = ET.parse(junit).getroot()
+    suite = root.find("testsuite")
+    assert suite is not None and suite.get("errors") == "1"
+    err = root.find(".//testcase/error")
+    assert err is not None and str(bad) in err.get("message", "")
