@@ -71,7 +71,8 @@ def check(paths: tuple[str, ...], rule_texts: tuple[str, ...], config_path: str 
             # nothing was checked (bad rule, config or baseline): a CI job still gets its JUnit report,
             # one error test case saying why, before the usual error line
             if junit_path:
-                _written(junit_path, lambda: check_render.write_junit_error(e.path, e.reason, junit_path))
+                where, why = e.path, e.reason
+                _written(junit_path, lambda: check_render.write_junit_error(where, why, junit_path))
             raise
     reading(None)
     set_exit(report.exit_code)
