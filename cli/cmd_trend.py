@@ -111,20 +111,21 @@ def _watch(source: str, opts: object, metrics: tuple[str, ...], order: str, fmt:
     from wdist.analyzers.trend import watch
     from wdist.cli.render import trend_render
 
-    seen: dict[str, str] = {}  # path -> the checkpoint's JSON as last printed: printed again when it changes
+    seen: dict[str, str] = {}  # path -> its line as last printed (values too): printed again when it changes
     try:
         for done in watch(source, poll=interval, settle=interval):
             report = wdist.trend(done, metrics=metrics, order=order, format=input_format, opts=opts)  # type: ignore[arg-type]
             if fmt == "jsonl":
                 d = report.to_dict()
                 for i, pt in enumerate(d["checkpoints"]):
-                    text = json.dumps(pt, sort_keys=True, allow_nan=False)
-                    if seen.get(pt["path"]) == text:
-                        continue
-                    seen[pt["path"]] = text
                     line = {"schema": "wdist/trend-point/1", "checkpoint": pt,
                             "layers": {lt["name"]: {m: lt["series"][m][i] for m in d["metrics"]} for lt in d["layers"]},
                             "model": {m: d["model"]["series"][m][i] for m in d["metrics"]}}
+                    # the values are compared too: a file rewritten in place keeps its path, step and label
+                    text = json.dumps(line, sort_keys=True, allow_nan=False)
+                    if seen.get(pt["path"]) == text:
+                        continue
+                    seen[pt["path"]] = text
                     click.echo(json.dumps(line, allow_nan=False))
             else:
                 trend_render.render(report, fmt, hist)

@@ -60,6 +60,38 @@ def test_watch_prints_one_json_line_per_new_checkpoint(tmp_path):
     assert proc.returncode == 0, err
 
 
+def _readline(proc: subprocess.Popen, timeout: float = 60.0) -> str:
+    """The child's next stdout line, or a test failure after `timeout` s (never a hang)."""
+    import select
+
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no line from the watcher within {timeout} s"
+    return proc.stdout.readline()  # type: ignore[union-attr]
+
+
+def test_watch_prints_a_checkpoint_rewritten_in_place_again(tmp_path):
+    """Its path, step and label stay; only the values change: the line must be printed again (review)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _ckpt(run_dir / "step1.safetensors")
+    env = {**os.environ, "WDIST_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "wdist", "trend", str(run_dir), "--watch", "--interval", "0.2",
+                             "--format", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line1 = _readline(proc)
+        tmp = run_dir / "tmp.part"  # the new contents, renamed over the old file once complete
+        _ckpt(tmp, 5.0)
+        os.replace(tmp, run_dir / "step1.safetensors")
+        line2 = _readline(proc)
+    finally:
+        proc.send_signal(2)
+        out, err = proc.communicate(timeout=30)
+    a, b = json.loads(line1), json.loads(line2)
+    assert a["checkpoint"]["path"] == b["checkpoint"]["path"] and b["checkpoint"]["step"] == 1
+    assert b["layers"]["fc"]["l2_norm"] == pytest.approx(5 * a["layers"]["fc"]["l2_norm"], rel=1e-6)
+    assert proc.returncode == 0, err
+
+
 def test_local_cluster_gives_the_local_json(tmp_path):
     pytest.importorskip("distributed")
     paths = [_ckpt(tmp_path / f"s{i}.safetensors", i + 1.0) for i in range(2)]
