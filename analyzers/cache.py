@@ -18,6 +18,7 @@ import io
 import json
 import os
 import re
+import stat
 import tempfile
 import typing
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from wdist.loaders.errors import UsageError
 
 # Bump when the Summary fields or their meaning change (3: the C kernel sums in 16 lanes, which moves the
 # last bits of the moments): old entries then simply miss.
@@ -104,8 +107,7 @@ class SummaryCache:
         entries = {}
         p = self._path(bundle)
         try:
-            with open(p, "rb") as f:
-                data = f.read()
+            data = _read_regular(p, self.max_bytes)
             entries = _unpack_bundle(data)
             with contextlib.suppress(OSError):
                 os.utime(p)  # most recently used
@@ -204,15 +206,23 @@ class SummaryCache:
         return removed
 
     def clear(self) -> int:
+        """Remove every bundle; returns how many. Raises UsageError naming the folder when some could not
+        be removed (a read-only cache): "removed 0 files" would read as an empty cache."""
         n = 0
+        failed: list[OSError] = []
         for p, _, _ in self.entries():
             try:
                 os.unlink(p)
                 n += 1
-            except OSError:
+            except FileNotFoundError:
                 pass
+            except OSError as e:
+                failed.append(e)
         self._bundles.clear()
         self._dirty.clear()
+        if failed:
+            raise UsageError(self.directory, f"removed {n} files; {len(failed)} could not be removed "
+                             f"({failed[0].strerror or failed[0]})")
         return n
 
 
@@ -278,6 +288,20 @@ def _pack_bundle(entries: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, allow_pickle=False, **arrays)
     return buf.getvalue()
+
+
+def _read_regular(path: str, limit: int) -> bytes:
+    """A bundle's bytes, only from a regular file of at most `limit` bytes: the cache folder may be shared,
+    and a FIFO (would block) or a link to /dev/zero (endless) in a bundle's place is a damaged bundle."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            raise ValueError(f"{path}: not a regular file of at most {limit} bytes")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(st.st_size + 1)  # a file that grew meanwhile reads long and fails to unpack
+    finally:
+        os.close(fd)
 
 
 def _unpack_bundle(data: bytes) -> dict[str, Any]:

@@ -261,3 +261,43 @@ def test_an_entry_with_impossible_values_is_a_miss(tmp_path, tamper):
         c.put(key, s)
         c.flush()
         assert SummaryCache(str(tmp_path / "cache")).get(key, type(s)) is None
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero", "huge"])
+def test_special_files_in_a_bundles_place_are_never_read(tmp_path, rng, kind):
+    """The cache folder may be shared: a FIFO there blocked every run, a link to /dev/zero read without end."""
+    ref = _ckpt(tmp_path, rng)
+    cache = SummaryCache(str(tmp_path / "cache"), max_bytes=1 << 20)
+    key = tensor_key(ref, 1 << 20)
+    cache.put(key, summarize_tensor(ref))
+    cache.flush()
+    (path, _, _), = cache.entries()
+    os.unlink(path)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "devzero":
+        os.symlink("/dev/zero", path)
+    else:
+        with open(path, "wb") as f:
+            f.truncate(2 << 20)  # beyond the cache's own size bound
+    fresh = SummaryCache(str(tmp_path / "cache"), max_bytes=1 << 20)
+    assert fresh.get(key, Summary) is None  # a miss, at once
+    fresh.put(key, summarize_tensor(ref))
+    fresh.flush()
+    _same(SummaryCache(str(tmp_path / "cache")).get(key, Summary), summarize_tensor(ref))
+
+
+def test_clear_says_what_it_could_not_remove(tmp_path, rng, monkeypatch):
+    from wdist.loaders.errors import UsageError
+
+    ref = _ckpt(tmp_path, rng)
+    cache = SummaryCache(str(tmp_path / "cache"))
+    cache.put(tensor_key(ref, 1 << 20), summarize_tensor(ref))
+    cache.flush()
+
+    def refuse(p, *a, **k):  # a read-only cache folder (root ignores chmod, so the refusal is simulated)
+        raise PermissionError(30, "Read-only file system", p)
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    with pytest.raises(UsageError, match=r"removed 0 files; 1 could not be removed \(Read-only file system\)"):
+        cache.clear()
