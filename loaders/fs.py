@@ -133,8 +133,10 @@ def exists(path: str) -> bool:
         return True
     except MissingDependencyError as e:
         raise MissingDependencyError(redact(path), e.reason) from None
-    except WdistError:
-        return False
+    except WdistError as e:
+        if e.reason == "no such object":
+            return False
+        raise  # access denied, a server that fails: said as such, never as a missing file
 
 
 def isdir(path: str) -> bool:

@@ -252,3 +252,22 @@ def test_a_remote_file_without_a_validator_is_not_cached(http_dir, monkeypatch):
         file_identity(f"{url}/m.safetensors")
     with open_checkpoint(f"{url}/m.safetensors") as ck:
         assert tensor_key(ck.tensors[0], 1 << 20) is None
+
+
+def test_wrong_s3_credentials_are_said_as_such(s3, tmp_path, torch_model_sd, monkeypatch):
+    """With moto checking credentials, s3fs raises PermissionError; wdist said "no such file or directory"."""
+    from moto import settings
+
+    torch.save(torch_model_sd, tmp_path / "m.pt")
+    s3.put_file(str(tmp_path / "m.pt"), "ckpts/auth/m.pt")
+    import fsspec
+
+    fsspec.filesystem("s3").clear_instance_cache()
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # every request is now authorised
+    try:
+        r = run("ls", "s3://ckpts/auth/m.pt")
+    finally:
+        fsspec.filesystem("s3").clear_instance_cache()
+    assert r.exit_code == 2
+    line = r.output.strip().splitlines()[-1]
+    assert line == "wdist: error: s3://ckpts/auth/m.pt: access denied (check credentials)", line
