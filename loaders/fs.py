@@ -62,6 +62,33 @@ def redact(url: str) -> str:
     return _QUERY.sub(_redact_query, url)
 
 
+DEFAULT_TIMEOUT_S = 60.0
+
+
+def remote_timeout() -> float:
+    """Seconds a remote connect or read may wait without progress: $WDIST_REMOTE_TIMEOUT, else 60. A server
+    that stops answering must end the command with an error, never hang it."""
+    try:
+        t = float(os.environ.get("WDIST_REMOTE_TIMEOUT", DEFAULT_TIMEOUT_S))
+    except ValueError:
+        return DEFAULT_TIMEOUT_S
+    return t if 0 < t < 1e6 else DEFAULT_TIMEOUT_S
+
+
+def _timeouts(proto: str) -> dict[str, Any]:
+    """The fsspec options that bound each request: botocore's connect/read timeouts (one retry) for S3,
+    aiohttp's per-socket-operation timeouts for HTTP(S). Other back-ends keep their own defaults."""
+    t = remote_timeout()
+    if proto in ("s3", "s3a"):
+        return {"config_kwargs": {"connect_timeout": t, "read_timeout": t,
+                                  "retries": {"max_attempts": 1, "mode": "standard"}}}
+    if proto in ("http", "https"):
+        import aiohttp
+
+        return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)}}
+    return {}
+
+
 def _filesystem(proto: str) -> Any:
     # fsspec keeps one instance per protocol and options itself; wdist holds none
     try:
@@ -70,11 +97,16 @@ def _filesystem(proto: str) -> Any:
         extra = EXTRAS.get(proto, ("remote", "fsspec"))[0]
         raise MissingDependencyError(None, f"reading {proto}:// URLs needs fsspec (pip install 'wdist[{extra}]')") from None
     try:
-        return fsspec.filesystem(proto)
+        fs = fsspec.filesystem(proto, **_timeouts(proto))
     except (ImportError, ValueError) as e:
         extra, pkgs = EXTRAS.get(proto, ("remote", "fsspec"))
         raise MissingDependencyError(None, f"reading {proto}:// URLs needs {pkgs} (pip install 'wdist[{extra}]'): "
                                      f"{str(e)[:80]}") from None
+    if proto in ("s3", "s3a"):
+        # s3fs retries a timed-out call itself (5 times by default) on top of botocore: once, so a silent
+        # server costs a few timeouts, not twenty (the instance is the one these options alone create)
+        fs.retries = 1
+    return fs
 
 
 def filesystem(url: str) -> tuple[Any, str]:

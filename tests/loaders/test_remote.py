@@ -7,6 +7,8 @@ import http.server
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -271,3 +273,47 @@ def test_wrong_s3_credentials_are_said_as_such(s3, tmp_path, torch_model_sd, mon
     assert r.exit_code == 2
     line = r.output.strip().splitlines()[-1]
     assert line == "wdist: error: s3://ckpts/auth/m.pt: access denied (check credentials)", line
+
+
+@pytest.fixture
+def silent_server():
+    """A server on 127.0.0.1 that accepts connections and never answers (a stopped or wedged server)."""
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    conns: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield srv.getsockname()[1]
+    srv.close()
+    for c in conns:
+        c.close()
+
+
+@pytest.mark.parametrize("scheme", ["http", "s3"])
+def test_a_server_that_stops_answering_ends_the_command(silent_server, scheme):
+    """No timeouts were set: an S3 server that stopped answering (SIGSTOP) hung wdist for good."""
+    import time
+
+    if scheme == "s3":
+        pytest.importorskip("s3fs")
+    port = silent_server
+    url = f"http://127.0.0.1:{port}/m.safetensors" if scheme == "http" else "s3://bkt/m.safetensors"
+    env = {"WDIST_REMOTE_TIMEOUT": "2", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1"}
+    t = time.perf_counter()
+    # a child with a deadline: without timeouts the command never ends, and the test must fail, not hang
+    r = subprocess.run([sys.executable, "-m", "wdist", "ls", url], capture_output=True, text=True,
+                       env={**os.environ, **env}, timeout=90)
+    took = time.perf_counter() - t
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"wdist: error: {url}: ")
+    assert took < 45, took  # a few 2 s timeouts (s3fs and botocore retry once each), never a hang
