@@ -224,9 +224,37 @@ def pread(path: str, offset: int, n: int) -> bytes:
             os.close(fd)
     fs, p = filesystem(path)
     try:
+        if getattr(fs, "protocol", None) in (("http", "https"), "http", "https"):
+            from fsspec.asyn import sync
+
+            return bytes(sync(fs.loop, _http_range, fs, p, offset, n))
         return bytes(fs.cat_file(p, start=offset, end=offset + n))
+    except WdistError:
+        raise
     except Exception as e:
         raise _remote_error(path, e) from None
+
+
+async def _http_range(fs: Any, url: str, start: int, n: int) -> bytes:
+    """GET bytes [start, start+n) with a Range header, reading at most n + 1 bytes of the body whatever
+    the server sends: fsspec's cat_file reads the whole body, so a server that ignores Range (200 and a
+    2^40-byte body) grew memory without bound. A 200 for a range that does not start at 0 is an error."""
+    session = await fs.set_session()
+    async with session.get(fs.encode_url(url), headers={"Range": f"bytes={start}-{start + n - 1}"},
+                           **fs.kwargs) as r:
+        fs._raise_not_found_for_status(r, url)
+        if r.status != 206 and start > 0:
+            raise WdistError(redact(url), "the server ignores HTTP Range requests (a ranged read got "
+                             f"status {r.status}): it cannot be read without downloading the whole file")
+        out = bytearray()
+        while len(out) <= n:
+            chunk = await r.content.read(min(1 << 20, n + 1 - len(out)))
+            if not chunk:
+                break
+            out += chunk
+        if r.status == 206 and len(out) > n:
+            raise WdistError(redact(url), f"the server sent more than the {n} bytes asked for")
+        return bytes(out[:n])
 
 
 def pread_into(path: str, offset: int, view: memoryview) -> int:

@@ -317,3 +317,54 @@ def test_a_server_that_stops_answering_ends_the_command(silent_server, scheme):
     took = time.perf_counter() - t
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"wdist: error: {url}: ")
     assert took < 45, took  # a few 2 s timeouts (s3fs and botocore retry once each), never a hang
+
+
+class _NoRangeHandler(http.server.BaseHTTPRequestHandler):
+    """A server that ignores Range: every GET is a 200 with the real file followed by 2^40 bytes of zeros."""
+
+    protocol_version = "HTTP/1.1"
+    data = b""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 40))
+        self.send_header("ETag", '"x"')
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 40))
+        self.end_headers()
+        try:
+            self.wfile.write(self.data)
+            zeros = b"\0" * (1 << 20)
+            while True:
+                self.wfile.write(zeros)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+def test_a_server_that_ignores_range_is_refused_without_reading_its_body(tmp_path, torch_model_sd):
+    """fsspec's cat_file read the whole body of a 200: memory grew without bound (7.4 GB in 20 s)."""
+    save_file({k: v.contiguous() for k, v in torch_model_sd.items()}, str(tmp_path / "m.safetensors"))
+    handler = type("N", (_NoRangeHandler,), {"data": (tmp_path / "m.safetensors").read_bytes()})
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/m.safetensors"
+    # the child under a 2 GiB address-space limit: a regression fails the test instead of filling the machine
+    code = ("import resource, subprocess, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
+            "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.stderr)")
+    try:
+        out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "wdist", "inspect", url, "--no-cache"],
+                             capture_output=True, text=True, timeout=120).stdout
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    rc, rss_kb = out.split("\n", 1)[0].split()
+    assert rc == "2" and int(rss_kb) < 400_000, out  # bounded (a few hundred MB at most for Python + torch)
+    assert f"wdist: error: {url}: the server ignores HTTP Range requests" in out
