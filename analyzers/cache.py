@@ -294,14 +294,11 @@ def _read_regular(path: str, limit: int) -> bytes:
     """A bundle's bytes, only from a regular file of at most `limit` bytes: the cache folder may be shared,
     and a FIFO (would block) or a link to /dev/zero (endless) in a bundle's place is a damaged bundle."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
-    try:
+    with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
             raise ValueError(f"{path}: not a regular file of at most {limit} bytes")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(st.st_size + 1)  # a file that grew meanwhile reads long and fails to unpack
-    finally:
-        os.close(fd)
+        return f.read(st.st_size + 1)  # a file that grew meanwhile reads long and fails to unpack
 
 
 def _unpack_bundle(data: bytes) -> dict[str, Any]:

@@ -372,21 +372,19 @@ def judge_model(tensors: Sequence[tuple[Reading, int]], shape_reading: Reading, 
                         "signatures")
     if record:
         state = "trained"
-        # the record that decided it comes first (the summary gives evidence[0] as the reason): a step of 0
-        # recorded beside optimizer state is not why
-        if step is not None and step[1] <= 0:
-            evidence.append(evidence.pop(0))
     elif share is not None and share >= INIT_SHARE:
         state = "initialised"
     elif share is not None and share < TRAINED_SHARE and uniform < INIT_SHARE:
         state = "trained"
-        if step is not None:  # decided by the weights, not by a recorded step of 0: that reason first
-            evidence.append(evidence.pop(0))
     else:
         if share is not None and share < TRAINED_SHARE:
             evidence.append(f"{100 * uniform:.0f}% of weight parameters are uniform-shaped, as a fresh uniform "
                             "initialisation leaves them, though no known scheme at their fans")
         state = "unknown"
+    if state == "trained" and step is not None and step[1] <= 0:
+        # a recorded step of 0 never decided "trained" (optimizer state or the weights did): the deciding
+        # evidence comes first, as the summary gives evidence[0] as the reason
+        evidence.append(evidence.pop(0))
     flags = set(shape_reading.flags) - {"at_init"}
     for r, _ in tensors:
         flags.update(f for f in r.flags if f in ("non_finite", "outliers", "dead_units"))

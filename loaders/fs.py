@@ -109,11 +109,15 @@ def _filesystem(proto: str) -> Any:
     return fs
 
 
-def filesystem(url: str) -> tuple[Any, str]:
-    """(fsspec file system, path inside it) for a URL."""
+def _proto(url: str) -> str:
     m = _URL.match(url)
     assert m
-    proto = m.group("proto").lower()
+    return m.group("proto").lower()
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """(fsspec file system, path inside it) for a URL."""
+    proto = _proto(url)
     fs = _filesystem(proto)
     return fs, fs._strip_protocol(url) if proto not in ("http", "https") else url
 
@@ -224,14 +228,12 @@ def pread(path: str, offset: int, n: int) -> bytes:
             os.close(fd)
     fs, p = filesystem(path)
     try:
-        if getattr(fs, "protocol", None) in (("http", "https"), "http", "https"):
+        if _proto(path) in ("http", "https"):
             from fsspec.asyn import sync
 
             return bytes(sync(fs.loop, _http_range, fs, p, offset, n))
         return bytes(fs.cat_file(p, start=offset, end=offset + n))
-    except WdistError:
-        raise
-    except Exception as e:
+    except Exception as e:  # _remote_error passes wdist's own errors through as they are
         raise _remote_error(path, e) from None
 
 

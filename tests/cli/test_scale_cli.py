@@ -40,24 +40,15 @@ def test_cache_is_used_and_can_be_cleared(tmp_path, monkeypatch):
     assert json.loads(run("cache", "info", "--format", "json").output)["files"] == 0
 
 
-def test_watch_prints_one_json_line_per_new_checkpoint(tmp_path):
+def _watcher(tmp_path):
+    """(run folder holding step1.safetensors, `trend --watch --format jsonl` on it in a child process)."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     _ckpt(run_dir / "step1.safetensors")
     env = {**os.environ, "WDIST_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "120"}
     proc = subprocess.Popen([sys.executable, "-m", "wdist", "trend", str(run_dir), "--watch", "--interval", "0.2",
                              "--format", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line1 = proc.stdout.readline()  # type: ignore[union-attr]
-        _ckpt(run_dir / "step2.safetensors", 2.0)
-        line2 = proc.stdout.readline()  # type: ignore[union-attr]
-    finally:
-        proc.send_signal(2)  # Ctrl-C
-        out, err = proc.communicate(timeout=30)
-    a, b = json.loads(line1), json.loads(line2)
-    assert a["schema"] == "wdist/trend-point/1" and a["checkpoint"]["step"] == 1 and b["checkpoint"]["step"] == 2
-    assert b["layers"]["fc"]["l2_norm"] > a["layers"]["fc"]["l2_norm"]
-    assert proc.returncode == 0, err
+    return run_dir, proc
 
 
 def _readline(proc: subprocess.Popen, timeout: float = 60.0) -> str:
@@ -69,14 +60,29 @@ def _readline(proc: subprocess.Popen, timeout: float = 60.0) -> str:
     return proc.stdout.readline()  # type: ignore[union-attr]
 
 
+def _interrupt(proc: subprocess.Popen) -> str:
+    """Ctrl-C the watcher; its stderr."""
+    proc.send_signal(2)
+    return proc.communicate(timeout=30)[1]
+
+
+def test_watch_prints_one_json_line_per_new_checkpoint(tmp_path):
+    run_dir, proc = _watcher(tmp_path)
+    try:
+        line1 = _readline(proc)
+        _ckpt(run_dir / "step2.safetensors", 2.0)
+        line2 = _readline(proc)
+    finally:
+        err = _interrupt(proc)
+    a, b = json.loads(line1), json.loads(line2)
+    assert a["schema"] == "wdist/trend-point/1" and a["checkpoint"]["step"] == 1 and b["checkpoint"]["step"] == 2
+    assert b["layers"]["fc"]["l2_norm"] > a["layers"]["fc"]["l2_norm"]
+    assert proc.returncode == 0, err
+
+
 def test_watch_prints_a_checkpoint_rewritten_in_place_again(tmp_path):
     """Its path, step and label stay; only the values change: the line must be printed again (review)."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    _ckpt(run_dir / "step1.safetensors")
-    env = {**os.environ, "WDIST_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "120"}
-    proc = subprocess.Popen([sys.executable, "-m", "wdist", "trend", str(run_dir), "--watch", "--interval", "0.2",
-                             "--format", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    run_dir, proc = _watcher(tmp_path)
     try:
         line1 = _readline(proc)
         tmp = run_dir / "tmp.part"  # the new contents, renamed over the old file once complete
@@ -84,8 +90,7 @@ def test_watch_prints_a_checkpoint_rewritten_in_place_again(tmp_path):
         os.replace(tmp, run_dir / "step1.safetensors")
         line2 = _readline(proc)
     finally:
-        proc.send_signal(2)
-        out, err = proc.communicate(timeout=30)
+        err = _interrupt(proc)
     a, b = json.loads(line1), json.loads(line2)
     assert a["checkpoint"]["path"] == b["checkpoint"]["path"] and b["checkpoint"]["step"] == 1
     assert b["layers"]["fc"]["l2_norm"] == pytest.approx(5 * a["layers"]["fc"]["l2_norm"], rel=1e-6)
