@@ -170,6 +170,63 @@ def _in_memory(item: tuple) -> bool:
     return any(getattr(getattr(x, "reader", None), "in_memory", False) for x in item)
 
 
+def connect_timeout() -> float:
+    """Seconds to reach a scheduler: Dask's own setting (distributed.comm.timeouts.connect, 30 s by default;
+    also $DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT)."""
+    import dask.config
+    from dask.utils import parse_timedelta
+
+    t = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect", "30s"), default="seconds")
+    return float(t) if t and t > 0 else 30.0
+
+
+def probe_scheduler(address: str, timeout: float) -> None:
+    """Ask the server at `address` who it is, within `timeout` seconds overall, before a dask Client is made.
+
+    Why: Client(address, timeout=...) waits for good on a server that accepts and never answers, and on one
+    that answers something else (an HTTP server, a typo'd port) it fails inside Dask's frame decoder (a
+    "MemoryError: Unable to allocate 3 EiB" or "ValueError: Maximum allowed dimension exceeded"), and it does
+    so lazily, once per checkpoint. This is one request on a fresh event loop in a short-lived thread (so
+    that it works also where the caller runs a loop of its own, as in Jupyter), bounded by asyncio.wait_for."""
+    import asyncio
+    import threading
+
+    from distributed.comm import connect
+
+    from wdist.loaders.errors import WdistError
+
+    async def ask() -> Any:
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["info"] = asyncio.run(asyncio.wait_for(ask(), timeout))
+        except BaseException as e:  # carried to the calling thread, which decides
+            out["error"] = e
+
+    t = threading.Thread(target=run, name="wdist-scheduler-probe", daemon=True)
+    t.start()
+    t.join(timeout + 5)  # wait_for ends run() by then; the margin covers a slow cancellation
+    e = out.get("error")
+    if t.is_alive() or isinstance(e, (TimeoutError, asyncio.TimeoutError)):
+        raise WdistError(address, f"no answer from a Dask scheduler within {timeout:g} s") from None
+    if isinstance(e, OSError):
+        raise WdistError(address, f"cannot reach a Dask scheduler ({type(e).__name__}: {str(e)[:200]})") from None
+    if e is not None:
+        raise WdistError(address, f"is not a Dask scheduler (its reply could not be read: {type(e).__name__})") from None
+    info = out.get("info")
+    if not isinstance(info, dict) or info.get("type") != "Scheduler":
+        kind = info.get("type") if isinstance(info, dict) else None
+        raise WdistError(address, "is not a Dask scheduler" + (f" (it is a {str(kind)[:40]})" if kind else ""))
+
+
 class DaskEngine:
     """Runs the work items on a Dask cluster: an existing scheduler (`tcp://HOST:8786`) or a local cluster
     started here (`local:N`, N worker processes with one thread each, on 127.0.0.1). Workers read the data
@@ -200,7 +257,9 @@ class DaskEngine:
                                              dashboard_address=None, worker_dashboard_address=None)
                 self._client = Client(self._cluster)
             else:
-                self._client = Client(self.address)
+                timeout = connect_timeout()
+                probe_scheduler(self.address, timeout)
+                self._client = Client(self.address, timeout=timeout)
         return self._client
 
     def map(self, fn: Callable[..., R], items: list[tuple]) -> Iterator[R]:

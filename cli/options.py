@@ -123,6 +123,14 @@ def runtime(opts: Any, scheduler: str | None, cluster: str | None, no_cache: boo
     if cluster and not cluster.startswith("local:"):
         raise UsageError(None, f"--cluster {cluster!r}: give local:N")
     engine = dask_engine(address) if address else None
+    if engine is not None:
+        # connect (or start the local cluster) now: a scheduler that cannot be reached is one error for the
+        # command, not a 30 s wait and the same error blamed on each checkpoint in turn
+        try:
+            engine.client()
+        except BaseException:
+            engine.close()
+            raise
     if not no_cache:
         from wdist.analyzers.cache import SummaryCache
 

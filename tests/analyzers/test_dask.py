@@ -61,3 +61,64 @@ def test_a_worker_killed_mid_run_does_not_change_the_result(tmp_path, engine):
     got = [first, *it]
     for a, b in zip(local, got):
         _same(a, b)
+
+
+class _FakeServer:
+    """A TCP server on 127.0.0.1 that is not a Dask scheduler: `silent` accepts and never answers, `garbage`
+    sends bytes that are not Dask frames, `http` answers as a web server would."""
+
+    def __init__(self, mode):
+        import socket
+        import threading
+
+        self.mode, self.sock = mode, socket.create_server(("127.0.0.1", 0))
+        self.address = f"tcp://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.conns, self.stop = [], threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while not self.stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            if self.mode == "garbage":
+                c.sendall(b"\xff" * 64 + bytes(range(256)) * 16)
+            elif self.mode == "http":
+                c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.mark.parametrize("mode", ["silent", "garbage", "http"])
+def test_a_server_that_is_not_a_scheduler_is_one_bounded_error(mode):
+    """Dask's own Client waits for good on the silent server, and fails with a MemoryError ("Unable to
+    allocate 3 EiB") or a ValueError on the others; wdist asks the server who it is, bounded in time."""
+    import time
+
+    import dask
+
+    from wdist.loaders.errors import WdistError
+
+    with _FakeServer(mode) as srv, dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        t = time.monotonic()
+        with pytest.raises(WdistError) as e, DaskEngine(srv.address) as eng:
+            eng.client()
+        assert time.monotonic() - t < 10
+    assert e.value.path == srv.address
+    assert ("no answer from a Dask scheduler within 2 s" if mode == "silent" else "is not a Dask scheduler") \
+        in e.value.reason
+
+
+def test_the_probe_accepts_a_real_scheduler(engine):
+    from wdist.analyzers.engine import probe_scheduler
+
+    probe_scheduler(engine.client().scheduler.address, 10)  # no error

@@ -145,3 +145,26 @@ def test_scheduler_address_of_an_existing_cluster(tmp_path):
         r = run("check", paths[0], "--no-config", "--rule", "model: nan_count == 0",
                 env={"WDIST_SCHEDULER": cluster.scheduler_address})
         assert r.exit_code == 0, r.output
+
+
+def test_an_unreachable_scheduler_is_one_error_for_the_command(tmp_path):
+    """It was the connect timeout once per checkpoint, each file blamed in turn (`check` over 3 files: 90 s
+    and three lines naming the files); now the address is tried once, before any file is read."""
+    pytest.importorskip("distributed")
+    import socket
+
+    import dask
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    paths = [_ckpt(tmp_path / f"s{i}.safetensors") for i in range(3)]
+    t = time.monotonic()
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):  # dask read its environment at import
+        r = run("check", *paths, "--no-config", "--no-cache", "--rule", "model: nan_count == 0", "--scheduler",
+                f"tcp://127.0.0.1:{port}")
+    assert time.monotonic() - t < 15
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert lines == [f"wdist: error: tcp://127.0.0.1:{port}: cannot reach a Dask scheduler (OSError: Timed out "
+                     f"trying to connect to tcp://127.0.0.1:{port} after 2 s)"], r.output
