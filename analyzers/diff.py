@@ -323,6 +323,10 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
                       clashes + notes)
 
 
+def _nonfinite(nan: int, inf: int) -> str:
+    return f"{nan} NaN and {inf} Inf" if nan and inf else f"{nan} NaN" if nan else f"{inf} Inf" if inf else "none"
+
+
 def _ranked(layers: list[LayerDiff]) -> list[LayerDiff]:
     """Layers whose relative L2 change is defined, least moved first (ties in file order): the one order
     the summary's most/least moved lists and the reading's note both come from."""
@@ -336,11 +340,32 @@ def _notes(rows: list[TensorDiff], layers: list[LayerDiff]) -> list[str]:
         v = (r.change or {}).get("rel_l2_change")
         if v is not None:
             per.setdefault(r.layer, []).append((r.name, v))
+    # a layer is identical only if every one of its tensors is matched (same shape and dtype) and every value
+    # is finite in both and unchanged: max |B-A| == 0 alone is over the values finite in both, so a NaN that
+    # appeared, an Inf that went away or a bias that grew from 4 to 8 values would read as "frozen"
+    unmatched: set[str] = {r.layer for r in rows if r.status != "matched"}
+    bad: dict[str, list[int]] = {}
+    for r in rows:
+        if r.status == "matched":
+            c = bad.setdefault(r.layer, [0, 0, 0, 0])
+            for j, (side, key) in enumerate(((r.a, "nan_count"), (r.a, "inf_count"), (r.b, "nan_count"),
+                                              (r.b, "inf_count"))):
+                c[j] += int((side or {}).get(key) or 0)
+    identical = {lr.name for lr in layers
+                 if lr.max_abs_change == 0 and lr.name not in unmatched and not any(bad.get(lr.name, [0]))}
     for lr in layers:
         own = per.get(lr.name, [])
         top = max(own, key=lambda nv: nv[1]) if own else None
-        if lr.max_abs_change == 0:
+        c = bad.get(lr.name, [0, 0, 0, 0])
+        if c[:2] != c[2:]:
+            lr.notes.append(f"non-finite values changed: {_nonfinite(c[0], c[1])} in A, {_nonfinite(c[2], c[3])} "
+                            f"in B")
+        if lr.name in identical:
             lr.notes.append("did not move at all between the checkpoints: frozen, or not trained?")
+        elif lr.max_abs_change == 0 and lr.name in unmatched:
+            lr.notes.append("its matched values did not move, but not all of its tensors are matched (see below)")
+        elif lr.max_abs_change == 0:
+            lr.notes.append("its values finite in both did not move; the non-finite ones are not compared")
         elif lr.changed_fraction == 0:
             lr.notes.append(f"no value changed beyond the tolerance (rtol/atol), though some moved: max |B-A| "
                             f"{lr.max_abs_change:.3g}")
@@ -353,7 +378,7 @@ def _notes(rows: list[TensorDiff], layers: list[LayerDiff]) -> list[str]:
     if moved and (moved[-1].rel_l2_change or 0) > 0:  # "most moved" means nothing when nothing moved
         out.append(f"most moved: {moved[-1].name} (relative L2 change {moved[-1].rel_l2_change:.3g}); "
                    f"least moved: {moved[0].name} ({moved[0].rel_l2_change:.3g})")
-    frozen = [lr.name for lr in layers if lr.max_abs_change == 0]
+    frozen = [lr.name for lr in layers if lr.name in identical]
     if frozen:
         out.append(f"{len(frozen)} layer{'s' if len(frozen) != 1 else ''} identical in both checkpoints: "
                    f"{', '.join(frozen)}")

@@ -103,3 +103,26 @@ def test_the_api_refuses_what_the_cli_refuses(tmp_path):
             wdist.inspect(p, jobs=jobs)  # type: ignore[arg-type]
     with pytest.raises(UsageError):
         wdist.trend([])
+
+
+def test_nan_inf_or_a_reshaped_tensor_is_never_called_identical(tmp_path):
+    """max |B-A| is over the values finite in both, so a layer whose NaNs appeared, whose Inf went away, or
+    one of whose tensors changed shape was "identical in both checkpoints: frozen"."""
+    w = np.linspace(-1, 1, 1000)
+    w_nan = w.copy()
+    w_nan[:10] = np.nan
+    w_nan[10:20] = np.inf
+    pa = _save(tmp_path / "a.safetensors", {"nan.weight": w, "inf.weight": np.r_[np.inf, 1, 2, 3],
+                                            "sh.weight": w, "sh.bias": np.zeros(4), "same.weight": w})
+    pb = _save(tmp_path / "b.safetensors", {"nan.weight": w_nan, "inf.weight": np.r_[1.0, 1, 2, 3],
+                                            "sh.weight": w, "sh.bias": np.zeros(8), "same.weight": w})
+    rep = wdist.diff(pa, pb).to_dict()
+    layers = {lr["name"]: lr for lr in rep["layers"]}
+    assert all(layers[k]["max_abs_change"] == 0 for k in ("nan", "inf", "sh", "same"))
+    assert "1 layer identical in both checkpoints: same" in rep["notes"]
+    assert layers["same"]["notes"] == ["did not move at all between the checkpoints: frozen, or not trained?"]
+    for k in ("nan", "inf", "sh"):
+        assert not any("did not move at all" in n for n in layers[k]["notes"]), k
+    assert "non-finite values changed: none in A, 10 NaN and 10 Inf in B" in layers["nan"]["notes"]
+    assert "non-finite values changed: 1 Inf in A, none in B" in layers["inf"]["notes"]
+    assert any("not all of its tensors are matched" in n for n in layers["sh"]["notes"])
