@@ -8,6 +8,8 @@ import click
 
 from wdist.cli.options import output_format
 
+NAME_CELLS = 16  # the name column's width in terminal cells; a longer name pushes its title right
+
 
 @click.command()
 @output_format(["table", "json", "markdown"])
@@ -30,11 +32,16 @@ def formats(fmt: str) -> None:
                  f"wdist[{r['extra']}]" if r["extra"] else ", ".join(r["requires"]) or "-"] for r in rows]
         click.echo("\n".join(md_table(["format", "name", "files", "variants", "extra"], body)))
         return
+    from rich.cells import cell_len
+
     for r in rows:
         state = "ready" if r["available"] else f"needs pip install 'wdist[{r['extra']}]'" if r["extra"] else \
             f"needs {', '.join(r['requires'])}"
-        click.echo(safe(f"{r['name']:<16} {r['title']}  ({' '.join(r['extensions'])})  {state}"))
+        # padded after escaping, in terminal cells (a wide character is two), so the titles line up
+        name = safe(r["name"])
+        click.echo(f"{name}{' ' * max(0, NAME_CELLS - cell_len(name))} "
+                   + safe(f"{r['title']}  ({' '.join(r['extensions'])})  {state}"))
         if r["variants"]:
-            click.echo(safe(f"{'':<16} {r['variants']}"))
+            click.echo(" " * (NAME_CELLS + 1) + safe(r["variants"]))
     for err in plugin_errors():
         click.echo(f"wdist: warning: a format plug-in failed to load: {safe(err)}", err=True)
