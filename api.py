@@ -11,15 +11,21 @@ same report objects the CLI renders.
     wdist.check("model.pt", rules=["model: nan_count == 0"]).passed
 
 Inputs that wdist opens itself are closed before the call returns; a Checkpoint passed in is left open.
-Errors are typed (wdist.loaders.errors.WdistError and subclasses); nothing here prints or exits."""
+Errors are typed (wdist.loaders.errors.WdistError and subclasses): an argument of the wrong type or out of
+range is a UsageError naming the keyword, never a bare TypeError. A str where a list of strings is taken
+(`layers="fc*"`, `metrics="std"`, `rules="model: nan_count == 0"`) is one item, not its letters. Nothing
+here prints, exits or changes the caller's environment (`plot` never switches matplotlib's backend)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import fnmatch
+import math
+import numbers
 import os
 import re
+import reprlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,14 +50,102 @@ Progress = Callable[[int, int], None]
 
 __all__ = ["open", "ls", "inspect", "diff", "trend", "check", "plot", "options", "dask_engine"]
 
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 80
+
+
+def _show(value: Any) -> str:
+    """A bad argument as an error message shows it: its repr, shortened."""
+    return _repr.repr(value)
+
+
+def _int_arg(value: Any, name: str, lo: int, hi: int | None = None) -> int:
+    """An int keyword (not a bool, a float or a numeric string), in [lo, hi]."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        n = int(value)
+        if lo <= n and (hi is None or n <= hi):
+            return n
+    where = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+    raise UsageError(None, f"{name} must be an int {where}, not {_show(value)}")
+
+
+def _real_arg(value: Any, name: str, what: str = "") -> float:
+    """A finite number >= 0 (an int or float, not a bool or a numeric string)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        x = float(value)
+        if math.isfinite(x) and x >= 0:
+            return x
+    raise UsageError(None, f"{name} must be a finite number >= 0{what}, not {_show(value)}")
+
+
+def _strings(value: Any, name: str, allowed: tuple[type, ...] = (str,),
+             what: str = "a string or a list of strings") -> tuple[Any, ...]:
+    """A sequence-of-strings keyword: a single str is one item (not its characters), None is none."""
+    if value is None:
+        return ()
+    if isinstance(value, allowed):
+        return (value,)
+    if isinstance(value, Iterable) and not isinstance(value, (bytes, bytearray)):
+        items = tuple(value)
+        if all(isinstance(v, allowed) for v in items):
+            return items
+    raise UsageError(None, f"{name} must be {what}, not {_show(value)}")
+
+
+def _path_arg(value: Any, name: str) -> str:
+    if isinstance(value, (str, os.PathLike)):
+        p = os.fspath(value)
+        if isinstance(p, str):
+            return p
+    raise UsageError(None, f"{name} must be a path (a str or os.PathLike), not {_show(value)}")
+
+
+def _paths(value: Any, name: str) -> list[str]:
+    """One path, or an iterable of paths (files, folders, globs, URLs)."""
+    if isinstance(value, (str, os.PathLike)):
+        return [_path_arg(value, name)]
+    if isinstance(value, Iterable) and not isinstance(value, (bytes, bytearray)):
+        items = list(value)
+        if all(isinstance(v, (str, os.PathLike)) and isinstance(os.fspath(v), str) for v in items):
+            return [os.fspath(v) for v in items]
+    raise UsageError(None, f"{name} must be a path (a str or os.PathLike) or a list of paths, not {_show(value)}")
+
+
+def _callable_arg(value: Any, name: str) -> None:
+    if value is not None and not callable(value):
+        raise UsageError(None, f"{name} must be a callable or None, not {_show(value)}")
+
+
+def _format_arg(value: Any, check: bool = False) -> str | None:
+    """`format=`: None (detect) or an input format's name; with `check`, an unknown name is refused now
+    (as open() refuses it), not recorded against every checkpoint of a run."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(None, f"format must be an input format name (a str) or None, not {_show(value)}")
+    if check:
+        from wdist.loaders.registry import get_format
+
+        get_format(value)
+    return value
+
+
+def _opts_arg(opts: Any) -> Options | None:
+    from wdist.analyzers.inspect import Options
+
+    if opts is not None and not isinstance(opts, Options):
+        raise UsageError(None, f"opts must be an Options from wdist.options(...) or None, not {_show(opts)}")
+    return opts
+
 
 def open(source: Source, format: str | None = None) -> Checkpoint:  # noqa: A001 - the verb users expect
     """A lazily read Checkpoint: a file or model folder (headers only), or an in-memory model. Use it as a
     context manager, or call close(), to release its file handles."""
     if isinstance(source, Checkpoint):
         return source
+    format = _format_arg(format)
     if isinstance(source, (str, os.PathLike)):
-        return open_checkpoint(os.fspath(source), format)
+        return open_checkpoint(_path_arg(source, "source"), format)
     from wdist.loaders.memory import from_object
 
     return from_object(source)
@@ -77,19 +171,19 @@ def options(roles: Sequence[str] | None = None, layers: Sequence[str] = (), near
     """Analysis options from the CLI's option names (`roles=["all"]` adds every role). `cache`: True for the
     user cache folder, a folder path, or an analyzers.cache.SummaryCache; `engine`: an
     analyzers.engine.DaskEngine (see `dask_engine`)."""
-    import math
-
     from wdist.analyzers.inspect import Options
     from wdist.analyzers.metrics import NearZero
 
     if near_zero_rel is not None and near_zero_abs is not None:
         raise UsageError(None, "give near_zero_rel or near_zero_abs, not both")
-    for v in (near_zero_rel, near_zero_abs):
-        if v is not None and not (math.isfinite(v) and v >= 0):
-            raise UsageError(None, f"near-zero thresholds must be finite numbers >= 0, not {v}")
-    if isinstance(roles, (str, Role)):  # roles="all": one role, not its letters
-        roles = [roles]
-    role_names = [r.value if isinstance(r, Role) else str(r) for r in (roles or ())]
+    if near_zero_rel is not None:
+        near_zero_rel = _real_arg(near_zero_rel, "near_zero_rel", " (a near-zero threshold)")
+    if near_zero_abs is not None:
+        near_zero_abs = _real_arg(near_zero_abs, "near_zero_abs", " (a near-zero threshold)")
+    # roles="all" or layers="fc*": one item, not its letters
+    role_items = _strings(roles, "roles", (str, Role), "a role name or a list of role names")
+    globs = _strings(layers, "layers")
+    role_names = [r.value if isinstance(r, Role) else r for r in role_items]
     valid = [r.value for r in Role]
     bad = [r for r in role_names if r not in valid and r != "all"]
     if bad:
@@ -98,8 +192,7 @@ def options(roles: Sequence[str] | None = None, layers: Sequence[str] = (), near
         role_set = tuple(Role)
     else:
         role_set = tuple(Role(r) for r in role_names) if role_names else DEFAULT_ROLES
-    if not 4 <= bins <= 512:
-        raise UsageError(None, f"bins must be between 4 and 512, not {bins}")
+    bins = _int_arg(bins, "bins", 4, 512)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or not 0 <= jobs <= 256:  # as the CLI's --jobs
         raise UsageError(None, f"jobs must be an integer from 0 (all cores) to 256, not {jobs!r}")
     nz = NearZero(rel=0.01 if near_zero_rel is None else near_zero_rel, abs=near_zero_abs)
@@ -109,10 +202,9 @@ def options(roles: Sequence[str] | None = None, layers: Sequence[str] = (), near
 
         if spectral_conv not in ("per-kernel", "flatten"):
             raise UsageError(None, f"spectral_conv must be 'per-kernel' or 'flatten', not {spectral_conv!r}")
-        if spectral_max_side < 2:
-            raise UsageError(None, "spectral_max_side must be at least 2")
+        spectral_max_side = _int_arg(spectral_max_side, "spectral_max_side", 2)
         spec = SpectralOptions(max_side=spectral_max_side, conv_mode=spectral_conv)
-    return Options(roles=role_set, layers=tuple(layers), near_zero=nz, bins=bins, jobs=jobs,
+    return Options(roles=role_set, layers=globs, near_zero=nz, bins=bins, jobs=jobs,
                    cache=_cache(cache), engine=engine, spectral=spec)
 
 
@@ -133,6 +225,8 @@ def _cache(cache: Any) -> SummaryCache | None:
 def dask_engine(address: str) -> DaskEngine:
     """A Dask engine for `options(engine=...)`: "tcp://HOST:8786" (an existing scheduler) or "local:N" (a local
     cluster of N worker processes started on first use). Close it (or use `with`) when done."""
+    if not isinstance(address, str):
+        raise UsageError(None, f"address must be a str (tcp://HOST:PORT or local:N), not {_show(address)}")
     if not (address.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://")) or re.fullmatch(r"local:\d+", address)):
         raise UsageError(None, f"scheduler {address!r}: give tcp://HOST:PORT or local:N")
     from wdist.analyzers.engine import DaskEngine
@@ -166,8 +260,10 @@ def inspect(source: Source, *, roles: Sequence[str] | None = None, layers: Seque
     keywords when given."""
     from wdist.analyzers.inspect import analyse
 
-    opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral,
-                           spectral_max_side=spectral_max_side, spectral_conv=spectral_conv)
+    _callable_arg(progress, "progress")
+    opts = _opts_arg(opts) or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache,
+                                      spectral=spectral, spectral_max_side=spectral_max_side,
+                                      spectral_conv=spectral_conv)
     with _opened(source, format) as ck, _flushing(opts):
         return analyse(ck, opts, progress)
 
@@ -181,8 +277,13 @@ def diff(a: Source, b: Source, *, roles: Sequence[str] | None = None, layers: Se
     both sides' singular-value metrics and each layer's change of alpha."""
     from wdist.analyzers.diff import Tolerance, compare
 
-    opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral,
-                           spectral_max_side=spectral_max_side, spectral_conv=spectral_conv)
+    for name, v in (("rtol", rtol), ("atol", atol)):  # a type check only: the CLI passes any float through
+        if not isinstance(v, numbers.Real) or isinstance(v, bool):
+            raise UsageError(None, f"{name} must be a number, not {_show(v)}")
+    _callable_arg(progress, "progress")
+    opts = _opts_arg(opts) or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache,
+                                      spectral=spectral, spectral_max_side=spectral_max_side,
+                                      spectral_conv=spectral_conv)
     with _opened(a, format) as ck_a, _opened(b, format) as ck_b, _flushing(opts):
         report = compare(ck_a, ck_b, opts, Tolerance(rtol, atol), progress)
         if opts.spectral is not None:
@@ -209,16 +310,20 @@ def trend(inputs: str | os.PathLike | Iterable[str | os.PathLike], *, metrics: S
     from wdist.analyzers.trend import expand_inputs, run
 
     if order not in ("step", "given"):
-        raise UsageError(None, f"order must be 'step' or 'given', not {order!r}")
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+        raise UsageError(None, f"order must be 'step' or 'given', not {_show(order)}")
+    items = _paths(inputs, "inputs")
     if not items:  # as the CLI, which needs at least one input
         raise UsageError(None, "trend needs at least one checkpoint, folder or glob")
+    chosen = _strings(metrics, "metrics")
+    format = _format_arg(format, check=True)
+    _callable_arg(progress, "progress")
+    opts = _opts_arg(opts) or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache,
+                                      spectral=spectral, spectral_max_side=spectral_max_side,
+                                      spectral_conv=spectral_conv)
     refused: dict[str, str] = {}
-    paths = expand_inputs([os.fspath(p) for p in items], refused)
-    opts = opts or options(roles, layers, near_zero_rel, near_zero_abs, bins, jobs, cache, spectral=spectral,
-                           spectral_max_side=spectral_max_side, spectral_conv=spectral_conv)
+    paths = expand_inputs(items, refused)
     with _flushing(opts):
-        return run(paths, opts, tuple(metrics), order == "given", format, progress, ridgeline=ridgeline,
+        return run(paths, opts, chosen, order == "given", format, progress, ridgeline=ridgeline,
                    refused=refused)
 
 
@@ -236,21 +341,28 @@ def check(sources: Source | Sequence[Source], rules: Sequence[str] = (), *, conf
     from wdist.analyzers.inspect import analyse
 
     srcs: list[Source] = list(sources) if isinstance(sources, (list, tuple)) else [sources]
+    rule_texts = _strings(rules, "rules")
+    format = _format_arg(format, check=True)
+    _callable_arg(on_file, "on_file")
+    if cwd is not None:
+        cwd = _path_arg(cwd, "cwd")
     cfg = Config()
     cpath: str | None
     if isinstance(config, (str, os.PathLike)):
-        cpath = os.fspath(config)
+        cpath = _path_arg(config, "config")
         if not os.path.isfile(cpath):
             raise UsageError(cpath, "config file not found")
-    else:
+    elif config is None or isinstance(config, bool):
         cpath = None if config is False else find_config(cwd)
+    else:
+        raise UsageError(None, f"config must be a path, False (no config) or None (look for one), not {_show(config)}")
     if cpath:
         cfg = load_config(cpath)
     base = baseline if baseline is not None else cfg.baseline
     parsed = [parse_rule(r, cfg.origin(r), base is not None) for r in cfg.rules]
-    parsed += [parse_rule(r, "rules", base is not None) for r in rules]
+    parsed += [parse_rule(r, "rules/--rule", base is not None) for r in rule_texts]
     if not parsed:
-        raise UsageError(None, "no rules: give rules or a config file with rules = [...]")
+        raise UsageError(None, "no rules: give rules (--rule) or a config file with rules = [...]")
     if spectral is None:  # rules on alpha & co. switch the spectral pass on by themselves
         from wdist.analyzers.check import needs_spectral
 
@@ -305,9 +417,20 @@ def plot(inputs: str | os.PathLike | Iterable[str | os.PathLike], out: str | os.
     from wdist.analyzers.trend import expand_inputs, order_points
     from wdist.plots import write_report
 
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    ordered, _ = order_points(expand_inputs([os.fspath(p) for p in items]), given=False)
+    items = _paths(inputs, "inputs")
+    if not items:
+        raise UsageError(None, "plot needs at least one checkpoint, folder or glob")
+    prefix = _path_arg(out, "out")
+    if not os.path.basename(prefix):  # "dir/" would write "dir/-1.png" and a hidden "dir/.html"
+        raise UsageError(None, f"out/-o {prefix!r} names no file prefix: give e.g. {os.path.join(prefix, 'report')!r}")
+    kinds = _strings(formats, "formats")
+    if not set(kinds) <= {"png", "svg"}:
+        raise UsageError(None, f"formats must be 'png' and/or 'svg', not {_show(formats)}")
+    _callable_arg(progress, "progress")
+    _callable_arg(on_error, "on_error")
+    refused: dict[str, str] = {}  # entries symlinked out of a run folder: named through on_error, as the CLI does
+    ordered, _ = order_points(expand_inputs(items, refused), given=False)
     written: list[str] = []
-    write_report([p.path for p in ordered], os.fspath(out), tuple(formats), on_file=written.append, on_step=progress,
-                 spectral=spectral, on_error=on_error)
+    write_report([p.path for p in ordered], prefix, kinds, on_file=written.append, on_step=progress,
+                 spectral=spectral, on_error=on_error, refused=refused)
     return written

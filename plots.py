@@ -3,7 +3,10 @@ and a self-contained HTML report.
 
 Nothing is capped: a model with more layers than fit on one figure gets several pages (OUT-1a.png,
 OUT-1b.png, ...) and the HTML report holds every page and every layer. Each figure is rendered once: to PNG
-bytes that are written to the file and embedded in the HTML (SVG is rendered only when asked for)."""
+bytes that are written to the file and embedded in the HTML (SVG is rendered only when asked for).
+
+Figures are `matplotlib.figure.Figure` objects made without pyplot: drawing never switches the caller's
+backend (a notebook's inline figures keep working) and registers nothing globally."""
 
 from __future__ import annotations
 
@@ -24,15 +27,15 @@ PER_PAGE = 12  # layers on one figure page
 DPI = 100
 
 
-def _plt() -> Any:
+def _figure_class() -> Any:
+    """matplotlib's Figure class. Figures are built without pyplot, so no backend is switched and nothing is
+    registered globally (a notebook's inline backend stays as it was); they render through Agg with
+    `fig.savefig`, and are freed like any object once dropped."""
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError:
         raise MissingDependencyError(None, "plots need matplotlib: pip install 'wdist[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure
 
 
 @contextlib.contextmanager
@@ -62,10 +65,11 @@ def _bar(ax: Any, h: Any, label: str | None = None, alpha: float = 1.0, color: s
     ax.stairs(h.counts, h.edges, fill=True, alpha=alpha, label=label, color=color)
 
 
-def _grid(plt: Any, rows: int, cols: int, w: float, h: float, top: float = 0.3, bottom: float = 0.45) -> Any:
+def _grid(rows: int, cols: int, w: float, h: float, top: float = 0.3, bottom: float = 0.45) -> Any:
     """A figure of rows x cols axes with fixed margins in inches (tight_layout costs seconds per figure)."""
     height = rows * h + top + bottom
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * w, height), squeeze=False)
+    fig = _figure_class()(figsize=(cols * w, height))
+    axes = fig.subplots(rows, cols, squeeze=False)
     fig.subplots_adjust(left=0.7 / (cols * w), right=1 - 0.15 / (cols * w), top=1 - top / height,
                         bottom=bottom / height, hspace=0.55 * 1.9 / h, wspace=0.35)
     return fig, axes
@@ -88,10 +92,9 @@ def _ticks(ax: Any, y: bool = True) -> None:
 
 def layer_histograms(report: Any, layers: Sequence[Any] | None = None) -> Any:
     """One row per layer: linear histogram of w and histogram of log10|w|."""
-    plt = _plt()
     layers = list(layers) if layers is not None else [lr for lr in report.layers if lr.histogram is not None]
     with _plain_text():
-        fig, axes = _grid(plt, len(layers), 2, 5, 1.6)
+        fig, axes = _grid(len(layers), 2, 5, 1.6)
         for (a1, a2), lr in zip(axes, layers):
             _bar(a1, lr.histogram, color="#3b75af")
             h = lr.histogram
@@ -116,10 +119,9 @@ def overlay(diff: Any, layers: Sequence[Any] | None = None) -> Any:
     from wdist.analyzers import histogram, metrics
     from wdist.analyzers.engine import unpack
 
-    plt = _plt()
     layers = list(layers) if layers is not None else [lr for lr in diff.layers if lr.a_summary is not None]
     with _plain_text():
-        fig, axes = _grid(plt, len(layers), 1, 8, 1.5)
+        fig, axes = _grid(len(layers), 1, 8, 1.5)
         for ax, lr in zip(axes[:, 0], layers):
             a, b = unpack(lr.a_summary), unpack(lr.b_summary)
             nz = metrics.NearZero()
@@ -138,15 +140,16 @@ def overlay(diff: Any, layers: Sequence[Any] | None = None) -> Any:
 
 def ridgeline(trend: Any, layers: Sequence[Any] | None = None) -> Any:
     """Per layer, each checkpoint's histogram offset vertically (TensorBoard's offset view)."""
-    plt = _plt()
+    from matplotlib import colormaps
+
     layers = list(layers) if layers is not None else [lt for lt in trend.layers
                                                        if any(h is not None for h in lt.ridgeline)]
     cols = max(1, min(3, len(layers)))
     rows = max(1, -(-len(layers) // cols))
     with _plain_text():
-        fig, axes = _grid(plt, rows, cols, 4.2, 2.6, bottom=0.5)
+        fig, axes = _grid(rows, cols, 4.2, 2.6, bottom=0.5)
         fig.subplots_adjust(left=0.9 / (cols * 4.2))
-        cmap = plt.get_cmap("viridis")
+        cmap = colormaps["viridis"]
         for ax, lt in zip(axes.flat, layers):
             hs = lt.ridgeline
             top = max((max(h.counts) for h in hs if h is not None), default=0) or 1
@@ -169,14 +172,13 @@ def ridgeline(trend: Any, layers: Sequence[Any] | None = None) -> Any:
 
 
 def metric_lines(trend: Any, layers: Sequence[Any] | None = None) -> Any:
-    plt = _plt()
     layers = list(layers) if layers is not None else list(trend.layers)
     ms = trend.metrics
     cols = min(3, len(ms))
     rows = -(-len(ms) // cols)
     xs = trend.x_steps()
     with _plain_text():
-        fig, axes = _grid(plt, rows, cols, 4.2, 2.3, top=0.35, bottom=0.5)
+        fig, axes = _grid(rows, cols, 4.2, 2.3, top=0.35, bottom=0.5)
         for ax, m in zip(axes.flat, ms):
             for lt in layers:
                 ys = [float("nan") if v is None else v for v in lt.series[m]]
@@ -197,10 +199,6 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _close(fig: Any) -> None:
-    _plt().close(fig)
-
-
 def save(fig: Any, base: str, formats: Sequence[str] = ("png",)) -> list[str]:
     """Write the figure as BASE.png (and BASE.svg when asked); returns the paths written."""
     out = []
@@ -212,7 +210,6 @@ def save(fig: Any, base: str, formats: Sequence[str] = ("png",)) -> list[str]:
         with _plain_text():
             fig.savefig(f"{base}.svg", format="svg")
         out.append(f"{base}.svg")
-    _close(fig)
     return out
 
 
@@ -298,7 +295,7 @@ def write_report(paths: Sequence[str], out: str, formats: Sequence[str] = ("png"
     from wdist.analyzers.trend import run
     from wdist.loaders import open_checkpoint
 
-    _plt()
+    _figure_class()  # a missing matplotlib is said before any work
     step = on_step or (lambda s: None)
     os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
     opts = Options(jobs=1)
@@ -367,7 +364,6 @@ def write_report(paths: Sequence[str], out: str, formats: Sequence[str] = ("png"
                     fig.savefig(base + ".svg", format="svg")
                 if on_file:
                     on_file(base + ".svg")
-            _close(fig)
             parts.append(f"<h3 id='{f.anchor}'>{_html(f.title)}</h3><p>layers: {_html(', '.join(f.names))}"
                          f"</p><img alt='{_html(f.title)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
     path = out + ".html"

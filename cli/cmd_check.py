@@ -21,13 +21,14 @@ from wdist.cli.options import (
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1, required=True, shell_complete=click.Path().shell_complete)  # file names
 @click.option("--rule", "rule_texts", multiple=True, metavar="'GLOB: METRIC OP VALUE'", shell_complete=complete_rule,
               help="Rule (repeatable), e.g. '*.weight: zero_fraction >= 0.5' or 'model: nan_count == 0'.")
 @click.option("--config", "config_path", type=click.Path(), default=None,
               help="Config file (default: wdist.toml or [tool.wdist] in pyproject.toml, from here upward).")
 @click.option("--no-config", is_flag=True, help="Ignore config files.")
-@click.option("--baseline", default=None, help="Checkpoint to compare with (diff metrics).")
+@click.option("--baseline", default=None, shell_complete=click.Path().shell_complete,
+              help="Checkpoint to compare with (diff metrics).")
 @click.option("--allow-empty", is_flag=True, help="A rule whose glob matches nothing passes instead of erroring.")
 @role_option
 @near_zero_rel_option

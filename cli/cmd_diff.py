@@ -8,8 +8,8 @@ from wdist.cli.options import analysis_options, build_options, output_format, sc
 
 
 @click.command()
-@click.argument("a")
-@click.argument("b")
+@click.argument("a", shell_complete=click.Path().shell_complete)  # file names; URLs stay valid
+@click.argument("b", shell_complete=click.Path().shell_complete)
 @output_format()
 @analysis_options
 @scale_options

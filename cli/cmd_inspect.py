@@ -15,7 +15,7 @@ from wdist.cli.options import (
 
 
 @click.command()
-@click.argument("path")
+@click.argument("path", shell_complete=click.Path().shell_complete)  # file names; URLs stay valid
 @output_format()
 @analysis_options
 @scale_options

@@ -8,7 +8,7 @@ from wdist.cli.options import input_format, output_format
 
 
 @click.command()
-@click.argument("path")
+@click.argument("path", shell_complete=click.Path().shell_complete)  # file names; URLs stay valid
 @output_format(["table", "json", "csv", "markdown"])
 @input_format
 def ls(path: str, fmt: str, input_format: str | None) -> None:

@@ -6,8 +6,8 @@ import click
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True)
-@click.option("-o", "--out", required=True, metavar="OUT",
+@click.argument("paths", nargs=-1, required=True, shell_complete=click.Path().shell_complete)  # file names
+@click.option("-o", "--out", required=True, metavar="OUT", shell_complete=click.Path().shell_complete,
               help="Output prefix: writes OUT-1.png ... (OUT-1a.png, OUT-1b.png, ... when a figure needs several "
                    "pages) and OUT.html.")
 @click.option("--image-format", "formats", multiple=True, type=click.Choice(["png", "svg"]),

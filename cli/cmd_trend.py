@@ -15,7 +15,7 @@ from wdist.cli.options import (
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1, required=True, shell_complete=click.Path().shell_complete)  # file names
 @output_format(["table", "json", "csv", "jsonl"])
 @analysis_options
 @scale_options

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import threading
@@ -162,3 +163,113 @@ def test_every_analysis_call_takes_the_spectral_options(tmp_path):
     assert d["mode"] == "flatten"
     tr = wdist.trend([p], spectral=True, spectral_max_side=16)
     assert tr.spectral is not None and tr.spectral["alpha"]["fc"] == [None]
+
+
+def _two_checkpoints(d) -> list[str]:
+    from safetensors.numpy import save_file as save_np
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for step in (1, 2):
+        p = str(d / f"step{step}.safetensors")
+        save_np({"fc.weight": rng.normal(scale=step, size=(16, 8)).astype(np.float32),
+                 "conv.weight": rng.normal(size=(8, 4, 3, 3)).astype(np.float32)}, p)
+        paths.append(p)
+    return paths
+
+
+def test_plot_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    """A notebook's backend (inline, widget) must survive wdist.plot: no matplotlib.use, no pyplot."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("matplotlib")
+    paths = _two_checkpoints(tmp_path)
+    code = ("import json, sys, matplotlib; matplotlib.use('svg'); import wdist; "
+            "written = wdist.plot(sys.argv[1:3], sys.argv[3]); "
+            "print(json.dumps({'pyplot': 'matplotlib.pyplot' in sys.modules, 'backend': matplotlib.get_backend(), "
+            "'written': written}))")
+    p = subprocess.run([sys.executable, "-c", code, *paths, str(tmp_path / "out" / "report")],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["backend"] == "svg" and res["pyplot"] is False, res
+    written = res["written"]
+    pngs = [w for w in written if w.endswith(".png")]
+    assert len(pngs) >= 3 and [w for w in written if w.endswith(".html")] == [str(tmp_path / "out" / "report.html")]
+    for w in pngs:
+        with open(w, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", w
+    with open(tmp_path / "out" / "report.html", encoding="utf-8") as f:
+        page = f.read()
+    assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == len(pngs)
+    assert "fc" in page and "conv" in page
+
+
+def test_a_string_is_one_item_not_its_letters(tmp_path):
+    paths = _two_checkpoints(tmp_path)
+    assert [lr.name for lr in wdist.inspect(paths[0], layers="fc*").layers] == ["fc"]
+    assert [lr.name for lr in wdist.inspect(paths[0], layers=("fc*",)).layers] == ["fc"]
+    assert wdist.inspect(paths[0], roles="weight").to_dict()["options"]["roles"] == ["weight"]
+    assert [lr.name for lr in wdist.diff(*paths, layers="conv").layers] == ["conv"]
+    tr = wdist.trend(paths, metrics="std", layers="fc*")
+    assert list(tr.metrics) == ["std"] and [lt.name for lt in tr.layers] == ["fc"]
+    chk = wdist.check(paths, rules="model: nan_count == 0", config=False)
+    assert chk.passed and [len(r.rules) for r in chk.checkpoints] == [1, 1]
+    if importlib.util.find_spec("matplotlib") is not None:
+        written = wdist.plot(paths[0], tmp_path / "one", formats="svg")
+        assert written and all(w.endswith((".svg", ".html")) for w in written) and any(w.endswith(".svg") for w in written)
+
+
+@pytest.mark.parametrize("call, keyword", [
+    (lambda p: wdist.inspect(p, bins="64"), "bins"),
+    (lambda p: wdist.inspect(p, bins=8.5), "bins"),
+    (lambda p: wdist.inspect(p, bins=None), "bins"),
+    (lambda p: wdist.inspect(p, bins=True), "bins"),
+    (lambda p: wdist.inspect(p, near_zero_rel="0.1"), "near_zero_rel"),
+    (lambda p: wdist.inspect(p, near_zero_abs="0.1"), "near_zero_abs"),
+    (lambda p: wdist.inspect(p, roles=5), "roles"),
+    (lambda p: wdist.inspect(p, layers=5), "layers"),
+    (lambda p: wdist.inspect(p, layers=[5]), "layers"),
+    (lambda p: wdist.inspect(p, spectral=True, spectral_max_side="8"), "spectral_max_side"),
+    (lambda p: wdist.inspect(p, progress=5), "progress"),
+    (lambda p: wdist.inspect(p, opts=5), "opts"),
+    (lambda p: wdist.inspect(p, format=5), "format"),
+    (lambda p: wdist.options(bins=2.0), "bins"),
+    (lambda p: wdist.diff(p, p, rtol="1e-5"), "rtol"),
+    (lambda p: wdist.diff(p, p, layers=5), "layers"),
+    (lambda p: wdist.trend(5), "inputs"),
+    (lambda p: wdist.trend(b"run1.pt"), "inputs"),
+    (lambda p: wdist.trend([p, 5]), "inputs"),
+    (lambda p: wdist.trend(p, metrics=5), "metrics"),
+    (lambda p: wdist.trend(p, bins="64"), "bins"),
+    (lambda p: wdist.trend(p, format=5), "format"),
+    (lambda p: wdist.check(p, rules=5, config=False), "rules"),
+    (lambda p: wdist.check(p, rules=[5], config=False), "rules"),
+    (lambda p: wdist.check(p, rules="model: nan_count == 0", config=5), "config"),
+    (lambda p: wdist.check(p, rules="model: nan_count == 0", cwd=5), "cwd"),
+    (lambda p: wdist.check(p, rules="model: nan_count == 0", config=False, roles=5), "roles"),
+    (lambda p: wdist.plot(5, os.path.join(os.path.dirname(p), "out")), "inputs"),
+    (lambda p: wdist.plot(p, 5), "out"),
+    (lambda p: wdist.plot(p, os.path.join(os.path.dirname(p), "out"), formats=["jpg"]), "formats"),
+    (lambda p: wdist.dask_engine(5), "address"),
+])
+def test_bad_argument_types_are_usage_errors_naming_the_keyword(tmp_path, monkeypatch, call, keyword):
+    from wdist.loaders.errors import UsageError
+
+    monkeypatch.chdir(tmp_path)  # nothing may be written outside tmp_path, also by a version without the checks
+
+    p = _two_checkpoints(tmp_path)[0]
+    with pytest.raises(UsageError) as e:
+        call(p)
+    assert e.value.reason.startswith(f"{keyword} must be "), e.value.reason
+
+
+def test_rule_errors_name_the_keyword_and_the_flag(tmp_path):
+    from wdist.loaders.errors import UsageError
+
+    p = _two_checkpoints(tmp_path)[0]
+    with pytest.raises(UsageError, match=r"^rules/--rule: cannot parse rule"):
+        wdist.check(p, rules="bogus", config=False)
+    with pytest.raises(UsageError, match=r"give rules \(--rule\) or a config file"):
+        wdist.check(p, config=False)

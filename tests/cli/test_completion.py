@@ -105,3 +105,28 @@ def test_rule_metric_after_the_glob() -> None:
     assert "*.weight: rel_l2_change" in zsh("wdist check x.pt --rule '*.weight: rel")
     assert zsh("wdist check x.pt --rule 'model: zero_fraction >") == ["model: zero_fraction >", "model: zero_fraction >="]
     assert zsh("wdist check x.pt --rule mo") == ["model: "]
+
+
+def bash_items(words: str) -> list[tuple[str, str]]:
+    """(type, value) of every item bash's completion function receives: 'file' or 'dir' tells the script to
+    fall back to the shell's own file or folder name completion (compopt -o default / -o dirnames)."""
+    out = _run({"_WDIST_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": _cword(words)})
+    return [(kind, value) for kind, value in (line.split(",", 1) for line in out.splitlines() if line)]
+
+
+@pytest.mark.parametrize("words", [
+    "wdist ls a", "wdist inspect a", "wdist inspect ", "wdist inspect --hist ep", "wdist diff ep",
+    "wdist diff epoch1.pt ep", "wdist trend run/ ep", "wdist check ep", "wdist check x.pt --baseline ep",
+    "wdist plot ep", "wdist plot a.pt b.pt -o rep",
+])
+def test_checkpoint_paths_complete_as_file_names(words: str) -> None:
+    """Enabling completion must not take bash's file name completion away from the checkpoint arguments."""
+    incomplete = "" if words.endswith(" ") else words.rsplit(" ", 1)[1]
+    assert bash_items(words) == [("file", incomplete)]
+
+
+def test_checkpoint_path_completion_in_zsh_and_fish() -> None:
+    lines = _run({"_WDIST_COMPLETE": "zsh_complete", "COMP_WORDS": "wdist inspect a", "COMP_CWORD": "2"}).splitlines()
+    assert lines[:2] == ["file", "a"]
+    fish = _run({"_WDIST_COMPLETE": "fish_complete", "COMP_WORDS": "wdist diff a", "COMP_CWORD": "a"})
+    assert fish.splitlines() == ["file,a"]
