@@ -13,3 +13,13 @@ def one_blas_thread() -> None:
     environment is never changed; spawned workers read it when they import numpy, right after this."""
     for var in BLAS_VARS:
         os.environ[var] = "1"
+    import sys
+
+    if "numpy" in sys.modules:
+        # numpy was loaded before this ran (a spawned worker imports the main module first, which may import
+        # it): its BLAS read the variables already, so limit it directly (for this worker's whole life)
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        threadpool_limits(limits=1, user_api="blas")

@@ -98,7 +98,8 @@ def change_metrics(p: PairSums, sa: Summary, sb: Summary) -> dict[str, float | N
     exact = sa.exact_bins and sb.exact_bins
     return {
         "rel_l2_change": math.sqrt(p.dd) / math.sqrt(p.aa) if p.aa > 0 else None,
-        "cosine": p.ab / math.sqrt(p.aa * p.bb) if p.aa > 0 and p.bb > 0 else None,
+        # clamped: rounding of the float64 sums can put an unchanged tensor's cosine at 1.0000000000000002
+        "cosine": max(-1.0, min(1.0, p.ab / math.sqrt(p.aa * p.bb))) if p.aa > 0 and p.bb > 0 else None,
         "sign_flip_fraction": p.flips / p.both_nonzero if p.both_nonzero else None,
         "changed_fraction": p.changed / p.n if p.n else None,
         "max_abs_change": p.max_abs if p.n else None,
@@ -315,12 +316,23 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
     ranked = _ranked(layers)
     summary = {"statuses": counts,
                "rel_l2_change": math.sqrt(tot.dd / tot.aa) if tot.aa > 0 else None,
-               "cosine": tot.ab / math.sqrt(tot.aa * tot.bb) if tot.aa > 0 and tot.bb > 0 else None,
+               "cosine": max(-1.0, min(1.0, tot.ab / math.sqrt(tot.aa * tot.bb))) if tot.aa > 0 and tot.bb > 0
+               else None,
                "most_moved": [lr.name for lr in ranked[::-1][:3] if (lr.rel_l2_change or 0) > 0],
                "least_moved": [lr.name for lr in ranked[:3]]}
     return DiffReport(checkpoint_info(ck_a), checkpoint_info(ck_b),
                       {**opts.as_dict(), "rtol": tol.rtol, "atol": tol.atol}, rows, layers, summary,
                       clashes + notes)
+
+
+def _distinct(a: float, b: float) -> tuple[str, str]:
+    """a and b to 3 significant digits, more where two different values would read the same (0.00100008
+    and 0.00100002 are not both "0.001")."""
+    for d in range(3, 18):
+        ta, tb = f"{a:.{d}g}", f"{b:.{d}g}"
+        if a == b or ta != tb:
+            return ta, tb
+    return repr(a), repr(b)
 
 
 def _nonfinite(nan: int, inf: int) -> str:
@@ -376,8 +388,8 @@ def _notes(rows: list[TensorDiff], layers: list[LayerDiff]) -> list[str]:
             lr.notes.append(f"{lr.sign_flip_fraction:.0%} of its weights flipped sign")
     moved = _ranked(layers)
     if moved and (moved[-1].rel_l2_change or 0) > 0:  # "most moved" means nothing when nothing moved
-        out.append(f"most moved: {moved[-1].name} (relative L2 change {moved[-1].rel_l2_change:.3g}); "
-                   f"least moved: {moved[0].name} ({moved[0].rel_l2_change:.3g})")
+        hi, lo = _distinct(moved[-1].rel_l2_change or 0.0, moved[0].rel_l2_change or 0.0)
+        out.append(f"most moved: {moved[-1].name} (relative L2 change {hi}); least moved: {moved[0].name} ({lo})")
     frozen = [lr.name for lr in layers if lr.name in identical]
     if frozen:
         out.append(f"{len(frozen)} layer{'s' if len(frozen) != 1 else ''} identical in both checkpoints: "

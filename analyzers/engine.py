@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -152,6 +154,37 @@ def unpack(s: Summary) -> Summary:
     return s
 
 
+# Module level on purpose, the one such state of wdist: BLAS's thread pool is one setting of the whole
+# process, and threadpoolctl lets one thread at a time change it (others "silently do nothing"), so calls
+# from several threads take turns: each pins, computes and restores in full before the next starts.
+# Without this, overlapping calls restored each other's saved values in the wrong order (leaving the
+# caller's BLAS at one thread) and some ran multi-threaded (results differing in their last bits).
+_BLAS_LOCK = threading.RLock()
+
+
+def _threadpool_limits() -> Any:
+    """threadpoolctl.threadpool_limits, imported without leaving KMP_DUPLICATE_LIB_OK=True (which its import
+    sets) in the caller's environment, where child processes would inherit it."""
+    had = "KMP_DUPLICATE_LIB_OK" in os.environ
+    try:
+        from threadpoolctl import threadpool_limits
+    finally:
+        if not had:
+            os.environ.pop("KMP_DUPLICATE_LIB_OK", None)
+    return threadpool_limits
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread in this process (and the workers forked from it) for the duration, then as it was:
+    a multi-threaded Gram product is summed in another order, so results would depend on --jobs in their
+    last bits. Calls from several threads run one after the other. Raises ImportError without
+    threadpoolctl."""
+    limits = _threadpool_limits()
+    with _BLAS_LOCK, limits(limits=1, user_api="blas"):
+        yield
+
+
 def default_jobs() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -196,10 +229,10 @@ def probe_scheduler(address: str, timeout: float) -> None:
     from wdist.loaders.errors import WdistError
 
     async def ask() -> Any:
-        comm = await connect(address, timeout=timeout)
+        comm = await connect(address, timeout=timeout)  # Dask retries a refused connect until the timeout
         try:
             await comm.write({"op": "identity", "reply": True})
-            return await comm.read()
+            return await asyncio.wait_for(comm.read(), timeout)
         finally:
             comm.abort()
 
@@ -207,13 +240,14 @@ def probe_scheduler(address: str, timeout: float) -> None:
 
     def run() -> None:
         try:
-            out["info"] = asyncio.run(asyncio.wait_for(ask(), timeout))
+            # the outer bound is a backstop: connect and the reply are each bounded by `timeout` above
+            out["info"] = asyncio.run(asyncio.wait_for(ask(), 2 * timeout + 1))
         except BaseException as e:  # carried to the calling thread, which decides
             out["error"] = e
 
     t = threading.Thread(target=run, name="wdist-scheduler-probe", daemon=True)
     t.start()
-    t.join(timeout + 5)  # wait_for ends run() by then; the margin covers a slow cancellation
+    t.join(2 * timeout + 6)  # wait_for ends run() by then; the margin covers a slow cancellation
     e = out.get("error")
     if t.is_alive() or isinstance(e, (TimeoutError, asyncio.TimeoutError)):
         raise WdistError(address, f"no answer from a Dask scheduler within {timeout:g} s") from None
@@ -305,7 +339,7 @@ def ordered_map(fn: Callable[..., R], items: Iterable[tuple], jobs: int, total_b
     import sys
     import threading
 
-    from wdist._workerenv import one_blas_thread
+    from wdist._workerenv import one_blas_thread as worker_env
 
     # fork starts workers in milliseconds; it is safe here only while this process runs no other thread
     # (the progress bar refreshes without one). Readers reopen their files in the worker (see loaders).
@@ -313,9 +347,45 @@ def ordered_map(fn: Callable[..., R], items: Iterable[tuple], jobs: int, total_b
     # that uses it ("fork() use detected"): once it is loaded, workers are spawned.
     forkable = threading.active_count() == 1 and "tensorstore" not in sys.modules
     method = "fork" if sys.platform == "linux" and forkable else "spawn"
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context(method),
-                             initializer=one_blas_thread) as ex:
-        yield from ex.map(_call, ((fn, it) for it in items), chunksize=1)
+    if method == "spawn" and not _spawn_is_safe():
+        # a spawned worker imports the caller's main script again, which without an
+        # `if __name__ == "__main__"` guard runs the whole script (training included) once per worker
+        for it in items:
+            yield fn(*it)
+        return
+    default_method = mp.get_start_method(allow_none=True)
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context(method),
+                                 initializer=worker_env) as ex:
+            yield from ex.map(_call, ((fn, it) for it in items), chunksize=1)
+    finally:
+        if default_method is None:
+            _unset_default_start_method()
+
+
+def _spawn_is_safe() -> bool:
+    """Whether spawned workers may be started: the main module is wdist's own command (the `wdist` script
+    or `python -m wdist`), or there is no main script to run again (an interactive session, a notebook)."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__file__", None) is None:
+        return True
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and (spec.name or "").split(".")[0] == "wdist":
+        return True
+    entry = getattr(main, "main", None)  # pip's console script: `from wdist.cli.main import main`
+    return (getattr(entry, "__module__", None) or "").startswith("wdist.")
+
+
+def _unset_default_start_method() -> None:
+    """Leave multiprocessing's default start method unset, as the caller had it: spawning workers fixes it
+    (multiprocessing's spawn preparation asks for it), and the caller could no longer choose one."""
+    import multiprocessing.context as ctx
+
+    default = getattr(ctx, "_default_context", None)
+    if default is not None and hasattr(default, "_actual_context"):
+        default._actual_context = None
 
 
 def cached_map(fn: Callable[..., Any], items: list[tuple], keys: list[dict[str, Any] | None],

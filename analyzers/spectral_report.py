@@ -8,12 +8,13 @@ metrics with their caveats. Everything in a SpectralReport is plain JSON data.""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from wdist.analyzers.engine import DaskEngine, ordered_map
+from wdist.analyzers.engine import DaskEngine, one_blas_thread, ordered_map
 from wdist.analyzers.spectral import (
     SPECTRAL_METRICS,
     SpectralOptions,
@@ -72,9 +73,7 @@ def _work(ref: TensorRef, opts: SpectralOptions, keras: bool, pin: bool) -> Spec
     the worker is not this process's child (Dask)."""
     if not pin:
         return analyze_tensor(ref, opts, keras=keras)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         return analyze_tensor(ref, opts, keras=keras)
 
 
@@ -111,12 +110,11 @@ def spectral_report(ck: Checkpoint, refs: Sequence[TensorRef], opts: SpectralOpt
     done = 0
     by_layer: dict[str, list[SpectralResult]] = {}
     pinned: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-
-        pinned = threadpool_limits(limits=1, user_api="blas")  # this process and its forks; restored at the end
-    except ImportError:
+    # whether threadpoolctl is there, without importing it here (its import sets KMP_DUPLICATE_LIB_OK)
+    if importlib.util.find_spec("threadpoolctl") is None:
         jobs, engine = 1, None  # BLAS threads could not be pinned in workers: keep results independent of jobs
+    else:
+        pinned = one_blas_thread()  # this process and its forks; restored at the end
     with pinned:
         results = ordered_map(_work, [(r, opts, keras, engine is not None) for r in todo], jobs, total, engine)
         for ref, res in zip(todo, results):

@@ -166,14 +166,30 @@ class TrendReport(ReportMixin):
         return list(self.notes)
 
 
+def _labels(paths: list[str]) -> list[str]:
+    """Each checkpoint's label: its file or folder name, or as many trailing path parts as it takes to tell
+    apart checkpoints of the same name (r1/ckpt.pt and r2/ckpt.pt, not ckpt.pt twice). The label of a URL
+    is taken after its credentials are masked (a signed URL's query is in its last path segment)."""
+    parts = [os.path.normpath(fs.redact(p)).split(os.sep) for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        labels = ["/".join(ps[-d:]) for ps, d in zip(parts, depth)]
+        seen: dict[str, list[int]] = {}
+        for i, lab in enumerate(labels):
+            seen.setdefault(lab, []).append(i)
+        grow = [i for ids in seen.values() if len(ids) > 1 for i in ids if depth[i] < len(parts[i])]
+        if not grow:
+            return labels
+        for i in grow:
+            depth[i] += 1
+
+
 def order_points(paths: list[str], given: bool) -> tuple[list[TrendPoint], str]:
     pts = []
-    for p in paths:
+    labels = _labels(paths)
+    for p, label in zip(paths, labels):
         s = step_from_name(p)
-        # the label of a URL is taken after its credentials are masked (a signed URL's query is in its
-        # last path segment)
-        pts.append(TrendPoint(p, os.path.basename(os.path.normpath(fs.redact(p))), s[1] if s else None,
-                              s[0] if s else None))
+        pts.append(TrendPoint(p, label, s[1] if s else None, s[0] if s else None))
     if given:
         return pts, "as given on the command line"
     if pts and all(p.step is not None for p in pts) and len({p.step_source for p in pts}) == 1:

@@ -137,6 +137,6 @@ def step_summary(results: list[CheckpointResult], summary: str) -> None:
             if r.error:
                 lines.append(f"| {md_cell(r.path)} | (read) | error: {md_cell(r.error)} | |")
             for rr in r.rules:
-                lines.append(f"| {md_cell(r.path)} | `{md_cell(rr.rule)}` | {rr.verdict} | {len(rr.failures)} |")
+                lines.append(f"| {md_cell(r.path)} | {md_cell(rr.rule)} | {rr.verdict} | {len(rr.failures)} |")
         with open(summary, "a", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")

@@ -20,10 +20,18 @@ import numpy as np
 from wdist.analyzers.report import jsonable
 from wdist.analyzers.text import safe
 
+# always escaped: backslash, code, emphasis, HTML/autolink, table pipe, strikethrough, entity; `_` only where
+# it can open or close emphasis (not inside a word: lm_head stays as it is) and `(` only after `]` (that
+# is what makes [a](b) a link; a lone [4, 288] is text, as wdist writes no link reference definitions)
+_MD_SPECIAL = re.compile(r"[\\`*<>|~&]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|(?<=\])\(")
+
 
 def md_cell(s: Any) -> str:
-    """One Markdown table cell (or inline text): terminal-safe, with backslashes and pipes escaped."""
-    return safe(s).replace("\\", "\\\\").replace("|", "\\|")
+    """One Markdown table cell (or inline text): terminal-safe, then every character CommonMark or GitHub
+    could read as markup backslash-escaped, so that `a*b*c` is not rendered as a<em>b</em>c and
+    `emb.<pad>` is not dropped as an HTML tag. Never put the result inside a code span: escapes are not
+    processed there."""
+    return _MD_SPECIAL.sub(lambda m: "\\" + m[0], safe(s))
 
 
 # kept for callers that escaped Markdown before; the same as md_cell
@@ -99,11 +107,14 @@ def echo(con: Any, text: Any, style: str | None = None) -> None:
     con.print(text, style=style, soft_wrap=True)
 
 
-def fold(text: str, width: int | None, indent: str = "", hang: str = "    ", keep: Sequence[str] = ()) -> list[str]:
+def fold(text: str, width: int | None, indent: str = "", hang: str = "    ", keep: Sequence[str] = (),
+         escaped: bool = False) -> list[str]:
     """Terminal-safe text as lines wrapped at spaces to `width` terminal cells (wide characters count two;
     never inside a word, a number or a name in `keep`, whose own spaces do not break); one line when width
-    is None (natural width). A word wider than the line stands alone on its line, whole."""
-    text = safe(text)
+    is None (natural width). A word wider than the line stands alone on its line, whole. The text is
+    escaped here unless `escaped` says it was (safe() is injective, so it must run exactly once)."""
+    if not escaped:
+        text = safe(text)
     if width is None:
         return [indent + text]
     from rich.cells import cell_len
@@ -131,9 +142,9 @@ def fold(text: str, width: int | None, indent: str = "", hang: str = "    ", kee
 
 
 def prose(con: Any, text: str, indent: str = "", hang: str = "    ", style: str | None = None,
-          keep: Sequence[str] = ()) -> None:
-    """A paragraph wrapped at spaces to the output width."""
-    for line in fold(text, out_width(), indent, hang, keep):
+          keep: Sequence[str] = (), escaped: bool = False) -> None:
+    """A paragraph wrapped at spaces to the output width (`escaped`: the text went through safe() already)."""
+    for line in fold(text, out_width(), indent, hang, keep, escaped):
         echo(con, line, style)
 
 
@@ -145,7 +156,8 @@ def warn(con: Any, warnings: Sequence[str], indent: str = "", who: str = "") -> 
 
 
 def heading(con: Any, parts: Sequence[str], detail: str | None = None, style: str | None = "bold") -> None:
-    """A heading: the parts (paths, each with what it is) and an optional detail joined by two spaces on one
+    """A heading (parts and detail already escaped by the caller, with safe()): the parts (paths, each with
+    what it is) and an optional detail joined by two spaces on one
     line when that fits the output width; else each part whole on a line of its own (a path is never split
     and its spaces never folded) and the detail wrapped below them."""
     line = "  ".join([*parts, detail] if detail else parts)
@@ -156,7 +168,7 @@ def heading(con: Any, parts: Sequence[str], detail: str | None = None, style: st
     for p in parts:
         echo(con, p, style)
     if detail:
-        prose(con, detail, indent="  ", hang="  ", style=style)
+        prose(con, detail, indent="  ", hang="  ", style=style, escaped=True)
 
 
 # ---------------------------------------------------------------- tables
@@ -304,7 +316,14 @@ def num(v: Any, digits: int = 4) -> str:
         return f"{int(v):,}"
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
-    return f"{v:.{digits}g}"
+    t = f"{v:.{digits}g}"
+    # a value that is not exactly 1, -1 or 0 never prints as one (a cosine of 0.99997 is not "1", the text
+    # of an unchanged layer): more digits until it differs, at most all of them
+    d = digits
+    while float(t) in (1.0, -1.0, 0.0) and float(t) != v and d < 17:
+        d += 1
+        t = f"{v:.{d}g}"
+    return t
 
 
 def pct(v: Any) -> str:

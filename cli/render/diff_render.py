@@ -62,8 +62,11 @@ def _overlay(a: Summary, b: Summary, bins: int, width: int | None = None) -> lis
     scale_a = bars([*ca, top], 3)
     scale_b = bars([*cb, top], 3)
     merged = f", {k}:1 merged to fit" if k > 1 else ""
-    return (fold(f"w in [{-half:.3g}, {half:.3g}]  A (top) / B (bottom), same bins and scale{merged}", width,
-                 indent="  ")
+    # the range is the 99.9th percentile of |w|, so the largest values may lie outside it: say how many
+    beyond = (f"; beyond: A {ha.underflow} below, {ha.overflow} above, B {hb.underflow} below, "
+              f"{hb.overflow} above")
+    return (fold(f"w in [{-half:.3g}, {half:.3g}]  A (top) / B (bottom), same bins and scale{merged}{beyond}",
+                 width, indent="  ")
             + ["  A |" + line[:-1] + "|" for line in scale_a] + ["  B |" + line[:-1] + "|" for line in scale_b])
 
 
@@ -85,7 +88,7 @@ def render(r: DiffReport, fmt: str, per_tensor: bool, hist: bool, top: int | Non
     cells = [[num(ch.get("rel_l2_change"), 3), num(ch.get("cosine"), 4), pct(ch.get("sign_flip_fraction")),
               pct(ch.get("changed_fraction")), num(ch.get("max_abs_change"), 3)] for _, ch in rows]
     if fmt == "markdown":
-        out = [f"**diff** `{md_cell(r.a.path)}` → `{md_cell(r.b.path)}`", ""]
+        out = [f"**diff** {md_cell(r.a.path)} → {md_cell(r.b.path)}", ""]
         out += md_table(["name"] + head, [[n, *c] for (n, _), c in zip(rows, cells)], [False] + [True] * len(head))
         notes = [f"- {md_cell(lr.name)}: {md_cell(n)}" for lr in r.layers for n in lr.notes]
         notes += [f"- {md_cell(n)}" for n in r.notes]

@@ -104,15 +104,17 @@ def render(r: InspectReport, fmt: str, rows: list[Any], per_tensor: bool, hist: 
 
 def _what(r: InspectReport) -> str:
     ck = r.checkpoint
-    return (f"{safe(ck.format)}, {safe(ck.variant)}; {plural(ck.tensors, 'tensor')}, "
+    return (f"{ck.format}, {ck.variant}; {plural(ck.tensors, 'tensor')}, "
             f"{plural(ck.parameters, 'parameter')}, {human_bytes(ck.bytes)}")
 
 
 def _header(r: InspectReport) -> list[str]:
+    """The header lines as plain text, not escaped: the text rendering escapes them (prose), the Markdown
+    one with md_cell; safe() is injective and so must run exactly once."""
     ck, m = r.checkpoint, r.model.stats
-    roles = ", ".join(f"{safe(k)} {v:,}" for k, v in ck.parameters_by_role.items())
-    dtypes = ", ".join(f"{safe(k)} {v:,}" for k, v in ck.parameters_by_dtype.items())
-    lines = [f"{safe(ck.path)}  ({_what(r)})"]
+    roles = ", ".join(f"{k} {v:,}" for k, v in ck.parameters_by_role.items())
+    dtypes = ", ".join(f"{k} {v:,}" for k, v in ck.parameters_by_dtype.items())
+    lines = [f"{ck.path}  ({_what(r)})"]
     if roles:
         lines.append(f"by role: {roles}")
     if dtypes:
@@ -132,7 +134,7 @@ def _header(r: InspectReport) -> list[str]:
                  f"near zero (|w| <= {rule})")
     if r.skipped:  # selected but not floating point: said (every name), never silently left out
         lines.append(f"not analysed (not floating point): {plural(len(r.skipped), 'tensor')}: "
-                     + ", ".join(safe(n) for n in r.skipped))
+                     + ", ".join(r.skipped))
     if ck.step is not None:
         lines.append(f"step: {ck.step}")
     return lines
@@ -141,7 +143,7 @@ def _header(r: InspectReport) -> list[str]:
 def _table(r: InspectReport, rows: list[Any], per_tensor: bool, hist: bool, log_counts: bool) -> None:
     con = console()
     head = _header(r)
-    heading(con, [safe(r.checkpoint.path)], f"({_what(r)})")
+    heading(con, [safe(r.checkpoint.path)], safe(f"({_what(r)})"))
     for line in head[1:]:
         prose(con, line)
     warn(con, r.checkpoint.warnings)
@@ -170,7 +172,7 @@ def _markdown(r: InspectReport, rows: list[Any], per_tensor: bool) -> str:
     out += md_table(lead + COLUMNS,
                     [([row.name, row.role] if per_tensor else [row.name]) + [plain(c) for c in cells(row)]
                      for row in rows], [False] * len(lead) + [True] * len(COLUMNS))
-    notes = [f"- `{md_cell(row.name)}`: {md_cell(n)}" for row in rows for n in row.notes]
+    notes = [f"- {md_cell(row.name)}: {md_cell(n)}" for row in rows for n in row.notes]
     notes += [f"- model: {md_cell(n)}" for n in r.model.notes]
     if notes:
         out += ["", "**Reading**", ""] + notes

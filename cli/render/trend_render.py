@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import click
+from rich.cells import cell_len
 
 from wdist.analyzers.trend import SIGNED, TrendReport
 from wdist.cli.render.common import (
@@ -15,6 +16,7 @@ from wdist.cli.render.common import (
     dumps,
     echo,
     fit_bins,
+    fold,
     heading,
     num,
     out_width,
@@ -36,16 +38,33 @@ def _ridge_row(counts: list[int], top: int) -> str:
     return "".join(BLOCKS[min(8, round(8 * c / top))] if top else " " for c in counts)
 
 
-def _change_text(metric: str, ch: float | None) -> str:
+def _change_text(metric: str, ch: float | None, first: float | None = None, last: float | None = None) -> str:
     """The change against the first checkpoint: an absolute difference for signed shape metrics (kurtosis,
-    mean, ...: a percent of a number near zero means nothing), a relative change for the rest."""
+    mean, ...: a percent of a number near zero means nothing), a relative change for the rest: a percent,
+    with as many decimals as it takes not to show a change as +0% (or a fall to 3.13 from 4.2e38 as -100%),
+    or a ratio from x10 up and down to x0.1 and below."""
     if ch is None:
         return ""
     if metric in SIGNED:
         return f" {ch:+.3g}"
     if math.isinf(ch):
         return " from 0"
-    return f" {ch:+.0%}" if abs(ch) < 10 else f" x{1 + ch:.3g}"
+    if abs(ch) >= 10:
+        return f" x{1 + ch:.3g}"
+    if ch <= -0.9 and first and last:  # the ratio from the values: 1 + ch is 0 in float64 for 3.13 / 4.2e38
+        return f" x{last / first:.3g}"
+    return " " + signed_pct(ch)
+
+
+def signed_pct(ch: float) -> str:
+    p = 100 * ch
+    if ch == 0:
+        return "+0%"
+    for d in range(10):
+        t = f"{p:+.{d}f}"
+        if float(t) not in (0.0, -100.0):
+            return t + "%"
+    return f"{p:+.3g}%"
 
 
 def render(r: TrendReport, fmt: str, hist: bool) -> None:
@@ -82,29 +101,43 @@ def render(r: TrendReport, fmt: str, hist: bool) -> None:
             for m in r.metrics:
                 s = lt.series[m]
                 last = s[readable[-1]] if readable else None
-                cells.append(f"{sparkline(s)} {num(last, 3)}{_change_text(m, first.get(m))}")
+                start = next((s[i] for i in readable if s[i] is not None), None)
+                cells.append(f"{sparkline(s)} {num(last, 3)}{_change_text(m, first.get(m), start, last)}")
             rows.append((lt.name, cells))
         print_table(con, "layer", [Col(SHORT.get(m, m), False) for m in r.metrics], rows)
         names = ", ".join(f"{v} = {k}" for k, v in SHORT.items() if k in r.metrics)
-        prose(con, "each cell: sparkline over the checkpoints (bar heights from 0 to the series' largest value: "
-                   "equal bars mean equal values), last value, change against the first readable checkpoint "
+        prose(con, "each cell: sparkline over the checkpoints (8 bar heights from 0 to the series' largest value: "
+                   "equal bars are values within 1/8 of it, not equal values), last value, change against the first readable checkpoint "
                    "(relative; for kurtosis, skewness, mean, min and max the difference) (JSON also has the change "
                    "against the previous one)" + (f"; {names}" if names else ""),
               hang="", style="dim")
     if hist:
         width = out_width()
         labels = [safe(p.display) for p in r.checkpoints]
-        lw = max((len(x) for x in labels), default=0)
+        # padded by terminal cells, not characters: a CJK label is two cells a character
+        lw = max((cell_len(x) for x in labels), default=0)
         for lt in r.layers:
             hs = [h for h in lt.ridgeline if h is not None]
             if not hs:
                 continue
-            avail = None if width is None else max(8, width - lw - 6)
+            # values outside the shared range (it is set by the 99.9th percentile of |w|): counted at each
+            # row's end, as inspect's histograms count them
+            ends = [f" {h.underflow} below, {h.overflow} above" if h and (h.underflow or h.overflow) else ""
+                    for h in lt.ridgeline]
+            ew = max(len(e) for e in ends)
+            inline = width is None or width - lw - 6 - ew >= 8  # else the counts get a line of their own
+            avail = None if width is None else max(8, width - lw - 6 - (ew if inline else 0))
             rows_c = [fit_bins(h.counts, avail) if h else ([], 1) for h in lt.ridgeline]
             k = max(kk for _, kk in rows_c)
             top = max(max(c) for c, _ in rows_c if c)
             merged = f", {k}:1 merged to fit" if k > 1 else ""
-            heading(con, [safe(lt.name)], f"w in [{hs[0].edges[0]:.3g}, {hs[0].edges[-1]:.3g}] on shared bins{merged}")
-            for label, (c, _) in zip(labels, rows_c):
-                echo(con, f"  {label:>{lw}} |{_ridge_row(c, top) if c else ''}|")
+            beyond = "; values beyond it counted after each row that has any" if ew else ""
+            heading(con, [safe(lt.name)],
+                    f"w in [{hs[0].edges[0]:.3g}, {hs[0].edges[-1]:.3g}] on shared bins{merged}{beyond}")
+            for label, (c, _), end in zip(labels, rows_c, ends):
+                pad = " " * (lw - cell_len(label))
+                echo(con, f"  {pad}{label} |{_ridge_row(c, top) if c else ''}|{end if inline else ''}")
+                if end and not inline:
+                    for line in fold(end.strip(), width, indent="    "):
+                        echo(con, line)
     print_reading(con, [(lt.name, lt.notes) for lt in r.layers], r.notes)
