@@ -60,7 +60,7 @@ def expand_inputs(inputs: list[str], refused: dict[str, str] | None = None) -> l
             if not hits:
                 raise UsageError(item, "glob matches no file")
             out += hits
-        elif fs.isdir(item) and not is_model_dir(item):
+        elif fs.isdir(item) and (not is_model_dir(item) or _also_holds_others(item)):
             found = []
             for e in fs.listdir(item):
                 if not fs.inside_model_folder(e, item):
@@ -82,6 +82,27 @@ def expand_inputs(inputs: list[str], refused: dict[str, str] | None = None) -> l
         else:
             out.append(item)
     return out
+
+
+# Files a model folder holds beside its weights that are not other steps of a run: a Hugging Face Trainer
+# checkpoint-N folder's optimizer, scheduler, scaler, RNG and arguments, and the same weights in another
+# framework's file (pytorch_model.bin beside model.safetensors, tf_model.h5, flax_model.msgpack)
+_SIDE_FILES = re.compile(r"(optimizer|scheduler|scaler|training_args|rng_state(_\d+)?)\.(pt|pth|bin)|"
+                         r"pytorch_model(-\d{5}-of-\d{5})?\.bin|tf_model\.h5|flax_model\.msgpack|.*\.index\.json")
+
+
+def _also_holds_others(folder: str) -> bool:
+    """Whether a folder that reads as one checkpoint (one safetensors file, say) also holds other checkpoint
+    files (epoch1.pt, epoch2.pt): then `trend` reads it as a run folder, each file a step, rather than
+    the one model and nothing of the rest."""
+    files = set(find_in_dir(folder))
+    if not files or any(f.endswith(".index.json") for f in files):
+        return False
+    for e in fs.listdir(folder):
+        if e in files or fs.isdir(e) or not _is_ckpt_name(e) or _SIDE_FILES.fullmatch(fs.basename(e)):
+            continue
+        return True
+    return False
 
 
 def _is_ckpt_name(path: str) -> bool:

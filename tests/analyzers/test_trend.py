@@ -131,3 +131,27 @@ def test_a_tensor_at_zero_throughout_does_not_hide_its_layer_moving(tmp_path):
     notes = {lt.name: lt.notes for lt in rep.layers}
     assert any(n.startswith("still moving: L2 norm changed +20.0% (moving.weight)") for n in notes["moving"]), notes
     assert any(n.startswith("settled") for n in notes["rest"]), notes
+
+
+def test_a_folder_of_epoch_files_and_one_safetensors_is_a_run_not_one_model(tmp_path):
+    """It read as one model (the single safetensors file) and the .pt steps were dropped without a word; a
+    Hugging Face checkpoint folder (its optimizer, scheduler, RNG state, the same weights as .bin) is still
+    one checkpoint."""
+    import torch
+    from safetensors.torch import save_file
+
+    from wdist.analyzers.trend import expand_inputs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for i in range(3):
+        torch.save({"w": torch.ones(4) * (i + 1)}, run / f"epoch{i + 1}.pt")
+    save_file({"w": torch.ones(4)}, str(run / "model.safetensors"))
+    assert sorted(os.path.basename(p) for p in expand_inputs([str(run)])) == [
+        "epoch1.pt", "epoch2.pt", "epoch3.pt", "model.safetensors"]
+    hf = tmp_path / "checkpoint-500"
+    hf.mkdir()
+    save_file({"w": torch.ones(4)}, str(hf / "model.safetensors"))
+    for name in ("pytorch_model.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"):
+        torch.save({}, hf / name)
+    assert [os.path.basename(p) for p in expand_inputs([str(hf)])] == ["model.safetensors"]
