@@ -122,9 +122,41 @@ def filesystem(url: str) -> tuple[Any, str]:
     return fs, fs._strip_protocol(url) if proto not in ("http", "https") else url
 
 
+def _http_status(e: BaseException) -> int | None:
+    """The HTTP status behind an error, following its causes: fsspec's HTTP file system turns every failed
+    HEAD/GET of info() (a 403, a 500, a timeout) into a FileNotFoundError raised from the real error."""
+    seen = 0
+    while e is not None and seen < 8:
+        status = getattr(e, "status", None)
+        if isinstance(status, int) and 100 <= status <= 599:
+            return status
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+        seen += 1
+    return None
+
+
+def _timed_out(e: BaseException) -> bool:
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, TimeoutError) or type(e).__name__ in ("ServerTimeoutError", "ConnectTimeoutError",
+                                                               "ReadTimeoutError", "TimeoutError"):
+            return True
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+        seen += 1
+    return False
+
+
 def _remote_error(url: str, e: BaseException) -> WdistError:
     if isinstance(e, WdistError):
         return e
+    status = _http_status(e)
+    if status in (401, 403):
+        return WdistError(redact(url), f"access denied (HTTP {status}; check credentials)")
+    if status is not None and status != 404:
+        return WdistError(redact(url), f"the server answered HTTP {status}")
+    if _timed_out(e):
+        return WdistError(redact(url), f"no answer within {remote_timeout():g} s (the server stopped "
+                          "answering; $WDIST_REMOTE_TIMEOUT sets the limit)")
     if isinstance(e, FileNotFoundError):
         return WdistError(redact(url), "no such object")
     if isinstance(e, PermissionError):

@@ -232,8 +232,8 @@ def sniff(path: str) -> str:
 
         from wdist.loaders.fileio import ZIP_ERRORS
 
-        try:
-            with zipfile.ZipFile(path) as z:
+        try:  # through fs: a URL is not a local path (zipfile opened it as one: "No such file or directory")
+            with fs.open_binary(path) as f, zipfile.ZipFile(f) as z:
                 z.infolist()
         except ZIP_ERRORS as e:
             raise CorruptCheckpointError(path, f"zip archive is damaged or truncated ({str(e)[:80]})") from None

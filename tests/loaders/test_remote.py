@@ -368,3 +368,101 @@ def test_a_server_that_ignores_range_is_refused_without_reading_its_body(tmp_pat
     rc, rss_kb = out.split("\n", 1)[0].split()
     assert rc == "2" and int(rss_kb) < 400_000, out  # bounded (a few hundred MB at most for Python + torch)
     assert f"wdist: error: {url}: the server ignores HTTP Range requests" in out
+
+
+class _StatusHandler(http.server.BaseHTTPRequestHandler):
+    """Every request answered with one status (403: a private bucket's URL; 500: a failing server)."""
+
+    status = 403
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self) -> None:
+        self.send_response(self.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = do_GET = _answer
+
+
+class _TruncatedHandler(_RangeHandler):
+    """A file whose listed size (HEAD, Content-Range) is 5,000 bytes more than the bytes it holds."""
+
+    def send_head(self):  # type: ignore[no-untyped-def]
+        path = self.translate_path(self.path)
+        size = os.path.getsize(path) + 5000
+        rng = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range") or "")
+        data = Path(path).read_bytes()
+        if rng is None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            return None
+        a = int(rng.group(1))
+        b = int(rng.group(2)) if rng.group(2) else size - 1
+        self._body = data[a:b + 1]
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {a}-{b}/{size}")
+        self.send_header("Content-Length", str(len(self._body)))
+        self.end_headers()
+        return None
+
+    def do_GET(self) -> None:
+        self.send_head()
+        self.wfile.write(getattr(self, "_body", b""))
+
+
+def _serve(handler):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+@pytest.mark.parametrize("status, reason", [(403, "access denied (HTTP 403; check credentials)"),
+                                            (401, "access denied (HTTP 401; check credentials)"),
+                                            (500, "the server answered HTTP 500")])
+def test_an_http_error_status_is_said_as_such_not_as_a_missing_file(status, reason):
+    """fsspec turns every failed HEAD/GET of info() into FileNotFoundError: a 403 read 'no such file or
+    directory'."""
+    srv = _serve(type("S", (_StatusHandler,), {"status": status}))
+    url = f"http://127.0.0.1:{srv.server_address[1]}/m.pt"
+    try:
+        r = run("inspect", url, "--no-cache")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert r.exit_code == 2
+    assert r.output.strip() == f"wdist: error: {url}: {reason}"
+
+
+def test_a_remote_file_shorter_than_its_listed_size_is_said_so(tmp_path):
+    """A truncated .pt was 'zip archive is damaged or truncated ([Errno 2] No such file or directory: URL)':
+    the zip check opened the URL as a local path."""
+    root = tmp_path / "www"
+    root.mkdir()
+    torch.save({"w": torch.randn(64, 64)}, root / "m.pt")
+
+    def factory(*a, **k):
+        return type("T", (_TruncatedHandler,), {"sent": []})(*a, directory=str(root), **k)
+
+    srv = _serve(factory)
+    url = f"http://127.0.0.1:{srv.server_address[1]}/m.pt"
+    try:
+        r = run("inspect", url, "--no-cache")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert r.exit_code == 2
+    assert r.output.strip() == f"wdist: error: {url}: object is shorter than its listed size"
+
+
+def test_an_http_timeout_is_said_as_such(silent_server):
+    port = silent_server
+    url = f"http://127.0.0.1:{port}/m.pt"
+    r = subprocess.run([sys.executable, "-m", "wdist", "inspect", url, "--no-cache"], capture_output=True, text=True,
+                       env={**os.environ, "WDIST_REMOTE_TIMEOUT": "2"}, timeout=90)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == (f"wdist: error: {url}: no answer within 2 s (the server stopped "
+                                                 "answering; $WDIST_REMOTE_TIMEOUT sets the limit)")
