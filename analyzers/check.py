@@ -321,6 +321,42 @@ def _test(v: Any, rule: Rule) -> bool | None:
     return None if v is None else bool(OPS[rule.op](v, rule.value))
 
 
+# float64 values beyond float32's range are analysed as +-3.4e38 (loaders.dtypes): a tensor's min or max at
+# exactly that limit stands for "this far or farther". Such a value can still decide a rule (max <= 100
+# fails whatever lies beyond), but not one whose threshold lies out there too (max <= 1e39 would pass a
+# value of 1e300): that rule fails, saying why, rather than pass on a number that is not the file's.
+_F32_MAX = 3.4028234663852886e38
+_SAT_SAFE = frozenset({"zero_fraction", "nan_count", "inf_count", "numel", "finite_count", "units", "dead_units"})
+_SAT_GROWS = frozenset({"abs_mean", "rms", "l2_norm", "abs_p50", "abs_p90", "abs_p99", "abs_p999"})
+_SATURATED = Word("beyond float32's range (float64 values past +-3.4e38 are analysed as +-3.4e38): the rule "
+                  "cannot be decided")
+
+
+def _saturated(stats: dict[str, Any]) -> bool:
+    return stats.get("max") == _F32_MAX or stats.get("min") == -_F32_MAX
+
+
+def _decided(v: Any, rule: Rule, saturated: bool) -> bool:
+    """Whether a rule's outcome on a value is the same for every true value the saturated one stands for:
+    min/max at the limit stand for [3.4e38, inf) (or (-inf, -3.4e38]), the magnitude metrics for [v, inf)
+    (saturation only shrinks |w|); for the other metrics the true value is not bounded here."""
+    if not saturated or rule.metric in _SAT_SAFE or not isinstance(v, (int, float)):
+        return True
+    if rule.metric in ("max", "min"):
+        far = math.inf if v == _F32_MAX else -math.inf if v == -_F32_MAX else None
+    else:
+        far = math.inf if rule.metric in _SAT_GROWS else None
+    if far is None:
+        return rule.metric in ("max", "min")  # min/max not at the limit are the file's own values
+    return _test(v, rule) == _test(far, rule)
+
+
+def _value_outcome(name: str, v: Any, rule: Rule, saturated: bool) -> Outcome:
+    if not _decided(v, rule, saturated):
+        return Outcome(name, _SATURATED, False)
+    return Outcome(name, v, _test(v, rule))
+
+
 def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, allow_empty: bool,
              spectral: SpectralReport | None = None) -> list[RuleResult]:
     """Each rule's verdict on one checkpoint. Spectral rules (metrics in SPECTRAL_METRICS) read the per-tensor
@@ -346,9 +382,10 @@ def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, 
         elif rule.scope == "model":
             if rule.is_change:
                 v = diff.summary.get(rule.metric) if diff else None
+                outcomes.append(Outcome("model", v, _test(v, rule)))
             else:
-                v = report.model.stats.get(rule.metric)
-            outcomes.append(Outcome("model", v, _test(v, rule)))
+                sat = any(t.dtype == "float64" and _saturated(t.stats) for t in report.tensors)
+                outcomes.append(_value_outcome("model", report.model.stats.get(rule.metric), rule, sat))
         elif rule.is_change:
             for td in diff.tensors if diff else []:
                 if fnmatch.fnmatchcase(td.name, rule.scope) or (td.b_name and fnmatch.fnmatchcase(td.b_name, rule.scope)):
@@ -363,8 +400,8 @@ def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, 
         else:
             for t in report.tensors:
                 if _named(t, rule.scope):
-                    v = t.stats.get(rule.metric)
-                    outcomes.append(Outcome(t.name, v, _test(v, rule)))
+                    sat = t.dtype == "float64" and _saturated(t.stats)
+                    outcomes.append(_value_outcome(t.name, t.stats.get(rule.metric), rule, sat))
         fails = _worst_first([o for o in outcomes if o.passed is False], rule.op, rule.value)
         if not outcomes and not allow_empty:
             what = "tensor with spectral metrics (weight/embedding, rank >= 2)" if rule.is_spectral else "analysed tensor"

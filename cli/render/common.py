@@ -320,7 +320,7 @@ def num(v: Any, digits: int = 4) -> str:
     # a value that is not exactly 1, -1 or 0 never prints as one (a cosine of 0.99997 is not "1", the text
     # of an unchanged layer): more digits until it differs, at most all of them
     d = digits
-    while float(t) in (1.0, -1.0, 0.0) and float(t) != v and d < 17:
+    while isinstance(v, (float, np.floating)) and float(t) in (1.0, -1.0, 0.0) and float(t) != v and d < 17:
         d += 1
         t = f"{v:.{d}g}"
     return t

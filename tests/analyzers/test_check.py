@@ -155,3 +155,40 @@ def test_config_thresholds_must_be_real_numbers(tmp_path, value):
     p.write_text(f'rules = ["model: near_zero_fraction <= 0.5"]\nnear_zero_rel = {value}\n')
     with pytest.raises(UsageError, match="near_zero_rel must be a number"):
         load_config(str(p))
+
+
+def test_a_float64_value_beyond_float32s_range_cannot_pass_a_rule_it_would_fail(tmp_path):
+    """float64 values past +-3.4e38 are analysed as +-3.4e38: `max <= 1e39` passed a tensor holding 1e300."""
+    import json as _json
+
+    import numpy as np
+    from cli_helpers import run as _run
+    from safetensors.numpy import save_file as _save
+
+    w = np.linspace(-1, 1, 64)
+    w[3] = 1e300
+    p = tmp_path / "f64.safetensors"
+    _save({"fc.weight": w.astype(np.float64), "ok.weight": np.linspace(-1, 1, 64)}, str(p))
+    cases = {"fc.weight: max <= 1e39": "fail", "fc.weight: max <= 100": "fail", "fc.weight: max > 0": "pass",
+             "fc.weight: mean < 1e39": "fail", "fc.weight: l2_norm < 1e39": "fail", "fc.weight: l2_norm > 1": "pass",
+             "fc.weight: nan_count == 0": "pass", "model: max <= 1e39": "fail", "ok.weight: max <= 1e39": "pass",
+             "ok.weight: mean < 1e39": "pass"}
+    for rule, want in cases.items():
+        r = _run("check", p, "--no-config", "--no-cache", "--rule", rule, "--format", "json")
+        res = _json.loads(r.output)["checkpoints"][0]["rules"][0]
+        assert res["verdict"] == want, (rule, res)
+        if rule in ("fc.weight: max <= 1e39", "fc.weight: mean < 1e39", "model: max <= 1e39"):
+            assert "beyond float32's range" in str(res["failures"][0]["value"]), res
+    assert _run("check", p, "--no-config", "--no-cache", "--rule", "fc.weight: max <= 1e39").exit_code == 1
+
+
+def test_a_failing_verdict_rule_prints_its_word(tmp_path):
+    """Words (a state, a flag list) go through the number formatting of the text report too."""
+    import torch
+    from cli_helpers import run as _run
+
+    p = tmp_path / "m.pt"
+    torch.save({"fc.weight": torch.nn.Linear(64, 64).weight.detach()}, p)
+    r = _run("check", p, "--no-config", "--no-cache", "--rule", "model: state == trained")
+    assert r.exit_code == 1, r.output
+    assert "model: state = " in r.output
