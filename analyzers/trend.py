@@ -259,6 +259,8 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
     # these only (a norm layer's beta or a bias at zero is its initial value, not sparsity)
     weight_zero: dict[str, list[float | None]] = {}
     non_finite: dict[str, list[int | None]] = {}  # per layer, its NaN + Inf count at each checkpoint
+    # per layer, {tensor: (shape, dtype)} at each checkpoint (None where the layer is absent or unreadable)
+    layout: dict[str, list[dict[str, tuple[tuple[int, ...], str]] | None]] = {}
     spectral: list[Any] = []  # one SpectralReport (or None) per checkpoint, with --spectral
     errors = 0
     for i, pt in enumerate(points):
@@ -299,6 +301,11 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
             non_finite.setdefault(name, [None] * i).append(
                 (lr.stats.get("nan_count") or 0) + (lr.stats.get("inf_count") or 0) if lr else None)
         seen_t = {t.name: t for t in rep.tensors} if rep else {}
+        here: dict[str, dict[str, tuple[tuple[int, ...], str]]] = {}
+        for t in seen_t.values():
+            here.setdefault(t.layer, {})[t.name] = (tuple(t.shape), t.dtype)
+        for name in list(layout) + [n for n in here if n not in layout]:
+            layout.setdefault(name, [None] * i).append(here.get(name))
         for name in list(tensor_l2) + [n for n in seen_t if n not in tensor_l2]:
             tensor_l2.setdefault(name, [None] * i).append(seen_t[name].stats.get("l2_norm") if name in seen_t else None)
             if name in seen_t:
@@ -329,7 +336,8 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
         # the last interval between readable checkpoints: an unreadable last one must not hide the movement
         moves = [(t, _last_move([tensor_l2[t][i] for i in readable if i < len(tensor_l2[t])]))
                  for t in by_layer.get(name, [])]
-        lt.notes = _layer_notes(lt, points, moves, weight_zero.get(name, []), non_finite.get(name, []))
+        lt.notes = (_layout_notes(layout.get(name, []), points, readable)
+                    + _layer_notes(lt, points, moves, weight_zero.get(name, []), non_finite.get(name, [])))
         layers.append(lt)
     report = TrendReport(points, order, list(chosen), layers, tensor_series, model_series,
                          _run_notes(layers, points), errors)
@@ -397,6 +405,36 @@ def _last_move(vals: list[float | None]) -> tuple[float, float] | None:
         r = _rel(vals[-2], vals[-1])
         return None if r is None else (r, vals[-1])
     return None
+
+
+def _layout_notes(layout: list[dict[str, tuple[tuple[int, ...], str]] | None], points: list[TrendPoint],
+                  readable: list[int]) -> list[str]:
+    """What diff reports and a series of numbers hides: a layer absent from some readable checkpoints
+    (appeared later, removed, renamed), and a tensor of it that changed shape or dtype between two."""
+    out: list[str] = []
+    at = [(i, layout[i] if i < len(layout) else None) for i in readable]
+    missing = [i for i, x in at if x is None]
+    if missing and len(missing) < len(at):
+        shown = ", ".join(_label(points, i) for i in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        out.append(f"not in every checkpoint: absent at {shown}{more}")
+    changes: list[str] = []
+    present = [(i, x) for i, x in at if x is not None]
+    for (_, a), (j, b) in zip(present, present[1:]):
+        for t in sorted(set(a) | set(b)):
+            if t not in a:
+                changes.append(f"{t} added at {_label(points, j)}")
+            elif t not in b:
+                changes.append(f"{t} gone at {_label(points, j)}")
+            elif a[t] != b[t]:
+                (sa, da), (sb, db) = a[t], b[t]
+                what = (f"{list(sa)} -> {list(sb)}" if sa != sb else "") + \
+                       (f"{' ' if sa != sb else ''}{da} -> {db}" if da != db else "")
+                changes.append(f"{t} {what} at {_label(points, j)}")
+    if changes:
+        more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
+        out.append("tensors changed: " + "; ".join(changes[:5]) + more + " (the series mix them)")
+    return out
 
 
 def _layer_notes(lt: LayerTrend, points: list[TrendPoint], moves: list[tuple[str, tuple[float, float] | None]],

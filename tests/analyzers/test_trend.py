@@ -155,3 +155,19 @@ def test_a_folder_of_epoch_files_and_one_safetensors_is_a_run_not_one_model(tmp_
     for name in ("pytorch_model.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"):
         torch.save({}, hf / name)
     assert [os.path.basename(p) for p in expand_inputs([str(hf)])] == ["model.safetensors"]
+
+
+def test_a_layer_that_appears_goes_or_changes_shape_is_said_so(tmp_path):
+    """The series went on as if nothing happened (diff reports these; trend said nothing)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"a.weight": torch.ones(4, 4), "b.weight": torch.ones(4)}, run_dir / "step1.pt")
+    torch.save({"a.weight": torch.ones(4, 4) * 2, "c.weight": torch.ones(3)}, run_dir / "step2.pt")
+    torch.save({"a.weight": torch.ones(2, 8, dtype=torch.float16), "b.weight": torch.ones(8)}, run_dir / "step3.pt")
+    rep = run(expand_inputs([str(run_dir)]), Options(jobs=1))
+    notes = {lt.name: lt.notes for lt in rep.layers}
+    assert "tensors changed: a.weight [4, 4] -> [2, 8] float32 -> float16 at step 3 (the series mix them)" \
+        in notes["a"]
+    assert "not in every checkpoint: absent at step 2" in notes["b"]
+    assert "tensors changed: b.weight [4] -> [8] at step 3 (the series mix them)" in notes["b"]
+    assert "not in every checkpoint: absent at step 1, step 3" in notes["c"]
