@@ -423,7 +423,8 @@ def analyse(ck: Checkpoint, opts: Options | None = None, progress: Progress | No
     n_opt = sum(1 for t in ck.tensors if t.role is Role.OPTIMIZER_STATE)
     mr = verdict.judge_model(judged, shape_r, _step(ck), n_opt)
     model_r = Reading(mr.shape, mr.flags, shape_r.group, shape_r.kurtosis, shape_r.nonzero_shape,
-                      shape_r.nonzero_kurtosis, shape_r.pruning_gap, ", ".join(mr.init_schemes) or None)
+                      shape_r.nonzero_kurtosis, shape_r.pruning_gap, ", ".join(mr.init_schemes) or None,
+                      pruning_gap_members=shape_r.pruning_gap_members)
     layer_view = [(lr.name, lr.reading, lr.stats) for lr in ordered_layers if lr.reading is not None]
     rel = None if opts.near_zero.abs is not None else opts.near_zero.rel
     para = verdict.summary_paragraph(mr, shape_r, wst, mst, rel, layer_view)

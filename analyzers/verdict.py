@@ -29,6 +29,10 @@ MOSTLY_SMALL = 0.5
 OUTLIER_RATIO = 10.0  # max|w| >= 10 x abs_p999 ...
 OUTLIER_MIN = 1000  # ... on tensors of at least this many values
 GAP_RATIO = 0.25  # magnitude pruning: smallest nonzero |w| >= 0.25 x median nonzero |w|
+PRUNED_SE = 4.0  # pruned normal: the non-zeros' kurtosis within this many standard errors ...
+PRUNED_MARGIN = 0.005  # ... plus this ...
+PRUNED_SMALL_K = 50.0  # ... plus this / k of the centre-truncated normal's (see _pruned_normal)
+BIAS_MIN = 16  # a PyTorch default bias is judged on at least this many values (fewer: init_undecided)
 INIT_SHARE = 0.5  # `initialised`: at least this share of weight parameters at an init signature
 TRAINED_SHARE = 0.1  # `trained` (with no record): below this share
 
@@ -54,6 +58,12 @@ class Reading:
     # sparse tensors whose non-zeros are a normal with |w| < pruning_gap removed: the kurtosis such a
     # centre-truncated normal has (the non-zeros' own kurtosis is compared with it, not with 0)
     nonzero_expected_kurtosis: float | None = None
+    # pooled readings whose members do not all show a pruning gap: [members with one, members holding
+    # non-zeros that were judged]; pruning_gap is then None (a gap of only some members is no gap of the pool)
+    pruning_gap_members: list[int] | None = None
+    # too few values to test an init signature, and none contradicts one (a PyTorch bias of < 16 values all
+    # within ±1/√fan_in): neither `at_init` nor evidence against it, so it does not veto its layer's `at_init`
+    init_undecided: bool = False
 
 
 @dataclass
@@ -160,12 +170,30 @@ def _nonzero(s: Summary, r: Reading) -> None:
             _pruned_normal(s, r, k, kz, t)
 
 
+def truncated_normal_moments(a: float) -> tuple[float, float, float, float]:
+    """E[z^2], E[z^4], E[z^6], E[z^8] of a normal N(0, 1) with |z| < a removed (symmetric centre truncation),
+    from I_n = a^(n-1) phi(a) + (n - 1) I_(n-2), I_n = integral of z^n phi over z > a, divided by I_0 = Q(a)."""
+    r = _mills(a)  # phi(a) / Q(a)
+    e = {0: 1.0}
+    for j in (2, 4, 6, 8):
+        e[j] = a ** (j - 1) * r + (j - 1) * e[j - 2]
+    return e[2], e[4], e[6], e[8]
+
+
 def truncated_normal_kurtosis(a: float) -> float:
     """Excess kurtosis of a normal N(0, 1) with |z| < a removed (symmetric centre truncation):
     E[z^2] = 1 + a r, E[z^4] = 3 + (a^3 + 3a) r with r = phi(a) / Q(a)."""
-    r = _mills(a)
-    e2, e4 = 1 + a * r, 3 + (a ** 3 + 3 * a) * r
+    e2, e4, _, _ = truncated_normal_moments(a)
     return e4 / (e2 * e2) - 3.0
+
+
+def truncated_normal_kurtosis_sd(a: float) -> float:
+    """sqrt(k) x the standard error of the sample kurtosis of k draws of that centre-truncated normal (delta
+    method on m4 / m2^2 of a symmetric law: the estimated mean adds nothing at first order). A normal's is
+    sqrt(24); a deeply pruned normal's is far smaller (0.40 at 90% pruning), as its non-zeros are a narrow band."""
+    m2, m4, m6, m8 = truncated_normal_moments(a)
+    v = (m8 - m4 * m4) / m2 ** 4 - 4 * m4 * (m6 - m2 * m4) / m2 ** 5 + 4 * m4 * m4 * (m4 - m2 * m2) / m2 ** 6
+    return math.sqrt(max(v, 0.0))
 
 
 def _mills(a: float) -> float:
@@ -176,17 +204,8 @@ def _mills(a: float) -> float:
     return math.exp(-a * a / 2) / math.sqrt(2 * math.pi) / q
 
 
-def _pruned_normal(s: Summary, r: Reading, k: int, kz: float, t: float) -> None:
-    """Recognise magnitude pruning of normal weights: the non-zeros are then a normal of some sigma with
-    |w| < t removed. sigma follows from their second moment E[w^2] = sigma^2 (1 + a r(a)), a = t / sigma
-    (solved by bisection); the non-zeros count as Gaussian-like when their kurtosis is within sampling
-    error (4 sqrt(24/k) + 0.1) of what that truncated normal gives."""
-    n = float(s.n)
-    p2 = s.m2 + n * s.mean * s.mean  # raw sum of squares: the zeros add nothing
-    m2 = p2 / k
-    target = m2 / (t * t)  # = (1 + a r(a)) / a^2, decreasing from +inf (a -> 0) to 1 (a -> inf)
-    if not target > 1.0:
-        return
+def _truncation_point(target: float) -> float:
+    """a with (1 + a r(a)) / a^2 = target (> 1): the pruning threshold in units of the normal's sigma."""
     lo, hi = 1e-6, 40.0
     for _ in range(200):
         mid = 0.5 * (lo + hi)
@@ -194,9 +213,31 @@ def _pruned_normal(s: Summary, r: Reading, k: int, kz: float, t: float) -> None:
             lo = mid
         else:
             hi = mid
-    a = 0.5 * (lo + hi)
+    return 0.5 * (lo + hi)
+
+
+def _pruned_normal(s: Summary, r: Reading, k: int, kz: float, t: float) -> None:
+    """Recognise magnitude pruning of normal weights: the non-zeros are then a normal of some sigma with
+    |w| < t removed. sigma follows from their second moment E[w^2] = sigma^2 (1 + a r(a)), a = t / sigma
+    (solved by bisection). The gap t is a bin's lower edge, the true smallest |w| up to 2^-7 above it, so the
+    expected kurtosis is taken over that range [K(a(t (1 + 2^-7))), K(a(t))]; the non-zeros count as
+    Gaussian-like when their kurtosis lies within PRUNED_SE standard errors of it (the truncated normal's own
+    standard error, truncated_normal_kurtosis_sd(a) / sqrt(k)) plus PRUNED_MARGIN + PRUNED_SMALL_K / k (the
+    sample kurtosis' O(1/k) bias and its skewed spread at small k). A magnitude-pruned Laplace (or any
+    heavier-tailed law) sits tens of standard errors above it once it has a few thousand non-zeros."""
+    n = float(s.n)
+    p2 = s.m2 + n * s.mean * s.mean  # raw sum of squares: the zeros add nothing
+    m2 = p2 / k
+    target = m2 / (t * t)  # = (1 + a r(a)) / a^2, decreasing from +inf (a -> 0) to 1 (a -> inf)
+    if not target > 1.0:
+        return
+    a = _truncation_point(target)
     expected = truncated_normal_kurtosis(a)
-    if abs(kz - expected) <= 4 * math.sqrt(24 / k) + 0.1 and _reaches_normal_tail(s, k, t, t / a):
+    t_hi = t * (1 + 2.0 ** -7)
+    target_hi = m2 / (t_hi * t_hi)
+    lowest = truncated_normal_kurtosis(_truncation_point(target_hi)) if target_hi > 1.0 else -2.0
+    tol = PRUNED_SE * truncated_normal_kurtosis_sd(a) / math.sqrt(k) + PRUNED_MARGIN + PRUNED_SMALL_K / k
+    if lowest - tol <= kz <= expected + tol and _reaches_normal_tail(s, k, t, t / a):
         r.nonzero_shape = "gaussian"
         r.nonzero_expected_kurtosis = expected
 
@@ -216,6 +257,18 @@ def _reaches_normal_tail(s: Summary, k: int, t: float, sigma: float) -> bool:
         return True
     x_k = -NormalDist(0.0, sigma).inv_cdf(q)
     return max(abs(s.min), abs(s.max)) >= t + 0.5 * (x_k - t)
+
+
+def _small_without_outliers(s: Summary, m: Stats, p999: float) -> bool:
+    """Does `mostly_small` survive without the outliers? A relative near-zero threshold follows max|w|, so one
+    huge value puts every other value "near zero". Recount at the threshold scaled from max|w| down to the
+    outlier bound OUTLIER_RATIO x abs_p999 (no non-outlier value exceeds it): the claim must hold there too."""
+    t, big = m.get("near_zero_threshold"), _max_abs(m)
+    if t is None or not big > 0:
+        return True
+    scaled = t * min(1.0, OUTLIER_RATIO * p999 / big)
+    near = metrics.count_at_most(metrics.abs_bins(s), scaled, s.exact_bins)
+    return near >= MOSTLY_SMALL * (m.get("numel") or s.numel)
 
 
 def _shape_flags(flags: set[str], shp: str, r: Reading, m: Stats) -> None:
@@ -248,6 +301,8 @@ def judge_tensor(name: str, role: str, shape: Sequence[int], s: Summary, m: Stat
         p999 = m.get("abs_p999")
         if p999 and s.n >= OUTLIER_MIN and _max_abs(m) >= OUTLIER_RATIO * p999:
             flags.add("outliers")
+            if "mostly_small" in flags and not _small_without_outliers(s, m, p999):
+                flags.discard("mostly_small")
         # one all-zero row of an embedding is its padding_idx row, zero by design (nn.Embedding)
         if m.get("dead_units") and not (grp == "embedding" and m.get("dead_units") == 1):
             flags.add("dead_units")
@@ -262,6 +317,10 @@ def judge_tensor(name: str, role: str, shape: Sequence[int], s: Summary, m: Stat
         if at_init:
             flags.add("at_init")
             r.init, r.init_detail = what, what
+        elif grp == "bias" and bias_fan_in and s.n < BIAS_MIN and _max_abs(m) <= _bias_bound(bias_fan_in):
+            r.init_undecided = True
+            r.init_detail = (f"{s.n} value{'s' if s.n != 1 else ''}, too few to test an initialisation; within "
+                             f"PyTorch's default bias range ±1/√{bias_fan_in}")
     r.flags = [f for f in FLAGS if f in flags]
     return r
 
@@ -276,12 +335,17 @@ def _non_weight_at_init(grp: str, name: str, s: Summary, m: Stats, bias_fan_in: 
         return True, "all one (the usual initial value of a norm scale)"
     if grp == "running_stat" and ((p.endswith("mean") and zero) or (p.endswith(("var", "variance")) and ones)):
         return True, "running statistics at their initial values"
-    if grp == "bias" and bias_fan_in and s.n >= 16:
+    if grp == "bias" and bias_fan_in and s.n >= BIAS_MIN:
         bound = 1.0 / math.sqrt(bias_fan_in)
         mx, std = _max_abs(m), m.get("std") or 0.0
-        if 0.5 * bound <= mx <= bound * (1 + 2.0 ** -7) and 0.7 <= std * math.sqrt(3) / bound <= 1.3:
+        if 0.5 * bound <= mx <= _bias_bound(bias_fan_in) and 0.7 <= std * math.sqrt(3) / bound <= 1.3:
             return True, f"within PyTorch's default bias range ±1/√{bias_fan_in}"
     return False, ""
+
+
+def _bias_bound(fan_in: int) -> float:
+    """PyTorch's default bias init U(±1/√fan_in), with float rounding room."""
+    return (1 + 2.0 ** -7) / math.sqrt(fan_in)
 
 
 def _majority(members: Sequence[tuple[Reading, int]]) -> str | None:
@@ -301,7 +365,8 @@ def _majority(members: Sequence[tuple[Reading, int]]) -> str | None:
 def judge_pool(members: Sequence[tuple[Reading, int]], shape_members: Sequence[tuple[Reading, int]],
                s: Summary, m: Stats, group: str) -> Reading:
     """A layer's (or the model's) reading. `s`/`m` pool the shape group only (`shape_members`); flags for
-    problems (non_finite, outliers, dead_units) are the union over all members; `at_init` needs all."""
+    problems (non_finite, outliers, dead_units) are the union over all members; `at_init` needs every member
+    at init or too small to judge (_pool_at_init)."""
     k, _ = metrics.standardised(s)
     base = _base_shape(s, m)
     if base is None and shape_members and all(r.shape == "constant" for r, _ in shape_members):
@@ -319,20 +384,60 @@ def judge_pool(members: Sequence[tuple[Reading, int]], shape_members: Sequence[t
     if shp == "sparse":
         nz = _majority([(Reading(x.nonzero_shape or "too_small", []), n) for x, n in shape_members])
         r.nonzero_shape = nz
-        gaps = [x.pruning_gap for x, _ in shape_members if x.pruning_gap is not None]
-        if gaps and len(gaps) * 2 >= len(shape_members):
-            r.pruning_gap = min(gaps)
+        _pooled_gap(r, shape_members, s)
     flags: set[str] = set()
     for x, _ in members:
         flags.update(f for f in x.flags if f in ("non_finite", "outliers", "dead_units"))
     if group in WEIGHTY:
         _shape_flags(flags, shp, r, m)
-    if members and all("at_init" in x.flags for x, _ in members):
+        if "mostly_small" in flags and not _pool_small_without_outliers(shape_members, m):
+            flags.discard("mostly_small")
+    if _pool_at_init(members):
         flags.add("at_init")
         inits_seen = list(dict.fromkeys(x.init for x, _ in shape_members if x.init))
         r.init = "; ".join(inits_seen) if inits_seen else None
     r.flags = [f for f in FLAGS if f in flags]
     return r
+
+
+def _pooled_gap(r: Reading, members: Sequence[tuple[Reading, int]], s: Summary) -> None:
+    """A pool's pruning gap: only when every member holding non-zeros has one (members too small to judge,
+    under SHAPE_MIN values, count through the pooled values: none of theirs may fall below it). The pool's
+    smallest non-zero |w| is then the smallest member gap, a gap of the pooled values. When only some
+    members have one, no gap is claimed and `pruning_gap_members` says how many do."""
+    judged = [x for x, _ in members if x.shape not in ("all_zero", "too_small")]
+    gaps = [x.pruning_gap for x in judged if x.pruning_gap is not None]
+    if not gaps:
+        return
+    if len(gaps) < len(judged):
+        r.pruning_gap_members = [len(gaps), len(judged)]
+        return
+    low = metrics.smallest_nonzero(s)
+    if low is not None and low >= min(gaps):
+        r.pruning_gap = min(gaps)
+    else:  # a member too small to judge has non-zeros below the gap: it counts as one without a gap
+        r.pruning_gap_members = [len(gaps), len(judged) + sum(1 for x, _ in members if x.shape == "too_small")]
+
+
+def _pool_small_without_outliers(members: Sequence[tuple[Reading, int]], m: Stats) -> bool:
+    """The pooled `mostly_small` sums each member's near-zero count; a member with `outliers` that is not
+    mostly small itself may owe its count to them. The claim must survive with none of those members'
+    values counted as near zero."""
+    suspect = sum(n for x, n in members if "outliers" in x.flags and "mostly_small" not in x.flags)
+    if not suspect:
+        return True
+    total = m.get("numel") or 0
+    return (m.get("near_zero_fraction") or 0.0) * total - suspect >= MOSTLY_SMALL * total
+
+
+def _pool_at_init(members: Sequence[tuple[Reading, int]]) -> bool:
+    """A layer is `at_init` when every member is, except members too small to judge (`init_undecided`: a
+    PyTorch bias of < 16 values within ±1/√fan_in), provided the members at init hold at least half of the
+    layer's parameters (its weight). An undecided member never makes a layer at init on its own."""
+    if not members or not all("at_init" in x.flags or x.init_undecided for x, _ in members):
+        return False
+    at = sum(n for x, n in members if "at_init" in x.flags)
+    return at > 0 and at >= INIT_SHARE * sum(n for _, n in members)
 
 
 def judge_model(tensors: Sequence[tuple[Reading, int]], shape_reading: Reading, step: tuple[str, int] | None,
@@ -449,6 +554,12 @@ def _nonzero_text(r: Reading) -> str:
     if r.pruning_gap is not None:
         parts.append(f"{'with ' if parts else 'the non-zeros have '}nothing below |w| = {_g(r.pruning_gap)}: "
                      "magnitude pruning")
+    elif r.pruning_gap_members:
+        have, of = r.pruning_gap_members
+        if parts:
+            parts[-1] += ";"
+        parts.append(f"only {have} of {of} tensors show a magnitude-pruning gap (nothing below a |w| of their "
+                     "own), so the pool as a whole has none")
     return " ".join(parts)
 
 
