@@ -321,40 +321,56 @@ def _test(v: Any, rule: Rule) -> bool | None:
     return None if v is None else bool(OPS[rule.op](v, rule.value))
 
 
-# float64 values beyond float32's range are analysed as +-3.4e38 (loaders.dtypes): a tensor's min or max at
-# exactly that limit stands for "this far or farther". Such a value can still decide a rule (max <= 100
+# float64 values beyond float32's range are analysed at its limits (loaders.dtypes): past +-3.4e38 as
+# +-3.4e38, a nonzero below 1.4e-45 as +-1.4e-45. A min, max or percentile at exactly such a limit stands
+# for "this far or farther" (or "this small or smaller"). Such a value can still decide a rule (max <= 100
 # fails whatever lies beyond), but not one whose threshold lies out there too (max <= 1e39 would pass a
 # value of 1e300): that rule fails, saying why, rather than pass on a number that is not the file's.
 _F32_MAX = 3.4028234663852886e38
+_F32_TINY = 1.401298464324817e-45  # the smallest float32 subnormal
 _SAT_SAFE = frozenset({"zero_fraction", "nan_count", "inf_count", "numel", "finite_count", "units", "dead_units"})
-_SAT_GROWS = frozenset({"abs_mean", "rms", "l2_norm", "abs_p50", "abs_p90", "abs_p99", "abs_p999"})
-_SATURATED = Word("beyond float32's range (float64 values past +-3.4e38 are analysed as +-3.4e38): the rule "
-                  "cannot be decided")
+_SAT_ORDER = frozenset({"max", "min", "abs_p50", "abs_p90", "abs_p99", "abs_p999"})  # order statistics
+_SAT_GROWS = frozenset({"abs_mean", "rms", "l2_norm"})  # |w| sums: saturation only moves them one way
+_SATURATED = Word("beyond float32's range (float64 values past +-3.4e38, or nonzero below 1.4e-45, are analysed "
+                  "at those limits): the rule cannot be decided")
 
 
-def _saturated(stats: dict[str, Any]) -> bool:
-    return stats.get("max") == _F32_MAX or stats.get("min") == -_F32_MAX
+def _saturation(stats: dict[str, Any] | None, dtype: str | None) -> tuple[bool, bool]:
+    """(some value past +-3.4e38, every nonzero value below 1.4e-45) for a float64 tensor's stats."""
+    if dtype != "float64" or not stats:
+        return False, False
+    hi = stats.get("max") == _F32_MAX or stats.get("min") == -_F32_MAX
+    ends = [abs(v) for v in (stats.get("max"), stats.get("min")) if isinstance(v, (int, float))]
+    return hi, bool(ends) and max(ends) == _F32_TINY
 
 
-def _decided(v: Any, rule: Rule, saturated: bool) -> bool:
-    """Whether a rule's outcome on a value is the same for every true value the saturated one stands for:
-    min/max at the limit stand for [3.4e38, inf) (or (-inf, -3.4e38]), the magnitude metrics for [v, inf)
-    (saturation only shrinks |w|); for the other metrics the true value is not bounded here."""
-    if not saturated or rule.metric in _SAT_SAFE or not isinstance(v, (int, float)):
+def _decided(v: Any, metric: str, rule: Rule, sat: tuple[bool, bool]) -> bool:
+    """Whether a rule's outcome on a value is the same for every true value the analysed one stands for."""
+    hi, tiny = sat
+    if not (hi or tiny) or metric in _SAT_SAFE or not isinstance(v, (int, float)):
         return True
-    if rule.metric in ("max", "min"):
-        far = math.inf if v == _F32_MAX else -math.inf if v == -_F32_MAX else None
-    else:
-        far = math.inf if rule.metric in _SAT_GROWS else None
-    if far is None:
-        return rule.metric in ("max", "min")  # min/max not at the limit are the file's own values
-    return _test(v, rule) == _test(far, rule)
+    if metric in _SAT_ORDER or metric in _SAT_GROWS:
+        if abs(v) == _F32_MAX:
+            far = math.copysign(math.inf, v)
+        elif abs(v) == _F32_TINY or (metric in _SAT_GROWS and tiny):
+            far = 0.0  # the true value lies between 0 and it
+        elif metric in _SAT_GROWS and hi:
+            far = math.inf
+        else:
+            return True  # an order statistic short of the limits is the file's own value
+        return _test(v, rule) == _test(far, rule)
+    return False  # mean, std, shape metrics: not bounded by the analysed value
 
 
-def _value_outcome(name: str, v: Any, rule: Rule, saturated: bool) -> Outcome:
-    if not _decided(v, rule, saturated):
+def _value_outcome(name: str, v: Any, rule: Rule, sat: tuple[bool, bool], metric: str | None = None) -> Outcome:
+    if not _decided(v, metric or rule.metric, rule, sat):
         return Outcome(name, _SATURATED, False)
     return Outcome(name, v, _test(v, rule))
+
+
+def _any_sat(pairs: list[tuple[dict[str, Any] | None, str | None]]) -> tuple[bool, bool]:
+    sats = [_saturation(st, dt) for st, dt in pairs]
+    return any(h for h, _ in sats), any(t for _, t in sats)
 
 
 def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, allow_empty: bool,
@@ -382,9 +398,12 @@ def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, 
         elif rule.scope == "model":
             if rule.is_change:
                 v = diff.summary.get(rule.metric) if diff else None
-                outcomes.append(Outcome("model", v, _test(v, rule)))
+                sat = _any_sat([(td.a, td.dtype_a) for td in diff.tensors] + [(td.b, td.dtype_b) for td in diff.tensors]
+                               ) if diff else (False, False)
+                # a change of saturated values is not the file's: only a sign flip survives saturation
+                outcomes.append(_value_outcome("model", v, rule, sat, "mean"))
             else:
-                sat = any(t.dtype == "float64" and _saturated(t.stats) for t in report.tensors)
+                sat = _any_sat([(t.stats, t.dtype) for t in report.tensors])
                 outcomes.append(_value_outcome("model", report.model.stats.get(rule.metric), rule, sat))
         elif rule.is_change:
             for td in diff.tensors if diff else []:
@@ -392,16 +411,19 @@ def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, 
                     if td.status in _UNPAIRED:  # nothing to compare: a drift gate must not pass on it
                         outcomes.append(Outcome(td.b_name or td.name, Word(_UNPAIRED[td.status]), False))
                         continue
+                    sat = _any_sat([(td.a, td.dtype_a), (td.b, td.dtype_b)])
                     if rule.metric.startswith(DELTA):
-                        v = (td.delta or {}).get(rule.metric[len(DELTA):])
+                        base = rule.metric[len(DELTA):]
+                        v = (td.delta or {}).get(base)
+                        m = base if base in _SAT_SAFE else "mean"  # a difference of two bounds is unbounded
                     else:
                         v = (td.change or {}).get(rule.metric)
-                    outcomes.append(Outcome(td.b_name or td.name, v, _test(v, rule)))
+                        m = "zero_fraction" if rule.metric == "sign_flip_fraction" else "mean"
+                    outcomes.append(_value_outcome(td.b_name or td.name, v, rule, sat, m))
         else:
             for t in report.tensors:
                 if _named(t, rule.scope):
-                    sat = t.dtype == "float64" and _saturated(t.stats)
-                    outcomes.append(_value_outcome(t.name, t.stats.get(rule.metric), rule, sat))
+                    outcomes.append(_value_outcome(t.name, t.stats.get(rule.metric), rule, _saturation(t.stats, t.dtype)))
         fails = _worst_first([o for o in outcomes if o.passed is False], rule.op, rule.value)
         if not outcomes and not allow_empty:
             what = "tensor with spectral metrics (weight/embedding, rank >= 2)" if rule.is_spectral else "analysed tensor"

@@ -185,6 +185,21 @@ def one_blas_thread() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def one_blas_thread_unless_held() -> Iterator[None]:
+    """one_blas_thread for a task on a Dask worker: in a worker thread of this very process (an in-process
+    cluster) the caller's spectral pass already holds the lock with the process's BLAS pinned, and waiting
+    for it would deadlock; then the task runs as it is, on the pinned BLAS."""
+    if not _BLAS_LOCK.acquire(blocking=False):
+        yield
+        return
+    try:
+        with one_blas_thread():
+            yield
+    finally:
+        _BLAS_LOCK.release()
+
+
 def default_jobs() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -225,11 +240,25 @@ def probe_scheduler(address: str, timeout: float) -> None:
     import threading
 
     from distributed.comm import connect
+    from distributed.security import Security
 
     from wdist.loaders.errors import WdistError
 
+    # the connection arguments a Client would use (TLS certificates from Dask's config), or a tls://
+    # scheduler could never be reached
+    args = Security().get_connection_args("client")
+    try:  # a malformed address is the user's, not the server's: said before anything is sent
+        from distributed.comm.addressing import parse_address, parse_host_port
+
+        scheme, loc = parse_address(address)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(loc)
+    except Exception as bad:  # noqa: BLE001 - Dask raises ValueError, TypeError, ...
+        raise WdistError(address, f"cannot reach a Dask scheduler (bad address: {str(bad)[:200]})") from None
+
     async def ask() -> Any:
-        comm = await connect(address, timeout=timeout)  # Dask retries a refused connect until the timeout
+        # Dask retries a refused connect until the timeout
+        comm = await connect(address, timeout=timeout, **args)
         try:
             await comm.write({"op": "identity", "reply": True})
             return await asyncio.wait_for(comm.read(), timeout)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from wdist.analyzers.engine import DaskEngine, one_blas_thread, ordered_map
+from wdist.analyzers.engine import DaskEngine, one_blas_thread, one_blas_thread_unless_held, ordered_map
 from wdist.analyzers.spectral import (
     SPECTRAL_METRICS,
     SpectralOptions,
@@ -73,7 +73,7 @@ def _work(ref: TensorRef, opts: SpectralOptions, keras: bool, pin: bool) -> Spec
     the worker is not this process's child (Dask)."""
     if not pin:
         return analyze_tensor(ref, opts, keras=keras)
-    with one_blas_thread():
+    with one_blas_thread_unless_held():
         return analyze_tensor(ref, opts, keras=keras)
 
 

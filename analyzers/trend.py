@@ -69,7 +69,8 @@ def expand_inputs(inputs: list[str], refused: dict[str, str] | None = None) -> l
                     if refused is not None and _is_ckpt_name(e):
                         refused[e] = OUTSIDE
                         found.append(e)
-                elif (not fs.isdir(e) and _is_ckpt_name(e)) or (fs.isdir(e) and is_model_dir(e)):
+                elif (not fs.isdir(e) and _is_ckpt_name(e) and not _NOT_WEIGHTS.fullmatch(fs.basename(e))) or (
+                        fs.isdir(e) and is_model_dir(e)):
                     found.append(e)
             if not found:
                 raise UsageError(item, "directory holds no checkpoints")
@@ -84,24 +85,26 @@ def expand_inputs(inputs: list[str], refused: dict[str, str] | None = None) -> l
     return out
 
 
-# Files a model folder holds beside its weights that are not other steps of a run: a Hugging Face Trainer
-# checkpoint-N folder's optimizer, scheduler, scaler, RNG and arguments, and the same weights in another
-# framework's file (pytorch_model.bin beside model.safetensors, tf_model.h5, flax_model.msgpack)
-_SIDE_FILES = re.compile(r"(optimizer|scheduler|scaler|training_args|rng_state(_\d+)?)\.(pt|pth|bin)|"
-                         r"pytorch_model(-\d{5}-of-\d{5})?\.bin|tf_model\.h5|flax_model\.msgpack|.*\.index\.json")
+# Files a training run saves beside its weights that hold no model: a Hugging Face Trainer checkpoint-N
+# folder's optimizer, scheduler, scaler, RNG state and arguments, Accelerate's save_state (optimizer.bin,
+# scheduler.bin, sampler.bin, random_states_0.pkl). Never a step of a run.
+_NOT_WEIGHTS = re.compile(r"(optimizer|scheduler|scaler|sampler)(_\d+)?\.(pt|pth|bin)|training_args\.bin|"
+                          r"rng_state(_\d+)?\.pth|random_states(_\d+)?\.pkl", re.I)
 
 
 def _also_holds_others(folder: str) -> bool:
-    """Whether a folder that reads as one checkpoint (one safetensors file, say) also holds other checkpoint
-    files (epoch1.pt, epoch2.pt): then `trend` reads it as a run folder, each file a step, rather than
-    the one model and nothing of the rest."""
+    """Whether a folder that reads as one checkpoint (one safetensors file, say) also holds other
+    checkpoints named as steps (epoch1.pt, step_500.pt): then `trend` reads it as a run folder, each file a
+    step, rather than the one model and nothing of the rest. Files without a step in their name (the same
+    weights as adapter_model.bin or diffusion_pytorch_model.bin, an optimizer) keep it one checkpoint."""
     files = set(find_in_dir(folder))
     if not files or any(f.endswith(".index.json") for f in files):
         return False
     for e in fs.listdir(folder):
-        if e in files or fs.isdir(e) or not _is_ckpt_name(e) or _SIDE_FILES.fullmatch(fs.basename(e)):
+        if e in files or fs.isdir(e) or not _is_ckpt_name(e) or _NOT_WEIGHTS.fullmatch(fs.basename(e)):
             continue
-        return True
+        if step_from_name(e) is not None:
+            return True
     return False
 
 
@@ -302,8 +305,8 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
                 (lr.stats.get("nan_count") or 0) + (lr.stats.get("inf_count") or 0) if lr else None)
         seen_t = {t.name: t for t in rep.tensors} if rep else {}
         here: dict[str, dict[str, tuple[tuple[int, ...], str]]] = {}
-        for t in seen_t.values():
-            here.setdefault(t.layer, {})[t.name] = (tuple(t.shape), t.dtype)
+        for tr in seen_t.values():
+            here.setdefault(tr.layer, {})[tr.name] = (tuple(tr.shape), tr.dtype)
         for name in list(layout) + [n for n in here if n not in layout]:
             layout.setdefault(name, [None] * i).append(here.get(name))
         for name in list(tensor_l2) + [n for n in seen_t if n not in tensor_l2]:

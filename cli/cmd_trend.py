@@ -121,8 +121,10 @@ def _watch(source: str, opts: object, metrics: tuple[str, ...], order: str, fmt:
                     line = {"schema": "wdist/trend-point/1", "checkpoint": pt,
                             "layers": {lt["name"]: {m: lt["series"][m][i] for m in d["metrics"]} for lt in d["layers"]},
                             "model": {m: d["model"]["series"][m][i] for m in d["metrics"]}}
-                    # the values are compared too: a file rewritten in place keeps its path, step and label
-                    text = json.dumps(line, sort_keys=True, allow_nan=False)
+                    # the values are compared too: a file rewritten in place keeps its path, step and label;
+                    # the label is not: it grows (ckpt.pt -> r1/ckpt.pt) when a file of the same name arrives
+                    same = {**line, "checkpoint": {k: v for k, v in pt.items() if k != "label"}}
+                    text = json.dumps(same, sort_keys=True, allow_nan=False)
                     if seen.get(pt["path"]) == text:
                         continue
                     seen[pt["path"]] = text

@@ -273,3 +273,13 @@ def test_rule_errors_name_the_keyword_and_the_flag(tmp_path):
         wdist.check(p, rules="bogus", config=False)
     with pytest.raises(UsageError, match=r"give rules \(--rule\) or a config file"):
         wdist.check(p, config=False)
+
+
+def test_numpy_integers_are_taken_for_every_int_keyword(tmp_path):
+    import numpy as np
+    import torch
+
+    p = tmp_path / "m.pt"
+    torch.save({"fc.weight": torch.ones(4, 4)}, p)
+    a = wdist.inspect(p, jobs=np.int64(1), bins=np.int64(64)).to_dict()
+    assert a == wdist.inspect(p, jobs=1, bins=64).to_dict()

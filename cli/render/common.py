@@ -34,6 +34,22 @@ def md_cell(s: Any) -> str:
     return _MD_SPECIAL.sub(lambda m: "\\" + m[0], safe(s))
 
 
+_MD_BLOCK_START = re.compile(r"[#+\-=]|\d+[.)]")
+
+
+def md_lead(s: Any) -> str:
+    """md_cell for text that starts a line or a list item (`- NAME: note`): also what would open a block
+    there — a heading (#), a nested list (- + or 1.), a setext underline (=), an indented code block
+    (leading spaces, kept as &#32;)."""
+    text = md_cell(s)
+    body = text.lstrip(" ")
+    lead = "&#32;" * (len(text) - len(body))
+    m = _MD_BLOCK_START.match(body)
+    if m:
+        body = body[:m.end() - 1] + "\\" + body[m.end() - 1:]
+    return lead + body
+
+
 # kept for callers that escaped Markdown before; the same as md_cell
 md_escape = md_cell
 

@@ -20,6 +20,7 @@ from wdist.cli.render.common import (
     fold,
     heading,
     md_cell,
+    md_lead,
     md_table,
     num,
     out_width,
@@ -90,8 +91,8 @@ def render(r: DiffReport, fmt: str, per_tensor: bool, hist: bool, top: int | Non
     if fmt == "markdown":
         out = [f"**diff** {md_cell(r.a.path)} → {md_cell(r.b.path)}", ""]
         out += md_table(["name"] + head, [[n, *c] for (n, _), c in zip(rows, cells)], [False] + [True] * len(head))
-        notes = [f"- {md_cell(lr.name)}: {md_cell(n)}" for lr in r.layers for n in lr.notes]
-        notes += [f"- {md_cell(n)}" for n in r.notes]
+        notes = [f"- {md_lead(lr.name)}: {md_cell(n)}" for lr in r.layers for n in lr.notes]
+        notes += [f"- {md_lead(n)}" for n in r.notes]
         if notes:
             out += [""] + notes
         click.echo("\n".join(out))

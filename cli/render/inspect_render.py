@@ -21,6 +21,7 @@ from wdist.cli.render.common import (
     heading,
     human_bytes,
     md_cell,
+    md_lead,
     md_table,
     num,
     out_width,
@@ -167,12 +168,12 @@ def _table(r: InspectReport, rows: list[Any], per_tensor: bool, hist: bool, log_
 
 def _markdown(r: InspectReport, rows: list[Any], per_tensor: bool) -> str:
     head = _header(r)
-    out = [f"**{md_cell(head[0])}**", ""] + [f"- {md_cell(x)}" for x in head[1:]] + [""]
+    out = [f"**{md_cell(head[0])}**", ""] + [f"- {md_lead(x)}" for x in head[1:]] + [""]
     lead = ["name", "role"] if per_tensor else ["name"]
     out += md_table(lead + COLUMNS,
                     [([row.name, row.role] if per_tensor else [row.name]) + [plain(c) for c in cells(row)]
                      for row in rows], [False] * len(lead) + [True] * len(COLUMNS))
-    notes = [f"- {md_cell(row.name)}: {md_cell(n)}" for row in rows for n in row.notes]
+    notes = [f"- {md_lead(row.name)}: {md_cell(n)}" for row in rows for n in row.notes]
     notes += [f"- model: {md_cell(n)}" for n in r.model.notes]
     if notes:
         out += ["", "**Reading**", ""] + notes

@@ -192,3 +192,36 @@ def test_a_failing_verdict_rule_prints_its_word(tmp_path):
     r = _run("check", p, "--no-config", "--no-cache", "--rule", "model: state == trained")
     assert r.exit_code == 1, r.output
     assert "model: state = " in r.output
+
+
+def test_saturated_values_in_change_rules_tiny_values_and_percentiles(tmp_path):
+    """Review of the saturation rule: change rules passed on 1e300 -> 1e301 (both analysed as 3.4e38),
+    values of 1e-300 (analysed as 1.4e-45) passed `max >= 1e-50`, and a median of 0.7 was 'undecided'."""
+    import json as _json
+
+    import numpy as np
+    from cli_helpers import run as _run
+    from safetensors.numpy import save_file as _save
+
+    base = np.linspace(-1, 1, 1000)
+    a, b = base.copy(), base.copy()
+    a[5], b[5] = 1e300, 1e301
+    _save({"fc.weight": a}, str(tmp_path / "a.safetensors"))
+    _save({"fc.weight": b}, str(tmp_path / "b.safetensors"))
+    _save({"fc.weight": np.full(16, 1e-300)}, str(tmp_path / "tiny.safetensors"))
+
+    def verdicts(path, *rules, baseline=None):
+        args = ["check", path, "--no-config", "--no-cache", "--format", "json"]
+        args += ["--baseline", baseline] if baseline else []
+        for r in rules:
+            args += ["--rule", r]
+        return [x["verdict"] for x in _json.loads(_run(*args).output)["checkpoints"][0]["rules"]]
+
+    assert verdicts(tmp_path / "b.safetensors", "fc.weight: delta.max == 0", "fc.weight: max_abs_change == 0",
+                    "model: rel_l2_change <= 0.01", "fc.weight: changed_fraction == 0",
+                    "fc.weight: delta.nan_count == 0", "fc.weight: sign_flip_fraction == 0",
+                    baseline=tmp_path / "a.safetensors") == ["fail", "fail", "fail", "fail", "pass", "pass"]
+    assert verdicts(tmp_path / "tiny.safetensors", "fc.weight: max >= 1e-50", "fc.weight: abs_mean >= 1e-50",
+                    "fc.weight: max <= 1", "fc.weight: zero_fraction == 0") == ["fail", "fail", "pass", "pass"]
+    assert verdicts(tmp_path / "a.safetensors", "fc.weight: abs_p50 <= 10", "fc.weight: abs_p90 < 5",
+                    "fc.weight: abs_p999 <= 1e39") == ["pass", "pass", "pass"]

@@ -122,3 +122,77 @@ def test_the_probe_accepts_a_real_scheduler(engine):
     from wdist.analyzers.engine import probe_scheduler
 
     probe_scheduler(engine.client().scheduler.address, 10)  # no error
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 and its key, written by `cryptography` (a dependency of moto)."""
+    import datetime
+    import ipaddress
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wdist-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    c, k = tmp_path / "cert.pem", tmp_path / "key.pem"
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    return str(c), str(k)
+
+
+def test_a_tls_scheduler_is_reached_with_dasks_tls_settings(tmp_path):
+    """The probe connected without the client's TLS settings, so every tls:// scheduler was 'not a Dask
+    scheduler (TypeError)'."""
+    import dask
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    cert, key = _self_signed(tmp_path)
+    sec = Security(tls_ca_file=cert, tls_client_cert=cert, tls_client_key=key, tls_scheduler_cert=cert,
+                   tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key, require_encryption=True)
+    conf = {"distributed.comm.tls.ca-file": cert, "distributed.comm.tls.client.cert": cert,
+            "distributed.comm.tls.client.key": key}
+    refs = _refs(tmp_path, 2)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tls://", host="127.0.0.1",
+                      security=sec, dashboard_address=None) as cluster, dask.config.set(conf):
+        assert cluster.scheduler_address.startswith("tls://")
+        with DaskEngine(cluster.scheduler_address) as eng:
+            got = list(ordered_map(summarize_tensor, [(r, 4096) for r in refs], 1, 0, eng))
+    for a, b in zip([summarize_tensor(r, 4096) for r in refs], got):
+        _same(a, b)
+
+
+def test_a_bad_address_is_said_as_such():
+    from wdist.loaders.errors import WdistError
+
+    with pytest.raises(WdistError) as e, DaskEngine("tcp://127.0.0.1") as eng:
+        eng.client()
+    assert e.value.reason.startswith("cannot reach a Dask scheduler (bad address: missing port number")
+
+
+def test_spectral_on_an_in_process_cluster_does_not_deadlock(tmp_path):
+    """The spectral pass holds the BLAS lock; worker threads of an in-process cluster waited for it."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    save_file({"w.weight": rng.normal(size=(64, 48)).astype(np.float32)}, str(tmp_path / "s.safetensors"))
+    code = ("import wdist\nfrom distributed import LocalCluster\nif __name__ == '__main__':\n"
+            "    c = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)\n"
+            "    e = wdist.dask_engine(c.scheduler_address)\n"
+            f"    r = wdist.inspect({str(tmp_path / 's.safetensors')!r}, opts=wdist.options(engine=e, spectral=True))\n"
+            "    print('ALPHA', r.to_dict()['spectral']['tensors']['w.weight']['spectral_norm'] > 0)\n"
+            "    e.close(); c.close()\n")
+    (tmp_path / "go.py").write_text(code)
+    r = subprocess.run([sys.executable, str(tmp_path / "go.py")], capture_output=True, text=True, timeout=120)
+    assert "ALPHA True" in r.stdout, r.stderr[-2000:]

@@ -155,6 +155,21 @@ def test_a_folder_of_epoch_files_and_one_safetensors_is_a_run_not_one_model(tmp_
     for name in ("pytorch_model.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"):
         torch.save({}, hf / name)
     assert [os.path.basename(p) for p in expand_inputs([str(hf)])] == ["model.safetensors"]
+    # one model in two files (PEFT, diffusers), Accelerate's save_state: still one checkpoint each
+    for folder, names in (("peft", ["adapter_model.bin"]), ("unet", ["diffusion_pytorch_model.bin"]),
+                          ("acc", ["optimizer.bin", "scheduler.bin", "sampler.bin", "random_states_0.pkl"])):
+        d = tmp_path / folder
+        d.mkdir()
+        main = "adapter_model" if folder == "peft" else "diffusion_pytorch_model" if folder == "unet" else "model"
+        save_file({"w": torch.ones(4)}, str(d / f"{main}.safetensors"))
+        for name in names:
+            torch.save({}, d / name)
+        assert [os.path.basename(p) for p in expand_inputs([str(d)])] == [f"{main}.safetensors"], folder
+    # a run folder's optimizer and RNG files are not steps
+    for name in ("optimizer.pt", "training_args.bin", "rng_state.pth"):
+        torch.save({}, run / name)
+    assert sorted(os.path.basename(p) for p in expand_inputs([str(run)])) == [
+        "epoch1.pt", "epoch2.pt", "epoch3.pt", "model.safetensors"]
 
 
 def test_a_layer_that_appears_goes_or_changes_shape_is_said_so(tmp_path):

@@ -169,3 +169,18 @@ def test_md_cell_escapes_markup(s):
     import html as h
 
     assert h.unescape(re.sub(r"</?p>\n?", "", html)) == safe(s)  # the terminal-safe text, as it is
+
+
+@pytest.mark.parametrize("name", ["# h", "1. x", "12) y", "- x", "+ y", "    code", "= z", "fc.weight"])
+def test_a_name_starting_a_list_item_opens_no_block(name):
+    """`- NAME: note` lines: a name like '# h' became a heading inside the item, '1. x' a nested list."""
+    from markdown_it import MarkdownIt
+
+    from wdist.cli.render.common import md_lead
+
+    tokens = MarkdownIt("commonmark").parse(f"- {md_lead(name)}: a note\n")
+    kinds = [t.type for t in tokens]
+    assert kinds == ["bullet_list_open", "list_item_open", "paragraph_open", "inline", "paragraph_close",
+                     "list_item_close", "bullet_list_close"], kinds
+    inline = next(t for t in tokens if t.type == "inline")
+    assert "".join(c.content for c in inline.children) == f"{name}: a note"

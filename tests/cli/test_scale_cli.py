@@ -97,6 +97,31 @@ def test_watch_prints_a_checkpoint_rewritten_in_place_again(tmp_path):
     assert proc.returncode == 0, err
 
 
+def test_watch_does_not_print_a_checkpoint_again_when_its_label_grows(tmp_path):
+    """step1/model.safetensors was printed as "model.safetensors" and again as "step1/model.safetensors"
+    once step2/model.safetensors arrived (labels grow to tell same-named files apart)."""
+    run_dir = tmp_path / "run"
+    (run_dir / "step1").mkdir(parents=True)
+    _ckpt(run_dir / "step1" / "model.safetensors")
+    env = {**os.environ, "WDIST_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "wdist", "trend", str(run_dir / "step*" / "model.safetensors"),
+                             "--watch", "--interval", "0.2", "--format", "jsonl"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line1 = _readline(proc)
+        (run_dir / "step2").mkdir()
+        _ckpt(run_dir / "step2" / "model.safetensors", 2.0)
+        line2 = _readline(proc)
+        _ckpt(run_dir / "step3.part", 3.0)  # a third event, so that a repeated line would have come by now
+        (run_dir / "step3").mkdir()
+        os.replace(run_dir / "step3.part", run_dir / "step3" / "model.safetensors")
+        line3 = _readline(proc)
+    finally:
+        err = _interrupt(proc)
+    paths = [json.loads(x)["checkpoint"]["path"] for x in (line1, line2, line3)]
+    assert [os.path.basename(os.path.dirname(p)) for p in paths] == ["step1", "step2", "step3"], (paths, err)
+
+
 def test_local_cluster_gives_the_local_json(tmp_path):
     pytest.importorskip("distributed")
     paths = [_ckpt(tmp_path / f"s{i}.safetensors", i + 1.0) for i in range(2)]
