@@ -434,6 +434,10 @@ def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, 
                                      "(non-finite values, or a metric not defined for them): nothing to check")
         else:
             verdict, msg = ("fail" if fails else "pass"), ""
-        out.append(RuleResult(rule.text, rule.scope, rule.metric, rule.op, rule.value, verdict, len(outcomes), fails,
+        # an infinite threshold as the word (JSON has no infinity: it was null, as an undefined value is)
+        value: float | str = rule.value
+        if isinstance(value, float) and math.isinf(value):
+            value = Word("inf" if value > 0 else "-inf")
+        out.append(RuleResult(rule.text, rule.scope, rule.metric, rule.op, value, verdict, len(outcomes), fails,
                               outcomes, msg))
     return out

@@ -225,3 +225,16 @@ def test_saturated_values_in_change_rules_tiny_values_and_percentiles(tmp_path):
                     "fc.weight: max <= 1", "fc.weight: zero_fraction == 0") == ["fail", "fail", "pass", "pass"]
     assert verdicts(tmp_path / "a.safetensors", "fc.weight: abs_p50 <= 10", "fc.weight: abs_p90 < 5",
                     "fc.weight: abs_p999 <= 1e39") == ["pass", "pass", "pass"]
+
+
+def test_an_infinite_rule_value_is_the_word_in_json(tmp_path):
+    import json as _json
+
+    import torch
+    from cli_helpers import run as _run
+
+    p = tmp_path / "m.pt"
+    torch.save({"fc.weight": torch.ones(4, 4)}, p)
+    r = _run("check", p, "--no-config", "--no-cache", "--format", "json", "--rule", "model: max < inf",
+             "--rule", "model: min > -inf")
+    assert [x["value"] for x in _json.loads(r.output)["checkpoints"][0]["rules"]] == ["inf", "-inf"]
