@@ -103,8 +103,10 @@ def layer_histograms(report: Any, layers: Sequence[Any] | None = None) -> Any:
             a1.set_ylabel("count", fontsize=7)
             if lr.log_histogram is not None:
                 _bar(a2, lr.log_histogram, color="#c4703a")
-                a2.set_title(f"{_label(lr.name)}: log10|w|  ({lr.log_histogram.zeros} exact zeros not shown)",
-                             fontsize=8)
+                lh = lr.log_histogram
+                # the tiny nonzero values below the panel's range are counted too, as inspect --hist counts them
+                a2.set_title(f"{_label(lr.name)}: log10|w|  ({lh.zeros} exact zeros and {lh.underflow} values "
+                             f"below 10^{lh.edges[0]:.2f} not shown)", fontsize=8)
             a2.set_yscale("log")
             a2.set_ylabel("count (log scale)", fontsize=7)
             for a in (a1, a2):

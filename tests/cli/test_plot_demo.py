@@ -277,3 +277,22 @@ def test_output_paths_that_cannot_be_written(three_ckpts, tmp_path, kind):
         assert errors[0].startswith(f"wdist: error: {name}: ") and "checkpoint-300" not in errors[0]
     else:
         assert "names no file prefix" in errors[0] and not list(tmp_path.glob("-*.png"))
+
+
+def test_the_log_panel_counts_the_values_below_its_range(tmp_path):
+    """It said how many exact zeros it leaves out, not the tiny nonzero values below its range."""
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    import wdist
+    from wdist import plots
+
+    w = np.random.default_rng(0).normal(size=4096).astype(np.float32)
+    w[:7] = 1e-30
+    w[7:10] = 0.0
+    rep = wdist.inspect({"fc.weight": w})
+    lh = rep.layers[0].log_histogram
+    assert lh.underflow >= 7
+    titles = [ax.get_title() for ax in plots.layer_histograms(rep).axes]
+    assert any(f"3 exact zeros and {lh.underflow} values below 10^{lh.edges[0]:.2f} not shown" in t
+               for t in titles), titles
