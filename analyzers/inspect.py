@@ -443,7 +443,9 @@ def _layer(name: str, groups: dict[str, Summary], members: list[_Member], opts: 
         ref, r, st, h, lh = members[0]
         s = next(iter(groups.values()))
         return LayerReport(name, ref.numel, [ref.name], st, h, lh, verdict.notes(r, st), r, s)
-    pooled = [g for g in groups if g != "optimizer_scalar"] or list(groups)
+    # merged in a fixed order of the group names, not file order: the pooled moments' last bits would
+    # otherwise differ between a .pt and the same weights in safetensors (which stores bias before weight)
+    pooled = sorted(g for g in groups if g != "optimizer_scalar") or sorted(groups)
     all_sum = groups[pooled[0]] if len(pooled) == 1 else _merged(groups[g] for g in pooled)
     lst = metrics.compute(all_sum, opts.near_zero)
     gname, chosen = _shape_group(pooled)
