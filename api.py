@@ -193,9 +193,7 @@ def options(roles: Sequence[str] | None = None, layers: Sequence[str] = (), near
     else:
         role_set = tuple(Role(r) for r in role_names) if role_names else DEFAULT_ROLES
     bins = _int_arg(bins, "bins", 4, 512)
-    if isinstance(jobs, bool) or not isinstance(jobs, numbers.Integral) or not 0 <= jobs <= 256:  # as --jobs
-        raise UsageError(None, f"jobs must be an integer from 0 (all cores) to 256, not {jobs!r}")
-    jobs = int(jobs)  # a NumPy integer as bins= and spectral_max_side= take one
+    jobs = _int_arg(jobs, "jobs", 0, 256)  # as the CLI's --jobs (0: all cores)
     nz = NearZero(rel=0.01 if near_zero_rel is None else near_zero_rel, abs=near_zero_abs)
     spec = None
     if spectral:

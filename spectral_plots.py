@@ -12,7 +12,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from wdist.loaders.errors import MissingDependencyError
+from wdist.plots import _figure_class  # one place imports matplotlib's Figure (and says how to install it)
 
 if TYPE_CHECKING:
     from wdist.analyzers.spectral_report import SpectralReport
@@ -31,14 +31,6 @@ def _label(s: str) -> str:
         else:
             out.append(ch)
     return "".join(out).replace("$", "\\$")
-
-
-def _figure_class() -> Any:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise MissingDependencyError(None, "plots need matplotlib: pip install 'wdist[plot]'") from None
-    return Figure
 
 
 def _panel(ax: Any, name: str, d: dict[str, Any]) -> None:

@@ -344,11 +344,16 @@ def _saturation(stats: dict[str, Any] | None, dtype: str | None) -> tuple[bool, 
     return hi, bool(ends) and max(ends) == _F32_TINY
 
 
-def _decided(v: Any, metric: str, rule: Rule, sat: tuple[bool, bool]) -> bool:
+def _decided(v: Any, rule: Rule, sat: tuple[bool, bool]) -> bool:
     """Whether a rule's outcome on a value is the same for every true value the analysed one stands for."""
     hi, tiny = sat
+    metric = rule.metric
     if not (hi or tiny) or metric in _SAT_SAFE or not isinstance(v, (int, float)):
         return True
+    if rule.is_change:
+        # a difference or change of saturated values is not bounded by them: counts and sign flips survive
+        base = metric[len(DELTA):] if metric.startswith(DELTA) else metric
+        return base in _SAT_SAFE or base == "sign_flip_fraction"
     if metric in _SAT_ORDER or metric in _SAT_GROWS:
         if abs(v) == _F32_MAX:
             far = math.copysign(math.inf, v)
@@ -362,8 +367,8 @@ def _decided(v: Any, metric: str, rule: Rule, sat: tuple[bool, bool]) -> bool:
     return False  # mean, std, shape metrics: not bounded by the analysed value
 
 
-def _value_outcome(name: str, v: Any, rule: Rule, sat: tuple[bool, bool], metric: str | None = None) -> Outcome:
-    if not _decided(v, metric or rule.metric, rule, sat):
+def _value_outcome(name: str, v: Any, rule: Rule, sat: tuple[bool, bool]) -> Outcome:
+    if not _decided(v, rule, sat):
         return Outcome(name, _SATURATED, False)
     return Outcome(name, v, _test(v, rule))
 
@@ -400,8 +405,7 @@ def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, 
                 v = diff.summary.get(rule.metric) if diff else None
                 sat = _any_sat([(td.a, td.dtype_a) for td in diff.tensors] + [(td.b, td.dtype_b) for td in diff.tensors]
                                ) if diff else (False, False)
-                # a change of saturated values is not the file's: only a sign flip survives saturation
-                outcomes.append(_value_outcome("model", v, rule, sat, "mean"))
+                outcomes.append(_value_outcome("model", v, rule, sat))
             else:
                 sat = _any_sat([(t.stats, t.dtype) for t in report.tensors])
                 outcomes.append(_value_outcome("model", report.model.stats.get(rule.metric), rule, sat))
@@ -413,13 +417,10 @@ def evaluate(rules: list[Rule], report: InspectReport, diff: DiffReport | None, 
                         continue
                     sat = _any_sat([(td.a, td.dtype_a), (td.b, td.dtype_b)])
                     if rule.metric.startswith(DELTA):
-                        base = rule.metric[len(DELTA):]
-                        v = (td.delta or {}).get(base)
-                        m = base if base in _SAT_SAFE else "mean"  # a difference of two bounds is unbounded
+                        v = (td.delta or {}).get(rule.metric[len(DELTA):])
                     else:
                         v = (td.change or {}).get(rule.metric)
-                        m = "zero_fraction" if rule.metric == "sign_flip_fraction" else "mean"
-                    outcomes.append(_value_outcome(td.b_name or td.name, v, rule, sat, m))
+                    outcomes.append(_value_outcome(td.b_name or td.name, v, rule, sat))
         else:
             for t in report.tensors:
                 if _named(t, rule.scope):

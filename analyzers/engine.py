@@ -237,7 +237,6 @@ def probe_scheduler(address: str, timeout: float) -> None:
     so lazily, once per checkpoint. This is one request on a fresh event loop in a short-lived thread (so
     that it works also where the caller runs a loop of its own, as in Jupyter), bounded by asyncio.wait_for."""
     import asyncio
-    import threading
 
     from distributed.comm import connect
     from distributed.security import Security
@@ -366,7 +365,6 @@ def ordered_map(fn: Callable[..., R], items: Iterable[tuple], jobs: int, total_b
         return
     import multiprocessing as mp
     import sys
-    import threading
 
     from wdist._workerenv import one_blas_thread as worker_env
 

@@ -19,6 +19,7 @@ from wdist.analyzers.summary import Summary
 from wdist.analyzers.verdict import WEIGHTY
 from wdist.loaders import fs, roles
 from wdist.loaders.errors import UsageError, WdistError
+from wdist.loaders.model import some_names
 from wdist.loaders.registry import EXTENSIONS, find_in_dir, is_model_dir, open_checkpoint
 
 DEFAULT_METRICS = ("l2_norm", "std", "kurtosis", "near_zero_fraction", "zero_fraction", "top1pct_l2_mass")
@@ -418,9 +419,7 @@ def _layout_notes(layout: list[dict[str, tuple[tuple[int, ...], str]] | None], p
     at = [(i, layout[i] if i < len(layout) else None) for i in readable]
     missing = [i for i, x in at if x is None]
     if missing and len(missing) < len(at):
-        shown = ", ".join(_label(points, i) for i in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        out.append(f"not in every checkpoint: absent at {shown}{more}")
+        out.append(f"not in every checkpoint: absent at {some_names([_label(points, i) for i in missing])}")
     changes: list[str] = []
     present = [(i, x) for i, x in at if x is not None]
     for (_, a), (j, b) in zip(present, present[1:]):
@@ -435,8 +434,7 @@ def _layout_notes(layout: list[dict[str, tuple[tuple[int, ...], str]] | None], p
                        (f"{' ' if sa != sb else ''}{da} -> {db}" if da != db else "")
                 changes.append(f"{t} {what} at {_label(points, j)}")
     if changes:
-        more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
-        out.append("tensors changed: " + "; ".join(changes[:5]) + more + " (the series mix them)")
+        out.append(f"tensors changed: {some_names(changes, sep='; ')} (the series mix them)")
     return out
 
 

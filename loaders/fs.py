@@ -15,6 +15,7 @@ import posixpath
 import re
 import stat as stat_mod
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,28 +123,30 @@ def filesystem(url: str) -> tuple[Any, str]:
     return fs, fs._strip_protocol(url) if proto not in ("http", "https") else url
 
 
+def _causes(e: BaseException | None) -> Iterator[BaseException]:
+    """An error and the errors behind it (its cause or context), at most 8: fsspec's HTTP file system turns
+    every failed HEAD/GET of info() (a 403, a 500, a timeout) into a FileNotFoundError raised from the real
+    error."""
+    for _ in range(8):
+        if e is None:
+            return
+        yield e
+        e = e.__cause__ or e.__context__
+
+
 def _http_status(e: BaseException) -> int | None:
-    """The HTTP status behind an error, following its causes: fsspec's HTTP file system turns every failed
-    HEAD/GET of info() (a 403, a 500, a timeout) into a FileNotFoundError raised from the real error."""
-    seen = 0
-    while e is not None and seen < 8:
-        status = getattr(e, "status", None)
+    """The HTTP status behind an error."""
+    for x in _causes(e):
+        status = getattr(x, "status", None)
         if isinstance(status, int) and 100 <= status <= 599:
             return status
-        e = e.__cause__ or e.__context__  # type: ignore[assignment]
-        seen += 1
     return None
 
 
 def _timed_out(e: BaseException) -> bool:
-    seen = 0
-    while e is not None and seen < 8:
-        if isinstance(e, TimeoutError) or type(e).__name__ in ("ServerTimeoutError", "ConnectTimeoutError",
-                                                               "ReadTimeoutError", "TimeoutError"):
-            return True
-        e = e.__cause__ or e.__context__  # type: ignore[assignment]
-        seen += 1
-    return False
+    return any(isinstance(x, TimeoutError) or type(x).__name__ in ("ServerTimeoutError", "ConnectTimeoutError",
+                                                                   "ReadTimeoutError", "TimeoutError")
+               for x in _causes(e))
 
 
 def _remote_error(url: str, e: BaseException) -> WdistError:

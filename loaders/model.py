@@ -197,10 +197,10 @@ _ITEMSIZE = {
 }
 
 
-def some_names(names: Sequence[str], shown: int = 5) -> str:
+def some_names(names: Sequence[str], shown: int = 5, sep: str = ", ") -> str:
     """The first `shown` names for a warning, and how many more (a warning line, not a listing)."""
     more = len(names) - shown
-    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+    return sep.join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def dtype_itemsize(dtype: str) -> int:

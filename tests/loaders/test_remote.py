@@ -351,9 +351,7 @@ def test_a_server_that_ignores_range_is_refused_without_reading_its_body(tmp_pat
     """fsspec's cat_file read the whole body of a 200: memory grew without bound (7.4 GB in 20 s)."""
     save_file({k: v.contiguous() for k, v in torch_model_sd.items()}, str(tmp_path / "m.safetensors"))
     handler = type("N", (_NoRangeHandler,), {"data": (tmp_path / "m.safetensors").read_bytes()})
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = _serve(handler)
     url = f"http://127.0.0.1:{srv.server_address[1]}/m.safetensors"
     # the child under a 2 GiB address-space limit: a regression fails the test instead of filling the machine
     code = ("import resource, subprocess, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
@@ -420,19 +418,24 @@ def _serve(handler):
     return srv
 
 
+def _inspect_served(handler) -> tuple[str, object]:
+    """(URL, CliRunner result) of `wdist inspect` on m.pt served by `handler`, the server stopped after."""
+    srv = _serve(handler)
+    url = f"http://127.0.0.1:{srv.server_address[1]}/m.pt"
+    try:
+        return url, run("inspect", url, "--no-cache")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 @pytest.mark.parametrize("status, reason", [(403, "access denied (HTTP 403; check credentials)"),
                                             (401, "access denied (HTTP 401; check credentials)"),
                                             (500, "the server answered HTTP 500")])
 def test_an_http_error_status_is_said_as_such_not_as_a_missing_file(status, reason):
     """fsspec turns every failed HEAD/GET of info() into FileNotFoundError: a 403 read 'no such file or
     directory'."""
-    srv = _serve(type("S", (_StatusHandler,), {"status": status}))
-    url = f"http://127.0.0.1:{srv.server_address[1]}/m.pt"
-    try:
-        r = run("inspect", url, "--no-cache")
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    url, r = _inspect_served(type("S", (_StatusHandler,), {"status": status}))
     assert r.exit_code == 2
     assert r.output.strip() == f"wdist: error: {url}: {reason}"
 
@@ -447,13 +450,7 @@ def test_a_remote_file_shorter_than_its_listed_size_is_said_so(tmp_path):
     def factory(*a, **k):
         return type("T", (_TruncatedHandler,), {"sent": []})(*a, directory=str(root), **k)
 
-    srv = _serve(factory)
-    url = f"http://127.0.0.1:{srv.server_address[1]}/m.pt"
-    try:
-        r = run("inspect", url, "--no-cache")
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    url, r = _inspect_served(factory)
     assert r.exit_code == 2
     assert r.output.strip() == f"wdist: error: {url}: object is shorter than its listed size"
 
