@@ -8,29 +8,17 @@ without pyplot, so no backend is switched and nothing is registered globally (th
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from wdist.plots import _figure_class  # one place imports matplotlib's Figure (and says how to install it)
+# one place imports matplotlib's Figure (and says how to install it), and one escapes names for figure text
+from wdist.plots import _figure_class, _label
 
 if TYPE_CHECKING:
     from wdist.analyzers.spectral_report import SpectralReport
 
 PER_PAGE = 12  # layers on one figure page
 COLS = 4
-
-
-def _label(s: str) -> str:
-    """A name from a file as figure text: control and invisible characters shown as escapes, `$` literal
-    (never mathtext)."""
-    out = []
-    for ch in str(s):
-        if unicodedata.category(ch)[0] == "C":
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-        else:
-            out.append(ch)
-    return "".join(out).replace("$", "\\$")
 
 
 def _panel(ax: Any, name: str, d: dict[str, Any]) -> None:

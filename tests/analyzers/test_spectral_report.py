@@ -261,9 +261,28 @@ def test_esd_figures_render_with_pages(full: SpectralReport) -> None:
         buf = io.BytesIO()
         f.savefig(buf, format="png", dpi=40)
         assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert pages[0].axes[0].get_title().startswith("l\\$\\undefinedcmd0\\$")
+    # figure text is escaped as the terminal is (analyzers/text.safe): a backslash that could start an
+    # escape is doubled, `$` is literal
+    assert pages[0].axes[0].get_title().startswith("l\\$\\\\undefinedcmd0\\$")
     assert pages[1].axes[0].get_title() == "no\\$esd"
     assert [len(f.axes) for f in esd_figure(many, ["no$esd"])] == [1]
     assert esd_figure(SpectralReport()) == []
     with pytest.raises(ValueError, match="no spectral metrics"):
         esd_figure(full, ["missing"])
+
+
+def test_esd_titles_escape_names_as_every_other_figure_does(full: SpectralReport) -> None:
+    """Titles come from plots._label (text.safe): distinct names give distinct titles (a newline and a
+    backslash-n did not), invisible characters (a Hangul filler, a variation selector, a soft hyphen) are
+    shown as escapes."""
+    pytest.importorskip("matplotlib")
+    from wdist.plots import _label
+    from wdist.spectral_plots import esd_figure
+
+    names = ["a\nb", "a\\nb", "h\u115f", "v\ufe0fs", "soft\xadhyphen", "l$x$"]
+    rep = SpectralReport(layers={n: full.layers["planted"] for n in names})
+    titles = [ax.get_title() for ax in esd_figure(rep)[0].axes]
+    assert titles == [_label(n) for n in names]
+    assert len(set(titles)) == len(names)
+    for t in titles:
+        assert not any(c in t for c in "\n\u115f\ufe0f\xad")
