@@ -254,6 +254,10 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
                 row.status = "dtype_changed"
             work.append((len(rows), ta, tb))
         rows.append(row)
+    # layers listed in the order their first tensor is; sums pooled in name order, not file order (a merge's
+    # last bits depend on its order: a .pt and the safetensors file of the same weights must diff alike)
+    layer_order = list(dict.fromkeys(rows[i].layer for i, _, _ in work))
+    work.sort(key=lambda w: rows[w[0]].name)
     layer_sums: dict[str, tuple[PairSums, Summary, Summary, int]] = {}
     hist_sums: dict[str, tuple[str, Summary, Summary]] = {}
     done = 0
@@ -274,7 +278,7 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
     results = cached_map(_pair_work, [(a, b, opts.chunk, tol) for _, a, b in work], keys,
                          (Summary, Summary, PairSums), opts.jobs, [a.nbytes + b.nbytes for _, a, b in work],
                          opts.engine, opts.cache, split=tasks, join=join)
-    for (i, ta, tb), (sa, sb, p) in zip(work, results):
+    for k, ((i, ta, tb), (sa, sb, p)) in enumerate(zip(work, results)):
         sa, sb = unpack(sa), unpack(sb)
         row = rows[i]
         metrics.finalise(sa, opts.near_zero)
@@ -299,9 +303,10 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
             layer_sums[row.layer] = (acc[0].merge(p), acc[1].merge(sa), acc[2].merge(sb), acc[3] + ta.numel)
         done += ta.nbytes + tb.nbytes
         if progress:
-            progress(done, i + 1)
+            progress(done, k + 1)
     layers = []
-    for name, (p, sa, sb, numel) in layer_sums.items():
+    for name in layer_order:
+        p, sa, sb, numel = layer_sums[name]
         ch = change_metrics(p, sa, sb)
         layers.append(LayerDiff(name, numel, ch["rel_l2_change"], ch["cosine"], ch["sign_flip_fraction"],
                                 ch["changed_fraction"], ch["max_abs_change"], a_summary=pack(hist_sums[name][1]),
@@ -311,8 +316,8 @@ def compare(ck_a: Checkpoint, ck_b: Checkpoint, opts: Options | None = None, tol
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
     tot = PairSums()
-    for p, *_ in layer_sums.values():
-        tot.merge(p)
+    for name in sorted(layer_sums):
+        tot.merge(layer_sums[name][0])
     ranked = _ranked(layers)
     summary = {"statuses": counts,
                "rel_l2_change": math.sqrt(tot.dd / tot.aa) if tot.aa > 0 else None,

@@ -377,10 +377,16 @@ def analyse(ck: Checkpoint, opts: Options | None = None, progress: Progress | No
     layer_members: dict[str, list[_Member]] = {}
     group_pool: dict[str, _Pool] = {}
     role_pool: dict[str, _Pool] = {}
-    tensors: list[TensorReport] = []
+    tensor_at: dict[int, TensorReport] = {}
     layers: dict[str, LayerReport] = {}
-    judged: list[tuple[Reading, int]] = []
-    for ref, s in zip(refs, summaries(refs, opts, progress)):
+    judged_at: dict[int, tuple[Reading, int]] = {}
+    # Summaries are pooled in name order, not file order: a merge's last bits depend on its order, and the
+    # same weights saved by torch.save and by safetensors (which sorts by dtype, then name) must give the
+    # same layer, group and model numbers to the last bit. The report keeps the file's order.
+    order = sorted(range(len(refs)), key=lambda i: refs[i].name)
+    at = {id(refs[i]): i for i in order}
+    in_order = [refs[i] for i in order]
+    for ref, s in zip(in_order, summaries(in_order, opts, progress)):
         _sparsify(s)
         ab = metrics.abs_bins(s)
         fresh = not s.finalised  # finalise counts the near-zero values with these options now
@@ -388,9 +394,10 @@ def analyse(ck: Checkpoint, opts: Options | None = None, progress: Progress | No
         st = metrics.compute(s, opts.near_zero, ab, s.near_zero if fresh else None)
         h, lh = _hists(s, opts.bins, st)
         r = verdict.judge_tensor(ref.name, ref.role.value, ref.shape, s, st, keras, bias_fans.get(ref.layer))
-        tensors.append(TensorReport(ref.name, ref.layer, ref.role.value, list(ref.shape), ref.dtype, ref.numel, st,
-                                    h, lh, verdict.notes(r, st), list(ref.aliases), r))
-        judged.append((r, ref.numel))
+        pos = at[id(ref)]
+        tensor_at[pos] = TensorReport(ref.name, ref.layer, ref.role.value, list(ref.shape), ref.dtype, ref.numel,
+                                      st, h, lh, verdict.notes(r, st), list(ref.aliases), r)
+        judged_at[pos] = (r, ref.numel)
         # step counters and other scalars are never pooled with anything
         if r.group != "optimizer_scalar":
             role_pool.setdefault(ref.role.value, _Pool()).add(s)
@@ -400,7 +407,10 @@ def analyse(ck: Checkpoint, opts: Options | None = None, progress: Progress | No
         remaining[ref.layer] -= 1
         if remaining[ref.layer] == 0:  # finalise a layer as soon as its last tensor is in: bounded memory
             groups = {g: p.summary() for g, p in layer_groups.pop(ref.layer).items()}
-            layers[ref.layer] = _layer(ref.layer, groups, layer_members.pop(ref.layer), opts)
+            members = sorted(layer_members.pop(ref.layer), key=lambda m: at[id(m[0])])  # listed in file order
+            layers[ref.layer] = _layer(ref.layer, groups, members, opts)
+    tensors = [tensor_at[i] for i in range(len(refs))]
+    judged = [judged_at[i] for i in range(len(refs))]
     role_acc = {k: p.summary() for k, p in role_pool.items()}
     group_acc = {k: p.summary() for k, p in group_pool.items()}
     params = [group_acc[g] for g in _PARAM_GROUPS if g in group_acc]

@@ -459,6 +459,8 @@ def judge_model(tensors: Sequence[tuple[Reading, int]], shape_reading: Reading, 
     for r, _ in judged:
         if r.init:
             schemes[r.init] = schemes.get(r.init, 0) + 1
+    # most tensors first, then by name: the same weights in another file order read alike
+    schemes = dict(sorted(schemes.items(), key=lambda kv: (-kv[1], kv[0])))
     evidence: list[str] = []
     record = False
     if step is not None:
