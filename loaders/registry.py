@@ -413,8 +413,10 @@ def is_model_dir(path: str) -> bool:
     return bool(find_in_dir(path)) or dir_format(path) is not None
 
 
-def open_checkpoint(path: str, fmt: str | None = None) -> Checkpoint:
-    """Open a file or model directory as a lazy Checkpoint. Reads headers and metadata only."""
+def open_checkpoint(path: str | os.PathLike[str], fmt: str | None = None) -> Checkpoint:
+    """Open a file or model directory (a str or a pathlib.Path) as a lazy Checkpoint. Reads headers and
+    metadata only."""
+    path = os.fspath(path)
     if not fs.exists(path):
         raise WdistError(fs.redact(path), "no such file or directory")
     if fs.isdir(path):

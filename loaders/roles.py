@@ -24,6 +24,8 @@ _NORM_NAMES = {"bn", "ln", "norm", "batchnorm", "layernorm", "groupnorm", "rmsno
 _TOKENS = re.compile(r"[._/]")
 # Hugging Face GPT-2 style Conv1D modules store their weight as [in, out]
 _CONV1D_LAYERS = {"c_attn", "c_proj", "c_fc"}
+# torch.nn.RNN/LSTM/GRU parameters: weight_ih_l0, bias_hh_l1_reverse, weight_hr_l0 (LSTM projections)
+_RNN_BIAS = re.compile(r"bias_(ih|hh)_l[0-9]+(_reverse)?")
 _EMBED = re.compile(r"(embed|(^|[._/])emb([._/]|$)|wte|wpe|tok_embeddings|word_embeddings|position_embeddings)", re.IGNORECASE)
 
 
@@ -70,7 +72,7 @@ def infer_role(name: str, layer: str, param: str, shape: tuple[int, ...], dtype:
         return Role.NORM
     if len(shape) >= 2 and _EMBED.search(name):
         return Role.EMBEDDING
-    if param.endswith("bias"):
+    if param.endswith("bias") or _RNN_BIAS.fullmatch(param):
         return Role.NORM if _norm_layer(layer) else Role.BIAS
     if len(shape) == 1 and (param.endswith("weight") or _norm_layer(layer)):
         return Role.NORM

@@ -155,3 +155,25 @@ def test_two_tensors_joined_to_one_name_are_refused_as_in_memory(tmp_path, legac
     torch.save({"x.w": w, "y": {"w": w}}, p, _use_new_zipfile_serialization=not legacy)
     with open_checkpoint(str(p)) as ck:
         assert [(t.name, t.aliases) for t in ck.tensors] == [("x.w", ("y.w",))]
+
+
+def test_rnn_biases_are_biases_and_inspect_reads_them(tmp_path):
+    """torch.nn.LSTM/GRU/RNN name their biases bias_ih_l0, bias_hh_l1_reverse: they were Role.OTHER, so the
+    default inspect (weights, biases, embeddings, norms) left them out without a word."""
+    import wdist
+    from wdist.loaders import open_checkpoint
+    from wdist.loaders.model import Role
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"lstm": torch.nn.LSTM(6, 8, num_layers=2, bidirectional=True, proj_size=4),
+                                 "gru": torch.nn.GRU(5, 7), "rnn": torch.nn.RNN(3, 4)})
+    sd = model.state_dict()
+    torch.save(sd, tmp_path / "rnn.pt")
+    roles = {t.name: t.role for t in open_checkpoint(tmp_path / "rnn.pt").tensors}
+    assert set(roles) == set(sd)
+    for name, role in roles.items():
+        param = name.rsplit(".", 1)[1]
+        assert role is (Role.BIAS if param.startswith("bias_") else Role.WEIGHT), name
+    rep = wdist.inspect(tmp_path / "rnn.pt").to_dict()
+    assert sorted(t["name"] for t in rep["tensors"]) == sorted(sd) and rep["skipped"] == []
+    assert rep["model"]["reading"]["state"] == "initialised"  # a fresh model: its biases do not say otherwise
