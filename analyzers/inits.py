@@ -19,6 +19,7 @@ from dataclasses import dataclass
 TRUNC_STD = 0.8796256610342398  # std of a standard normal truncated to [-2, 2]
 KURT = {"uniform": -1.2, "normal": 0.0, "truncnormal": -0.6366}  # excess kurtosis of each family
 MAX_REL_TOL = 0.05
+EMBEDDING_DEFAULT = "normal(0, 1) (PyTorch Embedding default)"
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,9 @@ SCHEMES: tuple[Scheme, ...] = (
     Scheme("normal(0, 0.02)", "normal", lambda fi, fo: 0.02, lambda fi, fo: "0.02", ("weight", "embedding")),
     Scheme("truncated normal(0, 0.02) at ±2σ", "truncnormal", lambda fi, fo: 0.02 * TRUNC_STD,
            lambda fi, fo: "0.02·0.880", ("weight", "embedding")),
-    Scheme("normal(0, 1) (PyTorch Embedding default)", "normal", lambda fi, fo: 1.0, lambda fi, fo: "1",
-           ("embedding",)),
+    # also for weights: an nn.Embedding under a name that says nothing of one (`lookup.weight`, a bare
+    # `weight`); no weight initialiser gives std 1 at real fans, and a trained layer does not land on it
+    Scheme(EMBEDDING_DEFAULT, "normal", lambda fi, fo: 1.0, lambda fi, fo: "1", ("weight", "embedding")),
 )
 
 

@@ -345,13 +345,23 @@ def _shape_group(groups: Sequence[str]) -> tuple[str, tuple[str, ...]]:
 
 
 def _bias_fans(refs: Sequence[TensorRef], keras: bool) -> dict[str, int]:
-    """fan_in of each layer's weight, for judging its bias against PyTorch's default bias init."""
+    """fan_in of each layer's weight, for judging its bias against PyTorch's default bias init; for a
+    torch.nn.RNN/GRU/LSTM (or its cell) layer the hidden size, as its biases are U(±1/√hidden): the input
+    dim of weight_hr (LSTM with proj_size) or else of weight_hh, not weight_ih's input size."""
     out: dict[str, int] = {}
+    hidden: dict[str, int] = {}
+    for t in refs:
+        if t.role is not Role.WEIGHT or len(t.shape) < 2 or keras:
+            continue
+        p = t.name.rsplit(".", 1)[-1]
+        if p.startswith("weight_hr") or (p.startswith("weight_hh") and t.layer not in hidden):
+            hidden[t.layer] = t.shape[1]
     for t in refs:
         if t.role is Role.WEIGHT and len(t.shape) >= 2 and t.layer not in out:
             f = inits.fans(t.shape, keras)
             if f:
                 out[t.layer] = f[0]
+    out.update(hidden)
     return out
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from wdist.analyzers import inits, metrics
 from wdist.analyzers.summary import Summary
+from wdist.loaders import roles
 
 Stats = Mapping[str, Any]
 
@@ -296,22 +297,30 @@ def judge_tensor(name: str, role: str, shape: Sequence[int], s: Summary, m: Stat
     zf = m.get("zero_fraction") or 0.0
     if s.n >= SHAPE_MIN and zf >= PARTLY_SPARSE and shp != "all_zero":
         _nonzero(s, r)
-    if grp in WEIGHTY:
+    if grp == "embedding" and s.n and s.zeros == s.n and roles.is_token_table(param_name(name)):
+        # a cls/mask/distillation token or a position table of zeros: how ViT, DeiT, BEiT and others create
+        # them, not sparsity and not dead rows
+        flags.add("at_init")
+        r.init = r.init_detail = "all zero (the usual initial value of a learned token or position table)"
+    elif grp in WEIGHTY:
         _shape_flags(flags, shp, r, m)
         p999 = m.get("abs_p999")
         if p999 and s.n >= OUTLIER_MIN and _max_abs(m) >= OUTLIER_RATIO * p999:
             flags.add("outliers")
             if "mostly_small" in flags and not _small_without_outliers(s, m, p999):
                 flags.discard("mostly_small")
-        # one all-zero row of an embedding is its padding_idx row, zero by design (nn.Embedding)
-        if m.get("dead_units") and not (grp == "embedding" and m.get("dead_units") == 1):
-            flags.add("dead_units")
+        hit = None
         if zf < PARTLY_SPARSE and m.get("std"):
             hit = inits.match(tuple(shape), keras, grp, s.n, m.get("mean") or 0.0, m["std"], k, _max_abs(m))
             if hit is not None:
                 flags.add("at_init")
                 r.init = hit.scheme
                 r.init_detail = hit.describe(_max_abs(m) if hit.family == "uniform" else None)
+        # one all-zero row of an embedding is its padding_idx row, zero by design (nn.Embedding); so is it in
+        # a table read as a weight (its name says nothing of an embedding) that is at nn.Embedding's N(0, 1)
+        padding = m.get("dead_units") == 1 and (grp == "embedding" or (hit is not None and hit.scheme == inits.EMBEDDING_DEFAULT))
+        if m.get("dead_units") and not padding:
+            flags.add("dead_units")
     elif s.n and not flags:
         at_init, what = _non_weight_at_init(grp, name, s, m, bias_fan_in)
         if at_init:

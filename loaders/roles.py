@@ -22,11 +22,19 @@ _RUNNING = {"running_mean", "running_var", "num_batches_tracked", "moving_mean",
 _NORM_PARAMS = {"gamma", "beta", "scale"}
 _NORM_NAMES = {"bn", "ln", "norm", "batchnorm", "layernorm", "groupnorm", "rmsnorm"}
 _TOKENS = re.compile(r"[._/]")
-# Hugging Face GPT-2 style Conv1D modules store their weight as [in, out]
-_CONV1D_LAYERS = {"c_attn", "c_proj", "c_fc"}
-# torch.nn.RNN/LSTM/GRU parameters: weight_ih_l0, bias_hh_l1_reverse, weight_hr_l0 (LSTM projections)
-_RNN_BIAS = re.compile(r"bias_(ih|hh)_l[0-9]+(_reverse)?")
+# Hugging Face GPT-2 style Conv1D modules store their weight as [in, out] (q_attn: GPT-2 cross-attention)
+_CONV1D_LAYERS = {"c_attn", "c_proj", "c_fc", "q_attn"}
+# torch.nn.RNN/LSTM/GRU parameters: weight_ih_l0, bias_hh_l1_reverse, weight_hr_l0 (LSTM projections);
+# the cells (LSTMCell, GRUCell, RNNCell) name theirs bias_ih / bias_hh
+_RNN_BIAS = re.compile(r"bias_(ih|hh)(_l[0-9]+(_reverse)?)?")
 _EMBED = re.compile(r"(embed|(^|[._/])emb([._/]|$)|wte|wpe|tok_embeddings|word_embeddings|position_embeddings)", re.IGNORECASE)
+# learned tokens and position tables added to or substituted for the inputs (ViT/DeiT cls and distillation
+# tokens, masked-modelling mask tokens, register tokens): embeddings, often initialised to zero
+_TOKEN = re.compile(r"(cls|class|mask|dist|distillation|reg|register)_tokens?|pos_embed|position_embeddings?",
+                    re.IGNORECASE)
+# additive tables of relative-position biases (Swin, T5's relative_attention_bias is an nn.Embedding and
+# stays one): biases, zero at init in Hugging Face's Swin
+_BIAS_TABLE = re.compile(r".*bias_table")
 
 
 _DIGITS = re.compile(r"[0-9]+")
@@ -70,15 +78,28 @@ def infer_role(name: str, layer: str, param: str, shape: tuple[int, ...], dtype:
         return Role.OTHER
     if param in _NORM_PARAMS:
         return Role.NORM
-    if len(shape) >= 2 and _EMBED.search(name):
+    if _table_shape(shape) and (_EMBED.search(name) or _TOKEN.fullmatch(param) or _shared_table(layer, param)):
         return Role.EMBEDDING
-    if param.endswith("bias") or _RNN_BIAS.fullmatch(param):
+    if param.endswith("bias") or _RNN_BIAS.fullmatch(param) or _BIAS_TABLE.fullmatch(param):
         return Role.NORM if _norm_layer(layer) else Role.BIAS
     if len(shape) == 1 and (param.endswith("weight") or _norm_layer(layer)):
         return Role.NORM
     if len(shape) >= 2:
         return Role.WEIGHT
+    if len(shape) == 1 and (_TOKEN.fullmatch(param) or _EMBED.search(param)):
+        return Role.EMBEDDING  # CLIP's class_embedding, wav2vec2's masked_spec_embed: one learned vector
     return Role.OTHER
+
+
+def _table_shape(shape: tuple[int, ...]) -> bool:
+    """An embedding table is 2-D ([rows, dim]) or one with leading axes of 1 ([1, tokens, dim]: ViT's
+    pos_embed); a 4-D patch_embed / pos_conv_embed kernel is a conv weight, whatever its module's name."""
+    return len(shape) >= 2 and all(d == 1 for d in shape[:-2])
+
+
+def _shared_table(layer: str, param: str) -> bool:
+    # T5, BART, MBart, Marian, Pegasus: the token embedding shared by encoder and decoder is `shared.weight`
+    return param == "weight" and (layer == "shared" or layer.endswith((".shared", "/shared")))
 
 
 def fix_norm_biases(tensors: list[TensorRef]) -> None:
@@ -94,9 +115,17 @@ def fix_norm_biases(tensors: list[TensorRef]) -> None:
             t.unit_axis = 1
 
 
+def is_token_table(param: str) -> bool:
+    """Whether a parameter name (the last part of a tensor's name) is a learned token or position table
+    (cls_token, mask_token, pos_embed, position_embeddings, ...), which models commonly initialise to zero."""
+    return bool(_TOKEN.fullmatch(param))
+
+
 def default_unit_axis(role: Role, ndim: int, keras: bool) -> int | None:
     if ndim < 2 or role not in (Role.WEIGHT, Role.EMBEDDING):
         return None
     if keras and role is Role.WEIGHT:
         return ndim - 1
+    if role is Role.EMBEDDING:
+        return ndim - 2  # the rows of the table: [1, tokens, dim] has its tokens along axis 1
     return 0
