@@ -140,6 +140,9 @@ class LayerTrend:
     # per checkpoint, the exact finite_count/min/max/mean/l2_norm of the values each ridgeline row bins
     # (TensorBoard's histogram min, max and sums); not in the JSON, which has the layer's series
     ridge_stats: list[dict[str, Any] | None] = field(default_factory=list, repr=False)
+    # why a change is null although both its values are there: {"change_first": {metric: reason}, "change_prev":
+    # {...}}; the reason is FROM_ZERO, a relative change from 0 (undefined; the text says "from 0")
+    change_undefined: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -167,7 +170,10 @@ class TrendReport(ReportMixin):
         return {"schema": self.SCHEMA, "order": self.order, "metrics": list(self.metrics),
                 "checkpoints": [{**jsonable(p), "path": fs.redact(p.path)} for p in self.checkpoints],
                 "layers": [{"name": lt.name, "series": jsonable(lt.series), "change_first": jsonable(lt.change_first),
-                            "change_prev": jsonable(lt.change_prev), "notes": list(lt.notes)} for lt in self.layers],
+                            "change_prev": jsonable(lt.change_prev),
+                            "change_undefined": {k: dict(lt.change_undefined.get(k, {}))
+                                                 for k in ("change_first", "change_prev")},
+                            "notes": list(lt.notes)} for lt in self.layers],
                 "tensors": [{"name": n, "series": jsonable(s)} for n, s in self.tensors.items()],
                 "model": {"series": jsonable(self.model)}, "notes": list(self.notes),
                 **({"spectral": {"series": jsonable(self.spectral)}} if self.spectral is not None else {})}
@@ -333,7 +339,8 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
             by_layer.setdefault(tensor_layer[tname], []).append(tname)
     for name, series in layer_series.items():
         first, prev = _changes(series, readable)
-        lt = LayerTrend(name, series, first, prev)
+        lt = LayerTrend(name, series, first, prev, change_undefined={"change_first": _undefined(first),
+                                                                     "change_prev": _undefined(prev)})
         if ridgeline:
             lt.ridgeline = _ridge(layer_summ[name], opts.bins)
             lt.ridge_stats = [exact_stats(x) for x in layer_summ[name]]
@@ -354,10 +361,26 @@ def run(paths: list[str], opts: Options, chosen: tuple[str, ...] = DEFAULT_METRI
     return report
 
 
+FROM_ZERO = "from 0"  # why a relative change is null: its first value is 0 (and its last one is not)
+
+
+def _undefined(changes: dict[str, float | None]) -> dict[str, str]:
+    """The metrics whose change is undefined although both values are there, with why: a relative change
+    from 0 (change() gives inf). Left as inf in the report, the JSON would hold null (JSON has no inf) and
+    the text "from 0": a null that said nothing of why. Its changes are set to None here, in place."""
+    out = {}
+    for m, v in changes.items():
+        if v is not None and math.isinf(v):
+            out[m] = FROM_ZERO
+            changes[m] = None
+    return out
+
+
 def _changes(series: dict[str, list[float | None]], readable: list[int]
              ) -> tuple[dict[str, float | None], dict[str, float | None]]:
     """Change of each metric against the first and the previous *readable* checkpoint, so one unreadable
-    checkpoint (even the last) does not blank every change."""
+    checkpoint (even the last) does not blank every change. A relative change from 0 is inf here (see
+    _undefined)."""
     first: dict[str, float | None] = {}
     prev: dict[str, float | None] = {}
     for m, s in series.items():

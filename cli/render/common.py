@@ -127,7 +127,8 @@ def fold(text: str, width: int | None, indent: str = "", hang: str = "    ", kee
          escaped: bool = False) -> list[str]:
     """Terminal-safe text as lines wrapped at spaces to `width` terminal cells (wide characters count two;
     never inside a word, a number or a name in `keep`, whose own spaces do not break); one line when width
-    is None (natural width). A word wider than the line stands alone on its line, whole. The text is
+    is None (natural width). A word wider than the line stands alone on its line, whole; at a width too
+    narrow for the indent and hang, a word that fits without them starts its line with less. The text is
     escaped here unless `escaped` says it was (safe() is injective, so it must run exactly once)."""
     if not escaped:
         text = safe(text)
@@ -138,21 +139,29 @@ def fold(text: str, width: int | None, indent: str = "", hang: str = "    ", kee
     # the spaces inside kept names become NUL while wrapping: safe() has escaped every NUL of the text
     for name in sorted({safe(k) for k in keep if " " in k}, key=len, reverse=True):
         text = text.replace(name, name.replace(" ", "\x00"))
-    width = max(20, width)
+    width = max(1, width)
+
+    def cells(s: str) -> int:
+        return int(cell_len(s)) + s.count("\x00")  # NUL (a kept space) has no width of its own to rich
+
+    def start(word: str, *prefixes: str) -> str:
+        # a line's first word after its indent (and hang); at a width too narrow for them, after less of
+        # them if that is what lets the word fit (a word wider than the line keeps them: it is too wide anyway)
+        return next((p + word for p in prefixes if cells(p + word) <= width), prefixes[0] + word)
+
     lines: list[str] = []
     line, started = indent, False
     for word in text.split(" "):
         if not started:
             if word:  # spaces at the start of a line are dropped
-                line, started = line + word, True
+                line, started = start(word, indent, ""), True
             continue
         wider = line + " " + word
-        # NUL (a kept space) has no width of its own to rich
-        if not word or cell_len(wider) + wider.count("\x00") <= width:  # empty word: a second space in a row
+        if not word or cells(wider) <= width:  # empty word: a second space in a row
             line = wider
         else:
             lines.append(line.rstrip(" "))
-            line = indent + hang + word
+            line = start(word, indent + hang, indent, "")
     lines.append(line)
     return [ln.replace("\x00", " ") for ln in lines]
 
@@ -218,7 +227,8 @@ def _line(pad: str, nw: int, name: str, gcols: list[tuple[int, bool]], vals: lis
     seg: Segments = [(pad + name + " " * (nw - _len(name)), style or "")]
     for k, ((w, right), (txt, st)) in enumerate(zip(gcols, vals)):
         fill = " " * (w - _len(txt))
-        seg.append((" " * GAP, ""))
+        if k or nw or name:  # no name column (nw 0): the values start the line
+            seg.append((" " * GAP, ""))
         if right:
             seg.append((fill, ""))
         seg.append((txt, st or style or ""))
@@ -253,14 +263,34 @@ def table_lines(name_head: str, cols: Sequence[Col], rows: Sequence[tuple[str, S
             cur_w += add
     groups.append(cur)
     pad = " " * indent
+    head = safe(name_head)
     for g_i, g in enumerate(groups):
         gw = sum(colw[j] for j in g) + GAP * (len(g) - 1) if g else 0
         nw = min(names_w, max(avail - GAP - gw, min_name)) if g else names_w
+        if g and width and nw + GAP + gw > avail:
+            # too narrow for min_name beside the values: the name column is what is left (0: none, the
+            # names all on lines of their own and the values below them, without the gap)
+            nw = max(0, avail - GAP - gw)
         if g_i:
             yield []
 
         gcols = [(colw[j], cols[j].right) for j in g]
-        yield _line(pad, nw, safe(name_head), gcols, [(heads[j], None) for j in g], "bold")
+        heads_g: list[tuple[str, str | None]] = [(heads[j], None) for j in g]
+        if width and len(g) == 1 and colw[g[0]] > avail:
+            # one column wider than the line (trend's "sparkline last change" cells): each name on its own
+            # line and its cell folded at its spaces below it, never inside a number
+            j = g[0]
+            entries = [(head, heads[j], "bold", "bold")] + [(n, cs[j][0], "", cs[j][1] or "")
+                                                            for n, cs in zip(names, cells)]
+            for n, txt, n_style, style in entries:
+                yield [(pad + n, n_style)]
+                yield from ([(pad + piece, style)] for piece in fold(txt, avail, hang="", escaped=True))
+            continue
+        if _len(head) <= nw or not g:
+            yield _line(pad, nw, head, gcols, heads_g, "bold")
+        else:
+            yield [(pad + head, "bold")]
+            yield _line(pad, nw, "", gcols, heads_g, "bold")
         for n, cs in zip(names, cells):
             vals = [cs[j] for j in g]
             if _len(n) <= nw:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.cells import cell_len
 
 from wdist.analyzers import histogram
 from wdist.analyzers.diff import CHANGE_METRICS, DiffReport
@@ -55,7 +56,8 @@ def _overlay(a: Summary, b: Summary, bins: int, width: int | None = None) -> lis
     half = histogram.symmetric_range(pa, pb, max_abs=max(abs(a.max), abs(b.max), abs(a.min), abs(b.min)))
     ha = histogram.linear(a.hist, a.exact_bins, half, bins)
     hb = histogram.linear(b.hist, b.exact_bins, half, bins)
-    avail = None if width is None else max(8, width - 6)
+    # as many bins as fit beside "  A |" and "|" (merged k:1): a bar line cannot be folded
+    avail = None if width is None else max(1, width - 6)
     ca, k = fit_bins(ha.counts, avail)
     cb, _ = fit_bins(hb.counts, avail)
     top = max(max(ca), max(cb), 1)
@@ -69,6 +71,20 @@ def _overlay(a: Summary, b: Summary, bins: int, width: int | None = None) -> lis
     return (fold(f"w in [{-half:.3g}, {half:.3g}]  A (top) / B (bottom), same bins and scale{merged}{beyond}",
                  width, indent="  ")
             + ["  A |" + line[:-1] + "|" for line in scale_a] + ["  B |" + line[:-1] + "|" for line in scale_b])
+
+
+def _heading(con: Any, r: DiffReport) -> None:
+    """A and B on one line when that fits, else each on its own line (common.heading); a side's "(format)"
+    goes on the next line only where that makes "A PATH" fit: a path wider than the line keeps its format
+    beside it, and a path is never split (nor its spaces folded)."""
+    parts = [(f"{side} {safe(ck.path)}", f"({safe(ck.format)})") for side, ck in (("A", r.a), ("B", r.b))]
+    width = out_width()
+    if width is None or not any(cell_len(p) <= width < cell_len(f"{p} {f}") for p, f in parts):
+        heading(con, [f"{p} {f}" for p, f in parts])
+        return
+    for p, f in parts:
+        for line in ([p, f"  {f}"] if cell_len(p) <= width < cell_len(f"{p} {f}") else [f"{p} {f}"]):
+            echo(con, line, "bold")
 
 
 def render(r: DiffReport, fmt: str, per_tensor: bool, hist: bool, top: int | None, bins: int) -> None:
@@ -98,7 +114,7 @@ def render(r: DiffReport, fmt: str, per_tensor: bool, hist: bool, top: int | Non
         click.echo("\n".join(out))
         return
     con = console()
-    heading(con, [f"A {safe(r.a.path)} ({safe(r.a.format)})", f"B {safe(r.b.path)} ({safe(r.b.format)})"])
+    _heading(con, r)
     warn(con, r.a.warnings, who="A: ")
     warn(con, r.b.warnings, who="B: ")
     s = r.summary

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import click
 from rich.cells import cell_len
 
@@ -38,17 +36,17 @@ def _ridge_row(counts: list[int], top: int) -> str:
     return "".join(BLOCKS[min(8, round(8 * c / top))] if top else " " for c in counts)
 
 
-def _change_text(metric: str, ch: float | None, first: float | None = None, last: float | None = None) -> str:
+def _change_text(metric: str, ch: float | None, first: float | None = None, last: float | None = None,
+                 undefined: str | None = None) -> str:
     """The change against the first checkpoint: an absolute difference for signed shape metrics (kurtosis,
     mean, ...: a percent of a number near zero means nothing), a relative change for the rest: a percent,
     with as many decimals as it takes not to show a change as +0% (or a fall to 3.13 from 4.2e38 as -100%),
-    or a ratio from x10 up and down to x0.1 and below."""
+    or a ratio from x10 up and down to x0.1 and below. A change the JSON holds as null shows the reason the
+    JSON gives for it (`undefined`: "from 0"), or nothing."""
     if ch is None:
-        return ""
+        return f" {undefined}" if undefined else ""
     if metric in SIGNED:
         return f" {ch:+.3g}"
-    if math.isinf(ch):
-        return " from 0"
     if abs(ch) >= 10:
         return f" x{1 + ch:.3g}"
     if ch <= -0.9 and first and last:  # the ratio from the values: 1 + ch is 0 in float64 for 3.13 / 4.2e38
@@ -83,8 +81,9 @@ def render(r: TrendReport, fmt: str, hist: bool) -> None:
     order = f"ordered {r.order}" if r.order.startswith(("by ", "as ")) else f"in {r.order}"
     prose(con, f"{plural(len(r.checkpoints), 'checkpoint')}, {order}:", style="bold")
     for i, p in enumerate(r.checkpoints):
-        step = "" if p.step is None else f"  ({safe(p.step_source)} {p.step})"
-        echo(con, f"  {i + 1}. {safe(p.label)}{step}")
+        step = "" if p.step is None else f"  ({p.step_source} {p.step})"
+        # folded at the spaces around the label (a file name: never inside it), as prose is
+        prose(con, f"{i + 1}. {p.label}{step}", indent="  ", hang="   ", keep=[f"{i + 1}. {p.label}"])
         if p.error:
             prose(con, f"unreadable: {p.error}", indent="       ", style="red")
         warn(con, p.warnings, indent="       ")
@@ -97,12 +96,13 @@ def render(r: TrendReport, fmt: str, hist: bool) -> None:
         readable = [i for i, p in enumerate(r.checkpoints) if not p.error]
         for lt in r.layers:
             first = lt.change_first
+            why = lt.change_undefined.get("change_first", {})
             cells = []
             for m in r.metrics:
                 s = lt.series[m]
                 last = s[readable[-1]] if readable else None
                 start = next((s[i] for i in readable if s[i] is not None), None)
-                cells.append(f"{sparkline(s)} {num(last, 3)}{_change_text(m, first.get(m), start, last)}")
+                cells.append(f"{sparkline(s)} {num(last, 3)}{_change_text(m, first.get(m), start, last, why.get(m))}")
             rows.append((lt.name, cells))
         print_table(con, "layer", [Col(SHORT.get(m, m), False) for m in r.metrics], rows)
         names = ", ".join(f"{v} = {k}" for k, v in SHORT.items() if k in r.metrics)
@@ -126,7 +126,8 @@ def render(r: TrendReport, fmt: str, hist: bool) -> None:
                     for h in lt.ridgeline]
             ew = max(len(e) for e in ends)
             inline = width is None or width - lw - 6 - ew >= 8  # else the counts get a line of their own
-            avail = None if width is None else max(8, width - lw - 6 - (ew if inline else 0))
+            # as many bins as fit (merged k:1): a bar line cannot be folded
+            avail = None if width is None else max(1, width - lw - 6 - (ew if inline else 0))
             rows_c = [fit_bins(h.counts, avail) if h else ([], 1) for h in lt.ridgeline]
             k = max(kk for _, kk in rows_c)
             top = max(max(c) for c, _ in rows_c if c)
