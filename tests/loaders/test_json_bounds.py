@@ -175,3 +175,41 @@ def test_keras_config_bomb_is_skipped_with_a_warning(tmp_path: Path) -> None:
     with open_checkpoint(str(KERAS)) as ck:  # the real file: no warning, metadata and model order kept
         assert not ck.warnings and ck.metadata["keras_version"] == "3.15.1"
         assert ck.tensors[0].name == "stem/kernel"
+
+
+# --- C2: safetensors header members outside the format's schema ----------------------------------------
+
+_ONE = b'"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
+
+
+@pytest.mark.parametrize("kind, word", [
+    ("lists", "'k0': entry lacks"), ("objects", "'k0': entry lacks"), ("numbers", "'k0': entry lacks"),
+    ("strings", "'k0': entry lacks"), ("nested_shape", "'w': bad shape"), ("long_shape", "'w': bad shape"),
+    ("metadata", "__metadata__ holds more than"), ("late_duplicate", "'layers.0.weight' twice"),
+])
+def test_safetensors_header_outside_the_schema_is_refused_at_once(tmp_path: Path, kind: str, word: str) -> None:
+    """Headers within MAX_CONTAINERS and MAX_ITEMS that json.loads turned into 0.4-1.9 GB at 100 MB
+    (benchmarks/bench_header.py) are refused while read, at the member that breaks the schema: ~30 MB of
+    each is refused in a child whose address space may grow by 96 MB (the header itself is a third of it)."""
+    n = 2_000_000
+    header = {
+        "lists": lambda: b"{" + b",".join(b'"k%d":[]' % i for i in range(n)) + b"}",
+        "objects": lambda: b"{" + b",".join(b'"k%d":{}' % i for i in range(n)) + b"}",
+        "numbers": lambda: b"{" + b",".join(b'"k%d":%d' % (i, i) for i in range(n)) + b"}",
+        "strings": lambda: b"{" + b",".join(b'"k%d":"ab"' % i for i in range(n)) + b"}",
+        "nested_shape": lambda: b'{"w":{"dtype":"F32","shape":[' + b"[]," * (MAX_CONTAINERS - 10) + b'[]],"data_offsets":[0,4]}}',
+        "long_shape": lambda: (b'{"w":{"dtype":"F32","shape":[' + b",".join(b"%d" % (1000 + i) for i in range(2 * n))
+                               + b'],"data_offsets":[0,4]}}'),
+        "metadata": lambda: (b'{"__metadata__":{' + b",".join(b'"k%d":"v%d"' % (i, i) for i in range(n))
+                             + b"}," + _ONE + b"}"),
+        "late_duplicate": lambda: b"{" + b",".join(
+            b'"layers.%d.weight":{"dtype":"F32","shape":[1],"data_offsets":[%d,%d]}' % (i % 300_000, 4 * i, 4 * i + 4)
+            for i in range(300_001)) + b"}",
+    }[kind]()
+    assert 10_000_000 < len(header) < 45_000_000
+    p = _st_raw(tmp_path / "x.safetensors", header)
+    with open(p, "ab") as f:
+        f.write(bytes(4 * 300_001 if kind == "late_duplicate" else 4))
+    code, seconds, _, err = _bounded("ls", str(p), headroom_mb=96)
+    assert code == 2 and seconds < 5, (seconds, err)
+    _one_error(err, p, word)

@@ -220,3 +220,54 @@ def test_e8m0_written_by_torch_and_safetensors(tmp_path):
             (r,) = ck.tensors
             assert r.dtype == "float8_e8m0fnu"
             np.testing.assert_array_equal(r.read(), want)
+
+
+def _as_json_loads(p) -> tuple[list, dict]:
+    """What a plain json.loads of the header gives: [(name, dtype, shape, offsets)] in file order, metadata."""
+    raw = p.read_bytes()
+    h = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    meta = h.pop("__metadata__", None) or {}
+    return [(k, v["dtype"], v["shape"], v["data_offsets"]) for k, v in h.items()], meta
+
+
+def _read(p) -> tuple[list, dict]:
+    from wdist.loaders.safetensors_loader import read_header
+
+    e, meta, _ = read_header(str(p))
+    return [(n, d, list(s), [int(b), int(x)]) for n, d, s, b, x in zip(*e)], meta
+
+
+def test_reference_written_headers_read_as_json_loads_reads_them(tmp_path):
+    """The header tokenizer reads what safetensors.numpy and safetensors.torch write (metadata, unicode and
+    escaped names, 0-d, empty and 20-dimensional tensors, every dtype) exactly as json.loads does."""
+    names = ["a", "é.weight", "层.bias", "emoji😀", 'q"uote', "back\\slash", "ctl\x01", "x" * 3000, "", " ", "dtype"]
+    arrays = {f"{n}{i}": np.zeros(s, d) for i, (n, s, d) in enumerate(zip(
+        names, [(), (0,), (2, 3), (1,) * 20, (3, 0, 2), (5,), (), (2, 2), (1,), (4,), (2,)],
+        [np.float32, np.float16, np.int8, np.uint64, np.bool_, np.float64, np.complex64, np.int64, np.uint8,
+         np.int16, np.uint32]))}
+    meta = {"format": "np", "é": 'x\\y"z', "dtype": "F32", "": ""}
+    for i, save in enumerate((lambda p: np_save(arrays, str(p), metadata=meta),
+                              lambda p: save_file({k: torch.from_numpy(v.copy()) for k, v in arrays.items()
+                                                   if v.dtype != np.uint64}, str(p), metadata=meta),
+                              lambda p: save_file({"w": torch.ones(2, dtype=torch.bfloat16)}, str(p)))):
+        p = tmp_path / f"r{i}.safetensors"
+        save(p)
+        assert _read(p) == _as_json_loads(p)
+
+
+@pytest.mark.parametrize("dumps", [
+    lambda h: json.dumps(h), lambda h: json.dumps(h, indent=3), lambda h: json.dumps(h, ensure_ascii=False),
+    lambda h: json.dumps(h).replace('"dtype"', '"\\u0064type"'),  # keys written with escapes
+])
+def test_other_writers_headers_read_as_json_loads_reads_them(tmp_path, dumps):
+    """Keys in another order, whitespace, escapes, `"__metadata__": null` anywhere and keys the format
+    does not know are read member by member, with json.loads' result."""
+    h = {"b": {"shape": [2, 1], "dtype": "F16", "data_offsets": [0, 4]},
+         "__metadata__": None,
+         "é": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8], "extra": {"k": [1, [2.5, None]]}},
+         "c": {"data_offsets": [8, 8], "dtype": "I8", "shape": [0, 7]}}
+    p = tmp_path / "o.safetensors"
+    _write(p, h, bytes(8))
+    p.write_bytes(struct.pack("<Q", len(b := dumps(h).encode())) + b + bytes(8))
+    assert _read(p) == _as_json_loads(p)
+    assert [t.name for t in open_checkpoint(str(p)).tensors] == ["b", "c", "é"]
