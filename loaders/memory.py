@@ -87,8 +87,11 @@ def _ref(name: str, shape: tuple[int, ...], dtype: str, reader: Any, module_kind
         role = Role.EMBEDDING
     elif module_kind == "conv1d_gpt2" and role is Role.WEIGHT:
         keras = True  # [in, out] like a Keras kernel: units along the last axis
+    axis = default_unit_axis(role, len(shape), keras=keras)
+    if module_kind == "conv_transpose" and role is Role.WEIGHT and axis is not None:
+        axis = 1
     return TensorRef(name=name, layer=layer, role=role, shape=shape, dtype=dtype, reader=reader,
-                     unit_axis=default_unit_axis(role, len(shape), keras=keras), source="<memory>")
+                     unit_axis=axis, source="<memory>")
 
 
 def _module_kinds(module: Any) -> dict[str, str]:
@@ -102,6 +105,8 @@ def _module_kinds(module: Any) -> dict[str, str]:
             out[name] = "embedding"
         elif cls == "Conv1D" and hasattr(m, "nf"):  # Hugging Face GPT-2 Conv1D
             out[name] = "conv1d_gpt2"
+        elif cls.startswith("ConvTranspose") or cls.startswith("LazyConvTranspose"):  # [in, out/groups, *k]
+            out[name] = "conv_transpose"
     return out
 
 

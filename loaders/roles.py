@@ -24,6 +24,9 @@ _NORM_NAMES = {"bn", "ln", "norm", "batchnorm", "layernorm", "groupnorm", "rmsno
 _TOKENS = re.compile(r"[._/]")
 # Hugging Face GPT-2 style Conv1D modules store their weight as [in, out] (q_attn: GPT-2 cross-attention)
 _CONV1D_LAYERS = {"c_attn", "c_proj", "c_fc", "q_attn"}
+# torch.nn.ConvTranspose weights are [in, out/groups, *k]: output units along axis 1. A state dict says so
+# only through its module's name (deconv1, conv_transpose, transposed_conv, ConvTranspose2d_0)
+_TRANSPOSED = re.compile(r"(de_?conv|conv_?transpose|transpose_?conv|transposed_?conv)[0-9]*(_[0-9]+)?", re.IGNORECASE)
 # torch.nn.RNN/LSTM/GRU parameters: weight_ih_l0, bias_hh_l1_reverse, weight_hr_l0 (LSTM projections);
 # the cells (LSTMCell, GRUCell, RNNCell) name theirs bias_ih / bias_hh
 _RNN_BIAS = re.compile(r"bias_(ih|hh)(_l[0-9]+(_reverse)?)?")
@@ -105,14 +108,16 @@ def _shared_table(layer: str, param: str) -> bool:
 def fix_norm_biases(tensors: list[TensorRef]) -> None:
     """Post-pass shared by every loader. A bias next to a 1-D 'weight' (BatchNorm/LayerNorm) is a norm
     parameter, whatever the layer is called; GPT-2-style Conv1D weights (`c_attn`, `c_proj`, `c_fc`, stored
-    [in, out]) have their output units along the last axis."""
+    [in, out]) have their output units along the last axis, and transposed convolutions named so (`deconv1`,
+    `conv_transpose`) along axis 1."""
     norm_layers = {t.layer for t in tensors if t.role is Role.NORM or t.role is Role.RUNNING_STAT}
     for t in tensors:
         if t.role is Role.BIAS and t.layer in norm_layers:
             t.role = Role.NORM
-        elif (t.role is Role.WEIGHT and len(t.shape) == 2 and t.unit_axis == 0
-              and re.split(r"[./]", t.layer)[-1] in _CONV1D_LAYERS):
-            t.unit_axis = 1
+        elif t.role is Role.WEIGHT and t.unit_axis == 0:
+            module = re.split(r"[./]", t.layer)[-1]
+            if (len(t.shape) == 2 and module in _CONV1D_LAYERS) or (len(t.shape) >= 3 and _TRANSPOSED.fullmatch(module)):
+                t.unit_axis = 1
 
 
 def is_token_table(param: str) -> bool:

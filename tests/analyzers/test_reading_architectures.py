@@ -151,3 +151,25 @@ def test_gpt2_cross_attention_q_attn_units_along_the_last_axis(tmp_path):
     _, by_name = _readings(path)
     st = by_name["h.0.crossattention.q_attn.weight"]["stats"]
     assert (st["units"], st["dead_units"]) == (96, 1)
+
+
+def test_transposed_convs_have_their_units_along_axis_1(tmp_path):
+    """ConvTranspose weights are [in, out/groups, *k]: a dead output channel is a zero slice along axis 1.
+    A state dict says so only through the module's name (deconv1, conv_transpose); a live module by its class."""
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"deconv1": torch.nn.ConvTranspose2d(8, 6, 3), "up": torch.nn.ConvTranspose2d(8, 6, 3),
+                                 "conv": torch.nn.Conv2d(8, 6, 3)})
+    with torch.no_grad():
+        for m in model.values():
+            m.weight[:, 2] = 0  # ConvTranspose: output channel 2 dead; Conv2d: input channel 2 unused (alive units)
+    path = _save(tmp_path, model)
+    refs = _roles(path)
+    assert refs["deconv1.weight"].unit_axis == 1 and refs["conv.weight"].unit_axis == 0
+    assert refs["up.weight"].unit_axis == 0  # a name that does not say it: read as a conv (README says so)
+    _, by_name = _readings(path)
+    assert (by_name["deconv1.weight"]["stats"]["units"], by_name["deconv1.weight"]["stats"]["dead_units"]) == (6, 1)
+    assert by_name["conv.weight"]["stats"]["dead_units"] == 0
+    # in memory the module's class says it, whatever its name
+    mem = {t["name"]: t for t in wdist.inspect(model).to_dict()["tensors"]}
+    assert (mem["up.weight"]["stats"]["units"], mem["up.weight"]["stats"]["dead_units"]) == (6, 1)
+    assert mem["deconv1.weight"]["stats"]["dead_units"] == 1
