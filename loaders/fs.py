@@ -78,16 +78,28 @@ def remote_timeout() -> float:
 
 def _timeouts(proto: str) -> dict[str, Any]:
     """The fsspec options that bound each request: botocore's connect/read timeouts (one retry) for S3,
-    aiohttp's per-socket-operation timeouts for HTTP(S). Other back-ends keep their own defaults."""
+    aiohttp's per-socket-operation timeouts for HTTP(S) and GCS. The Hub's metadata calls keep
+    huggingface_hub's own defaults (its ranged reads are wdist's own, with the timeout)."""
     t = remote_timeout()
     if proto in ("s3", "s3a"):
         return {"config_kwargs": {"connect_timeout": t, "read_timeout": t,
                                   "retries": {"max_attempts": 1, "mode": "standard"}}}
-    if proto in ("http", "https"):
+    if proto in ("http", "https", "gs", "gcs"):
         import aiohttp
 
-        return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)}}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)
+        return {"requests_timeout": timeout} if proto in ("gs", "gcs") else {"client_kwargs": {"timeout": timeout}}
     return {}
+
+
+def _options(proto: str) -> dict[str, Any]:
+    """Options of the back-end for a protocol, read at each use (not when a library is imported): the
+    timeouts, and for hf:// the Hub's address from $HF_ENDPOINT (huggingface_hub itself reads it once,
+    at import). Credentials are left to the back-ends (None: their usual places)."""
+    opts = _timeouts(proto)
+    if proto == "hf" and os.environ.get("HF_ENDPOINT"):
+        opts["endpoint"] = os.environ["HF_ENDPOINT"].rstrip("/")
+    return opts
 
 
 def _filesystem(proto: str) -> Any:
@@ -98,7 +110,16 @@ def _filesystem(proto: str) -> Any:
         extra = EXTRAS.get(proto, ("remote", "fsspec"))[0]
         raise MissingDependencyError(None, f"reading {proto}:// URLs needs fsspec (pip install 'wdist[{extra}]')") from None
     try:
-        fs = fsspec.filesystem(proto, **_timeouts(proto))
+        if proto in ("gs", "gcs"):
+            # gcsfs's JSON-API file system, not the experimental zonal/HNS class fsspec registers by default:
+            # that one asks the gRPC storage-control API for each bucket's layout before every read and, when
+            # the API is not reachable (an emulator, a proxy, no permission), retries for 60 s each time.
+            # fsspec's configuration (FSSPEC_GS_TOKEN=anon, ...) applies to it as to any file system.
+            from gcsfs.core import GCSFileSystem
+
+            fs = GCSFileSystem(**_options(proto))
+        else:
+            fs = fsspec.filesystem(proto, **_options(proto))
     except (ImportError, ValueError) as e:
         extra, pkgs = EXTRAS.get(proto, ("remote", "fsspec"))
         raise MissingDependencyError(None, f"reading {proto}:// URLs needs {pkgs} (pip install 'wdist[{extra}]'): "
@@ -135,18 +156,36 @@ def _causes(e: BaseException | None) -> Iterator[BaseException]:
 
 
 def _http_status(e: BaseException) -> int | None:
-    """The HTTP status behind an error."""
+    """The HTTP status behind an error: aiohttp's `status`, the `response.status_code` of
+    huggingface_hub's errors, gcsfs's HttpError `code` (its 403 is a plain OSError "Forbidden: ...")."""
     for x in _causes(e):
         status = getattr(x, "status", None)
+        if not isinstance(status, int):
+            status = getattr(getattr(x, "response", None), "status_code", None)
+        if not isinstance(status, int) and type(x).__name__ == "HttpError":
+            status = getattr(x, "code", None)
+            status = int(status) if isinstance(status, str) and status.isdigit() else status
+        if not isinstance(status, int) and type(x) is OSError and str(x).startswith("Forbidden: "):
+            status = 403
         if isinstance(status, int) and 100 <= status <= 599:
             return status
     return None
 
 
+_TIMEOUT_ERRORS = ("ServerTimeoutError", "ConnectTimeoutError", "ReadTimeoutError", "TimeoutError",
+                   "ConnectTimeout", "ReadTimeout", "PoolTimeout", "TimeoutException")  # botocore, aiohttp, httpx
+
+
 def _timed_out(e: BaseException) -> bool:
-    return any(isinstance(x, TimeoutError) or type(x).__name__ in ("ServerTimeoutError", "ConnectTimeoutError",
-                                                                   "ReadTimeoutError", "TimeoutError")
-               for x in _causes(e))
+    return any(isinstance(x, TimeoutError) or type(x).__name__ in _TIMEOUT_ERRORS for x in _causes(e))
+
+
+class _StatusError(OSError):
+    """A ranged read answered with an HTTP error status."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
 
 
 def _remote_error(url: str, e: BaseException) -> WdistError:
@@ -191,7 +230,10 @@ def stat(path: str) -> Stat:
         raise _remote_error(path, e) from None
     is_dir = info.get("type") == "directory"
     # fsspec's HTTP file system reports a Last-Modified header under that name (with the hyphen)
-    version = str(info.get("VersionId") or info.get("ETag") or info.get("etag") or info.get("mtime")
+    # gcsfs: generation / etag; HfFileSystem: the git blob id (or the LFS / Xet hash)
+    lfs = info.get("lfs")
+    version = str(info.get("VersionId") or info.get("ETag") or info.get("etag") or info.get("generation")
+                  or info.get("blob_id") or info.get("xet_hash") or getattr(lfs, "sha256", None) or info.get("mtime")
                   or info.get("LastModified") or info.get("Last-Modified") or info.get("last_modified") or "")
     return Stat(int(info.get("size") or 0), is_dir, not is_dir, version)
 
@@ -267,6 +309,8 @@ def pread(path: str, offset: int, n: int) -> bytes:
             from fsspec.asyn import sync
 
             return bytes(sync(fs.loop, _http_range, fs, p, offset, n))
+        if _proto(path) == "hf":
+            return _hf_range(fs, path, p, offset, n)
         return bytes(fs.cat_file(p, start=offset, end=offset + n))
     except Exception as e:  # _remote_error passes wdist's own errors through as they are
         raise _remote_error(path, e) from None
@@ -290,6 +334,32 @@ async def _http_range(fs: Any, url: str, start: int, n: int) -> bytes:
                 break
             out += chunk
         if r.status == 206 and len(out) > n:
+            raise WdistError(redact(url), f"the server sent more than the {n} bytes asked for")
+        return bytes(out[:n])
+
+
+def _hf_range(fs: Any, url: str, path: str, start: int, n: int) -> bytes:
+    """GET bytes [start, start+n) of a Hub file with a Range header on its resolve URL, reading at most
+    n + 1 bytes of the body. HfFileSystem's own cat_file reads a 5 MiB block ahead (an `ls` of a 100 MB file
+    fetched 5 MB) and keeps the whole response; nothing goes through huggingface_hub's download cache."""
+    from huggingface_hub.utils import build_hf_headers, get_session
+
+    resolve = fs.url(path)  # {endpoint}/{repo}/resolve/{revision}/{path}; the Hub may redirect to its CDN
+    headers = {**build_hf_headers(token=fs.token), "Range": f"bytes={start}-{start + n - 1}"}
+    with get_session().stream("GET", resolve, headers=headers, timeout=remote_timeout(), follow_redirects=True) as r:
+        if r.status_code == 404:
+            raise FileNotFoundError(path)
+        if r.status_code >= 400:
+            raise _StatusError(r.status_code)
+        if r.status_code != 206 and start > 0:
+            raise WdistError(redact(url), "the server ignores HTTP Range requests (a ranged read got status "
+                             f"{r.status_code}): it cannot be read without downloading the whole file")
+        out = bytearray()
+        for chunk in r.iter_bytes(1 << 20):
+            out += chunk
+            if len(out) > n:
+                break
+        if r.status_code == 206 and len(out) > n:
             raise WdistError(redact(url), f"the server sent more than the {n} bytes asked for")
         return bytes(out[:n])
 

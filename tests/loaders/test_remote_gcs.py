@@ -1,0 +1,148 @@
+"""gs:// checkpoints through gcsfs, against a fake GCS JSON API started here on 127.0.0.1 (tests/fake_gcs.py),
+through the CLI and the Python API. gcsfs finds the server through $STORAGE_EMULATOR_HOST (read at each
+request); the credential is an access token given through fsspec's configuration ($FSSPEC_GS_TOKEN, read
+when fsspec is imported; in this process its `conf`), so gcsfs neither looks for Google credentials nor
+asks the GCE metadata server, and nothing reaches Google."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fsspec")
+pytest.importorskip("gcsfs")
+
+from cli_helpers import run  # noqa: E402
+from fake_gcs import FakeGCS  # noqa: E402
+from remote_cases import CASES, assert_same, report, write_big, write_model  # noqa: E402
+
+import wdist  # noqa: E402
+from wdist.loaders.errors import WdistError  # noqa: E402
+
+TOKEN = "ya29.S3CRETaccessTokenNeverPrinted"
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory, torch_model_sd):
+    root = tmp_path_factory.mktemp("gcs")
+    local = tmp_path_factory.mktemp("local")
+    with FakeGCS(root) as g:
+        write_model(local / "files", torch_model_sd)
+        shutil.copytree(local / "files", g.bucket("ckpts"), dirs_exist_ok=True)
+        write_big(g.bucket("big") / "model.safetensors")
+        g.local = local / "files"  # type: ignore[attr-defined]
+        yield g
+
+
+def _env(g: FakeGCS, home: Path) -> dict[str, str]:
+    """$STORAGE_EMULATOR_HOST at the fake server, the token in $FSSPEC_GS_TOKEN, HOME (gcloud's configuration,
+    gcsfs's token cache) an empty folder, and no probe of the GCE metadata server should anything look."""
+    return {"STORAGE_EMULATOR_HOST": g.url, "FSSPEC_GS_TOKEN": TOKEN, "HOME": str(home),
+            "CLOUDSDK_CONFIG": str(home / "gcloud"), "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9",
+            "GCE_METADATA_IP": "127.0.0.1:9",
+            "FETCH_RAW_TOKEN_EXPIRY": "false"}
+
+
+@pytest.fixture
+def gs_env(gcs, monkeypatch, tmp_path):
+    import fsspec.config
+
+    home = tmp_path / "home"
+    home.mkdir()
+    for k, v in _env(gcs, home).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": TOKEN})  # what $FSSPEC_GS_TOKEN gives at import
+    fsspec.filesystem("gs").clear_instance_cache()  # a fresh instance: credentials are looked up again
+    yield home
+    fsspec.filesystem("gs").clear_instance_cache()
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_gs_cli_and_api_equal_the_local_files(gcs, gs_env, name):
+    url = f"gs://ckpts/{name}"
+    path = str(gcs.local / name)
+    for cmd in ("inspect", "ls"):
+        assert_same(report(run(cmd, url, "--format", "json")), report(run(cmd, path, "--format", "json")), url, path)
+    assert_same(wdist.inspect(url, jobs=1).to_dict(), wdist.inspect(path, jobs=1).to_dict(), url, path)
+    assert wdist.ls(url).to_dict()["checkpoint"]["path"] == url
+
+
+def test_gs_a_sharded_folder_is_one_checkpoint(gcs, gs_env):
+    with wdist.open("gs://ckpts/sharded") as ck:
+        assert ck.variant == "sharded"
+
+
+def test_gs_ls_of_a_100_mb_file_fetches_only_the_header(gcs, gs_env):
+    url = "gs://big/model.safetensors"
+    assert (Path(gcs.root) / "big/model.safetensors").stat().st_size > 100_000_000
+    before = len(gcs.sent)
+    assert report(run("ls", url, "--format", "json"))["checkpoint"]["tensors"] == 24
+    sent = sum(gcs.sent[before:])
+    assert sent < 1_000_000, f"ls transferred {sent} bytes"
+    print(f"gs:// ls of a {(Path(gcs.root) / 'big/model.safetensors').stat().st_size} byte file: {sent} bytes sent")
+    before = len(gcs.sent)
+    assert len(wdist.ls(url).tensors) == 24
+    assert sum(gcs.sent[before:]) < 1_000_000
+
+
+@pytest.mark.parametrize("url", ["gs://ckpts/nope.safetensors", "gs://no-such-bucket/model.safetensors"])
+def test_gs_a_missing_file_names_the_url(gcs, gs_env, url):
+    for cmd in ("ls", "inspect"):
+        r = run(cmd, url)
+        assert r.exit_code == 2
+        assert r.output.strip() == f"wdist: error: {url}: no such file or directory", r.output
+        assert "Traceback" not in r.output
+    with pytest.raises(WdistError, match="nope|no-such-bucket"):
+        wdist.ls(url)
+
+
+# 505, not 500: gcsfs retries 500-504 (and 408, 429) six times with exponential back-off (about 60 s) before
+# it gives up
+@pytest.mark.parametrize("status, reason", [(403, "access denied (HTTP 403; check credentials)"),
+                                            (505, "the server answered HTTP 505")])
+def test_gs_an_error_status_names_the_url(gcs, gs_env, monkeypatch, status, reason):
+    monkeypatch.setitem(gcs.fail, "ckpts", status)
+    url = "gs://ckpts/model.safetensors"
+    for cmd in ("ls", "inspect"):
+        r = run(cmd, url)
+        assert r.exit_code == 2
+        assert r.output.strip() == f"wdist: error: {url}: {reason}", r.output
+
+
+def test_gs_credentials_are_used_and_never_printed(gcs, gs_env):
+    gcs.auth.clear()
+    outs = [run("inspect", "gs://ckpts/m.pt").output, run("inspect", "gs://ckpts/m.pt", "--format", "json").output,
+            run("ls", "gs://ckpts/nope.pt").output, run("ls", "gs://ckpts/sharded", "--format", "json").output]
+    gcs.fail["ckpts"] = 403
+    try:
+        outs.append(run("ls", "gs://ckpts/m.pt").output)
+    finally:
+        del gcs.fail["ckpts"]
+    assert gcs.auth and set(gcs.auth) == {f"Bearer {TOKEN}"}  # the configured credential is sent
+    for out in outs:
+        assert TOKEN not in out and "S3CRET" not in out, out
+
+
+def test_gs_in_a_fresh_process(gcs, tmp_path):
+    """A child process with only the environment set reads through the fake server and prints no secret."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    env.update(_env(gcs, home), TMPDIR=str(tmp_path))
+    gcs.auth.clear()
+    r = subprocess.run([sys.executable, "-m", "wdist", "ls", "gs://ckpts/sharded", "--format", "json"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["checkpoint"]["path"] == "gs://ckpts/sharded"
+    r = subprocess.run([sys.executable, "-m", "wdist", "ls", "gs://ckpts/nope.pt"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == "wdist: error: gs://ckpts/nope.pt: no such file or directory"
+    assert TOKEN not in r.stdout + r.stderr
+    assert set(gcs.auth) == {f"Bearer {TOKEN}"}  # $FSSPEC_GS_TOKEN reached gcsfs

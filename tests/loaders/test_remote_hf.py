@@ -1,0 +1,173 @@
+"""hf:// checkpoints through huggingface_hub's HfFileSystem, against a fake Hub started here on 127.0.0.1
+(tests/fake_hub.py), through the CLI and the Python API; huggingface_hub finds it through $HF_ENDPOINT,
+which wdist reads at each use."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fsspec")
+pytest.importorskip("huggingface_hub")
+
+from cli_helpers import run  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+from fake_hub import FakeHub  # noqa: E402
+from remote_cases import CASES, assert_same, report, write_big, write_model  # noqa: E402
+
+import wdist  # noqa: E402
+from wdist.cli.main import cli  # noqa: E402
+from wdist.loaders.errors import WdistError  # noqa: E402
+
+TOKEN = "hf_S3CRETt0kenNeverPrinted"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, torch_model_sd):
+    root = tmp_path_factory.mktemp("hub")
+    local = tmp_path_factory.mktemp("local")
+    with FakeHub(root) as h:
+        write_model(local / "files", torch_model_sd)
+        shutil.copytree(local / "files", h.repo("org/model"), dirs_exist_ok=True)
+        # a repository that is itself a sharded model (hf://org/sharded)
+        shutil.copytree(local / "files" / "sharded", h.repo("org/sharded"), dirs_exist_ok=True)
+        shutil.copytree(local / "files", h.repo("org/data", "dataset"), dirs_exist_ok=True)
+        write_big(h.repo("org/big") / "model.safetensors")
+        h.local = local / "files"  # type: ignore[attr-defined]
+        yield h
+
+
+@pytest.fixture
+def hf_env(hub, monkeypatch, tmp_path):
+    """$HF_ENDPOINT at the fake Hub, a token in $HF_TOKEN, and HOME / caches in an empty folder."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for k, v in {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
+                 "HF_HOME": str(home / ".cache" / "huggingface"), "HF_HUB_DISABLE_TELEMETRY": "1"}.items():
+        monkeypatch.setenv(k, v)
+    return home
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_hf_cli_and_api_equal_the_local_files(hub, hf_env, name):
+    url = f"hf://org/model/{name}"
+    path = str(hub.local / name)
+    for cmd in ("inspect", "ls"):
+        assert_same(report(run(cmd, url, "--format", "json")), report(run(cmd, path, "--format", "json")), url, path)
+    remote_api = wdist.inspect(url, jobs=1).to_dict()
+    assert_same(remote_api, wdist.inspect(path, jobs=1).to_dict(), url, path)
+    assert wdist.ls(url).to_dict()["checkpoint"]["path"] == url
+
+
+def test_hf_a_repository_that_is_a_sharded_model_and_a_dataset(hub, hf_env):
+    ck = wdist.open("hf://org/sharded")
+    assert ck.variant == "sharded"
+    ck.close()
+    local = str(hub.local / "sharded")
+    assert_same(report(run("inspect", "hf://org/sharded", "--format", "json")),
+          report(run("inspect", local, "--format", "json")), "hf://org/sharded", local)
+    url = "hf://datasets/org/data/model.safetensors"
+    local = str(hub.local / "model.safetensors")
+    assert_same(report(run("inspect", url, "--format", "json")), report(run("inspect", local, "--format", "json")), url, local)
+
+
+def test_hf_ls_of_a_100_mb_file_fetches_only_the_header(hub, hf_env):
+    url = "hf://org/big/model.safetensors"
+    assert (Path(hub.root) / "models/org/big/model.safetensors").stat().st_size > 100_000_000
+    before = len(hub.sent)
+    r = run("ls", url, "--format", "json")
+    assert report(r)["checkpoint"]["tensors"] == 24
+    sent = sum(hub.sent[before:])
+    assert sent < 1_000_000, f"ls transferred {sent} bytes"
+    print(f"hf:// ls of a {(Path(hub.root) / 'models/org/big/model.safetensors').stat().st_size} byte file: "
+          f"{sent} bytes sent")
+    before = len(hub.sent)
+    assert len(wdist.ls(url).tensors) == 24
+    assert sum(hub.sent[before:]) < 1_000_000
+
+
+@pytest.mark.parametrize("url", ["hf://org/model/nope.safetensors", "hf://org/missing-repo/model.safetensors"])
+def test_hf_a_missing_file_names_the_url(hub, hf_env, url):
+    for cmd in ("ls", "inspect"):
+        r = run(cmd, url)
+        assert r.exit_code == 2
+        assert r.output.strip() == f"wdist: error: {url}: no such file or directory", r.output
+    with pytest.raises(WdistError, match="nope|missing-repo"):
+        wdist.ls(url)
+
+
+@pytest.mark.parametrize("status, reason", [(403, "access denied (HTTP 403; check credentials)"),
+                                            (500, "the server answered HTTP 500")])
+def test_hf_an_error_status_names_the_url(hub, hf_env, monkeypatch, status, reason):
+    monkeypatch.setitem(hub.fail, "org/model", status)
+    url = "hf://org/model/model.safetensors"
+    for cmd in ("ls", "inspect"):
+        r = run(cmd, url)
+        assert r.exit_code == 2
+        assert r.output.strip() == f"wdist: error: {url}: {reason}", r.output
+        assert TOKEN not in r.output
+
+
+def test_hf_the_token_is_sent_and_never_printed(hub, hf_env):
+    hub.auth.clear()
+    outs = [run("inspect", "hf://org/model/m.pt").output, run("inspect", "hf://org/model/m.pt", "--format", "json").output,
+            run("ls", "hf://org/model/nope.pt").output, run("ls", "hf://org/model", "--format", "json").output]
+    # --debug lets the error through with its traceback: neither names the token
+    r = CliRunner().invoke(cli, ["--debug", "ls", "hf://org/model/nope.pt"])
+    assert r.exc_info is not None and r.exit_code != 0
+    outs += [r.output, "".join(traceback.format_exception(*r.exc_info))]
+    assert hub.auth and set(hub.auth) == {f"Bearer {TOKEN}"}  # credentials from the usual place ($HF_TOKEN)
+    for out in outs:
+        assert TOKEN not in out and "S3CRET" not in out
+
+
+def test_hf_in_a_fresh_process_nothing_is_written_to_disk(hub, tmp_path):
+    """huggingface_hub reads HF_HOME / HF_ENDPOINT at import: a child process with only the environment set
+    reads through the fake Hub, sends the token, prints none of it, and leaves HOME, the caches and TMPDIR
+    empty (no download cache, no token file, no temporary file)."""
+    home = tmp_path / "home"
+    tmp = tmp_path / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HOME": str(home), "TMPDIR": str(tmp),
+           "XDG_CACHE_HOME": str(home / ".cache"), "HF_HOME": str(home / ".cache" / "huggingface"),
+           "HF_HUB_CACHE": str(home / "hub-cache")}
+    hub.auth.clear()
+    for args in (["inspect", "hf://org/model/model.safetensors", "--format", "json"], ["ls", "hf://org/model/sharded"],
+                 ["inspect", "hf://org/model/m.pt"], ["ls", "hf://org/model/k.h5"], ["ls", "hf://org/model/nope.pt"]):
+        r = subprocess.run([sys.executable, "-m", "wdist", *args], capture_output=True, text=True, env=env,
+                           timeout=120)
+        assert TOKEN not in r.stdout + r.stderr
+        if "nope" in args[1]:
+            assert r.returncode == 2 and r.stderr.strip() == f"wdist: error: {args[1]}: no such file or directory", r.stderr
+        else:
+            assert r.returncode == 0, r.stderr
+    assert f"Bearer {TOKEN}" in hub.auth
+    assert list(home.rglob("*")) == [] and list(tmp.rglob("*")) == []
+
+
+def test_hf_a_missing_extra_names_it(monkeypatch):
+    """With huggingface_hub not importable, hf:// says which extra to install."""
+    import fsspec
+
+    from wdist.loaders import fs as wfs
+
+    real = fsspec.filesystem
+
+    def no_hub(proto, **kw):  # type: ignore[no-untyped-def]
+        if proto == "hf":
+            raise ImportError("Install huggingface_hub to access HfFileSystem")
+        return real(proto, **kw)
+
+    monkeypatch.setattr(fsspec, "filesystem", no_hub)
+    r = run("ls", "hf://org/model/model.safetensors")
+    assert r.exit_code == 2
+    assert r.output.startswith("wdist: error: hf://org/model/model.safetensors: reading hf:// URLs needs "
+                               "huggingface_hub (pip install 'wdist[hf]')"), r.output
+    assert wfs.EXTRAS["hf"] == ("hf", "huggingface_hub")
