@@ -224,6 +224,18 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, width: int | None) -> None
     """
     ctx.ensure_object(dict)
     ctx.obj.update(debug=debug, quiet=quiet, width=width)
+    _quiet_back_ends(debug)
+
+
+# The libraries wdist reads through log on their own: gcsfs's logger.exception printed a 20-line traceback
+# before the error line, huggingface_hub's retry warnings printed the endpoint with the credentials in it.
+# The command's one error line says what failed (redacted), so the command drops every log record unless
+# --debug. Globally (logging.disable), because huggingface_hub resets its logger's level when it is
+# imported, after this. Only the command does this: `import wdist` leaves the caller's logging alone.
+def _quiet_back_ends(debug: bool) -> None:
+    import logging
+
+    logging.disable(logging.NOTSET if debug else logging.CRITICAL)
 
 
 def _quiet_blas() -> None:

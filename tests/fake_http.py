@@ -1,7 +1,9 @@
 """What the in-process fake services of the tests share (tests/fake_hub.py, tests/fake_gcs.py): a threaded HTTP
 server on 127.0.0.1 (random port) started and stopped by a context manager, the logs a test asserts on
 (`sent`: body bytes served, `requests`: (method, path), `auth`: Authorization headers, `fail`: a name whose
-requests are all answered with a status), and a handler that serves a file with single-range requests.
+requests are all answered with a status), and a handler that serves a file with single-range requests —
+or, as `media` says, misbehaves: "endless" ignores Range (a 200 with the file followed by 2^40 bytes of
+zeros), "shifted" answers a range with the bytes 4 further on (and says so in its Content-Range).
 
 A client that closes a connection early (a ranged reader that has what it asked for) is not an error of the
 server: its traceback would otherwise be printed to stderr, which CliRunner mixes into a command's output."""
@@ -37,6 +39,7 @@ class LocalService:
         self.requests: list[tuple[str, str]] = []
         self.auth: list[str] = []
         self.fail: dict[str, int] = {}
+        self.media: str | None = None
         handler = type("Handler", (self.handler,), {"owner": self})
         self._srv = _QuietServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self._srv.server_address[1]}"
@@ -80,8 +83,12 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         """The file's bytes: all of it (200) or one `Range: bytes=a-b` / `a-` / `-n` (206; 416 past the end)."""
         size = f.stat().st_size
         headers = dict(headers or {})
+        if self.owner.media == "endless" and self.command == "GET":
+            return self._endless(f)
         rng = re.match(r"bytes=(\d*)-(\d*)$", self.headers.get("Range") or "")
         start, end, status = 0, size - 1, 200
+        if rng and self.owner.media == "shifted" and rng.group(1) and int(rng.group(1)) + 4 < size:
+            rng = re.match(r"bytes=(\d*)-(\d*)$", f"bytes={int(rng.group(1)) + 4}-{rng.group(2)}")
         if rng:
             if rng.group(1):
                 start = int(rng.group(1))
@@ -114,6 +121,19 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 pass
         return None
+
+    def _endless(self, f: Path) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(1 << 40))
+        self.end_headers()
+        try:
+            self.wfile.write(f.read_bytes())
+            zeros = b"\0" * (1 << 20)
+            while True:
+                self.wfile.write(zeros)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
 
 __all__ = ["LocalService", "RangeHandler"]

@@ -10,7 +10,8 @@ huggingface_hub's HfFileSystem calls:
 Errors carry the Hub's X-Error-Code header (RepoNotFound, RevisionNotFound, EntryNotFound), which
 huggingface_hub turns into its exceptions. `sent` counts the body bytes served, `requests` logs
 (method, path), `auth` the Authorization headers seen; `fail` maps a repository id to a status that every
-request about it is answered with (403: a gated or private repository, 500: a failing Hub)."""
+request about it is answered with (403: a gated or private repository, 500: a failing Hub, 404: a bare one
+without the Hub's error code, 429: too many requests); a key may name a route under a repository (org/model/tree)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,10 @@ class _HubHandler(RangeHandler):
         self.send(200, json.dumps(obj).encode())
 
     def _error(self, status: int, code: str, msg: str) -> None:
-        self.send(status, json.dumps({"error": msg}).encode(), {"X-Error-Code": code, "X-Error-Message": msg})
+        headers = {"X-Error-Code": code, "X-Error-Message": msg} if code else {}
+        if status == 429:
+            headers["Retry-After"] = "0"  # huggingface_hub retries it (after 1 s) and warns each time
+        self.send(status, json.dumps({"error": msg}).encode(), headers)
 
     def _repo_dir(self, repo_type: str, repo_id: str) -> Path | None:
         d = self.owner.root / f"{repo_type}s" / repo_id
@@ -73,7 +77,8 @@ class _HubHandler(RangeHandler):
                 n = int(self.headers.get("Content-Length") or 0)
                 if n:
                     self.rfile.read(n)
-                return self._error(status, "GatedRepo" if status == 403 else "ServerError", f"HTTP {status}")
+                # a 404 here is a bare one, without the Hub's X-Error-Code (a proxy's, a mirror's)
+                return self._error(status, {403: "GatedRepo", 404: ""}.get(status, "ServerError"), f"HTTP {status}")
         m = re.match(r"^/api/(model|dataset|space)s/([^/]+/[^/]+)(?:/(revision|tree|paths-info)/([^/]+)(/.*)?)?$",
                      url.path)
         if m:

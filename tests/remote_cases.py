@@ -48,3 +48,45 @@ def report(r: Any) -> dict[str, Any]:
 def assert_same(remote: dict[str, Any], local: dict[str, Any], url: str, path: str) -> None:
     """Equal reports, but for the checkpoint's own name."""
     assert json.loads(json.dumps(remote).replace(url, path)) == local
+
+
+def run_limited(args: list[str], env: dict[str, str], limit: int = 2 << 30) -> tuple[int, int, str]:
+    """`python -m wdist ARGS` in a child under an address-space limit (a regression fails the test instead
+    of filling the machine): its exit code, peak RSS in kB and stderr."""
+    import subprocess
+    import sys
+
+    code = (f"import resource, subprocess, sys; resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit})); "
+            "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.stderr)")
+    out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "wdist", *args], capture_output=True,
+                         text=True, timeout=120, env=env).stdout
+    head, _, err = out.partition("\n")
+    rc, rss = head.split()
+    return int(rc), int(rss), err
+
+
+def inspect_while(service: Any, media: str, url: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """`wdist inspect URL --no-cache` while the fake service misbehaves as `media` says (tests/fake_http.py):
+    in-process, or with `env` in a child under a 2 GiB address-space limit whose peak RSS must stay under
+    400 MB. Its exit code and what it printed."""
+    from cli_helpers import run
+
+    service.media = media
+    try:
+        if env is None:
+            r = run("inspect", url, "--no-cache")
+            return r.exit_code, r.output
+        rc, rss_kb, err = run_limited(["inspect", url, "--no-cache"], env)
+    finally:
+        service.media = None
+    assert rss_kb < 400_000, (rc, rss_kb, err)
+    return rc, err
+
+
+def ranged_read_refusal(url: str, shifted: bool) -> str:
+    """The error line of a server that sends bytes from another range (shifted) or ignores Range (endless)."""
+    if shifted:
+        return f"wdist: error: {url}: the server sent another range than the one asked for (bytes "
+    return (f"wdist: error: {url}: the server ignores HTTP Range requests (a ranged read got status 200): it "
+            "cannot be read without downloading the whole file")

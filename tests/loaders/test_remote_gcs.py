@@ -20,7 +20,15 @@ pytest.importorskip("gcsfs")
 
 from cli_helpers import run  # noqa: E402
 from fake_gcs import FakeGCS  # noqa: E402
-from remote_cases import CASES, assert_same, report, write_big, write_model  # noqa: E402
+from remote_cases import (  # noqa: E402
+    CASES,
+    assert_same,
+    inspect_while,
+    ranged_read_refusal,
+    report,
+    write_big,
+    write_model,
+)
 
 import wdist  # noqa: E402
 from wdist.loaders.errors import WdistError  # noqa: E402
@@ -146,3 +154,38 @@ def test_gs_in_a_fresh_process(gcs, tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == "wdist: error: gs://ckpts/nope.pt: no such file or directory"
     assert TOKEN not in r.stdout + r.stderr
     assert set(gcs.auth) == {f"Bearer {TOKEN}"}  # $FSSPEC_GS_TOKEN reached gcsfs
+
+
+def test_gs_a_server_that_ignores_range_is_refused_in_bounded_memory(gcs, tmp_path):
+    """gcsfs's cat_file reads a whole body: a 200 with 2^40 bytes grew wdist to 10 GB in 30 s."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    env.update(_env(gcs, home), TMPDIR=str(tmp_path))
+    rc, err = inspect_while(gcs, "endless", "gs://ckpts/model.safetensors", env)
+    assert rc == 2 and err.strip() == ranged_read_refusal("gs://ckpts/model.safetensors", shifted=False), err
+
+
+def test_gs_bytes_from_another_range_are_refused(gcs, gs_env):
+    """A 206 for bytes 4 further on than asked was taken as the tensor: a wrong mean, and the cache kept it."""
+    rc, out = inspect_while(gcs, "shifted", "gs://ckpts/m.pt")
+    assert rc == 2 and out.startswith(ranged_read_refusal("gs://ckpts/m.pt", shifted=True)), out
+    assert len(out.strip().splitlines()) == 1
+
+
+def test_gs_a_401_is_one_line_without_gcsfs_traceback(gcs, tmp_path):
+    """gcsfs logs a failed request with logger.exception: Python's last-resort handler printed 20 lines of
+    traceback before wdist's line. In a child process: pytest's own log capture would hide it here."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    env.update(_env(gcs, home), TMPDIR=str(tmp_path))
+    gcs.fail["ckpts"] = 401
+    try:
+        r = subprocess.run([sys.executable, "-m", "wdist", "ls", "gs://ckpts/model.safetensors"], capture_output=True,
+                           text=True, env=env, timeout=120)
+    finally:
+        del gcs.fail["ckpts"]
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("wdist: error: gs://ckpts/model.safetensors: access denied (HTTP 401; check "
+                                "credentials)"), r.stderr

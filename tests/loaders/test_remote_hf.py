@@ -18,8 +18,16 @@ pytest.importorskip("huggingface_hub")
 
 from cli_helpers import run  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
-from fake_hub import FakeHub  # noqa: E402
-from remote_cases import CASES, assert_same, report, write_big, write_model  # noqa: E402
+from fake_hub import FakeHub, env_for  # noqa: E402
+from remote_cases import (  # noqa: E402
+    CASES,
+    assert_same,
+    inspect_while,
+    ranged_read_refusal,
+    report,
+    write_big,
+    write_model,
+)
 
 import wdist  # noqa: E402
 from wdist.cli.main import cli  # noqa: E402
@@ -171,3 +179,45 @@ def test_hf_a_missing_extra_names_it(monkeypatch):
     assert r.output.startswith("wdist: error: hf://org/model/model.safetensors: reading hf:// URLs needs "
                                "huggingface_hub (pip install 'wdist[hf]')"), r.output
     assert wfs.EXTRAS["hf"] == ("hf", "huggingface_hub")
+
+
+def test_hf_bytes_from_another_range_are_refused(hub, hf_env):
+    """A 206 for bytes 4 further on than asked was taken as the tensor: a wrong mean, and the cache kept it."""
+    rc, out = inspect_while(hub, "shifted", "hf://org/model/m.pt")
+    assert rc == 2 and out.startswith(ranged_read_refusal("hf://org/model/m.pt", shifted=True)), out
+    assert len(out.strip().splitlines()) == 1
+
+
+def test_hf_a_server_that_ignores_range_is_refused_in_bounded_memory(hub, tmp_path):
+    env = {**os.environ, **env_for(hub), "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
+    rc, err = inspect_while(hub, "endless", "hf://org/model/model.safetensors", env)
+    assert rc == 2 and err.strip() == ranged_read_refusal("hf://org/model/model.safetensors", shifted=False), err
+
+
+def test_hf_a_bare_404_is_a_missing_file(hub, hf_env, monkeypatch):
+    """A 404 without the Hub's X-Error-Code (a proxy's or mirror's) read 'cannot be read (HfHubHTTPError ...)'."""
+    from huggingface_hub import HfFileSystem
+
+    HfFileSystem.clear_instance_cache()  # an instance of earlier tests has the repo's listing cached
+    monkeypatch.setitem(hub.fail, "org/model", 404)
+    r = run("ls", "hf://org/model/model.safetensors")
+    assert r.exit_code == 2
+    assert r.output.strip() == "wdist: error: hf://org/model/model.safetensors: no such file or directory", r.output
+
+
+def test_hf_library_logs_never_reach_the_terminal(hub, tmp_path):
+    """huggingface_hub's retry warnings printed the endpoint with its credentials (http://user:pw@host): the
+    command prints its one redacted line and nothing else. In a child process: huggingface_hub's handler
+    holds the real stderr."""
+    host = hub.url.split("://", 1)[1]
+    env = {**os.environ, **env_for(hub), "HF_ENDPOINT": f"http://alice:PW_s3cret@{host}", "HOME": str(tmp_path),
+           "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": TOKEN}
+    hub.fail["org/model/tree"] = 429  # the folder listing only: huggingface_hub retries it, warning each time
+    try:
+        r = subprocess.run([sys.executable, "-m", "wdist", "ls", "hf://org/model/model.safetensors"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        del hub.fail["org/model/tree"]
+    assert r.returncode == 2
+    assert r.stderr.strip() == "wdist: error: hf://org/model/model.safetensors: the server answered HTTP 429", r.stderr
+    assert "PW_s3cret" not in r.stdout + r.stderr and TOKEN not in r.stdout + r.stderr
