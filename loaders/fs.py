@@ -227,7 +227,7 @@ def stat(path: str) -> Stat:
                     f"{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_dev}:{st.st_ino}")
     fs, p = filesystem(path)
     try:
-        info = fs.info(p)
+        info = _hf_info(fs, path, p) if _proto(path) == "hf" else fs.info(p)
     except Exception as e:
         raise _remote_error(path, e) from None
     is_dir = info.get("type") == "directory"
@@ -274,6 +274,8 @@ def listdir(path: str) -> list[str]:
     fs, p = filesystem(path)
     proto = _URL.match(path).group("proto")  # type: ignore[union-attr]
     try:
+        if proto == "hf":
+            return _hf_ls(fs, path, p)
         names = fs.ls(p, detail=False)
     except Exception as e:
         raise _remote_error(path, e) from None
@@ -409,6 +411,104 @@ def _hf_range(fs: Any, url: str, path: str, start: int, n: int) -> bytes:
             if len(out) > n:
                 break
         return _check_range_body(url, r.status_code, out, n)
+
+
+# Hub metadata is asked for by wdist too, not through HfFileSystem's info/ls: their calls have no read
+# timeout (a stalled listing hung for good), follow every `Link: next` page with the token to wherever it
+# points (endless pages: 955 MB in 25 s), sleep a 429's Retry-After up to five times, and the file system
+# instance fsspec keeps caches every listing for the life of the process (a run folder on the Hub never
+# showed a new step to `trend --watch`). Only resolving a path (repo type, id, revision) stays theirs.
+_HF_MAX_PAGES = 1000  # pages of one folder listing (the Hub sends 1,000 entries a page: 10^6 entries)
+_HF_MAX_ANSWER = 8 << 20  # bytes of one metadata answer (a page of 1,000 entries is ~0.3 MB)
+
+
+def _hf_call(fs: Any, url: str, api: str, method: str = "GET", data: dict[str, Any] | None = None,
+             params: dict[str, str] | None = None) -> tuple[Any, str | None]:
+    """One Hub API call with wdist's timeout and size bound: the decoded JSON and the next page's URL."""
+    import json
+    from urllib.parse import urlsplit
+
+    from huggingface_hub.utils import build_hf_headers, get_session
+
+    with get_session().stream(method, api, headers=build_hf_headers(token=fs.token), data=data, params=params,
+                              timeout=remote_timeout(), follow_redirects=False) as r:
+        if r.status_code == 404:
+            raise FileNotFoundError(redact(url))
+        if r.status_code >= 400:
+            raise _StatusError(r.status_code)
+        if r.status_code != 200:
+            raise WdistError(redact(url), f"the server answered HTTP {r.status_code}")
+        body = bytearray()
+        for chunk in r.iter_bytes(1 << 20):
+            body += chunk
+            if len(body) > _HF_MAX_ANSWER:
+                raise WdistError(redact(url), f"the Hub's answer is larger than {_HF_MAX_ANSWER >> 20} MiB")
+        nxt = r.links.get("next", {}).get("url")
+    if nxt is not None and urlsplit(nxt)[:2] != urlsplit(api)[:2]:  # the token goes to the endpoint only
+        raise WdistError(redact(url), "the Hub's listing continues on another host")
+    try:
+        return json.loads(bytes(body)), nxt
+    except ValueError:
+        raise WdistError(redact(url), "the Hub's answer is not JSON") from None
+
+
+def _hf_api(fs: Any, p: str) -> tuple[Any, str] | None:
+    """The path resolved by HfFileSystem and its repository's API root, or None where it is not in a
+    repository (a bucket: left to HfFileSystem)."""
+    from urllib.parse import quote
+
+    from huggingface_hub.hf_file_system import HfFileSystemResolvedRepositoryPath
+
+    res = fs.resolve_path(p)
+    if not isinstance(res, HfFileSystemResolvedRepositoryPath):
+        return None
+    return res, f"{fs.endpoint}/api/{res.repo_type}s/{res.repo_id}/%s/{quote(res.revision, safe='')}"
+
+
+def _hf_info(fs: Any, url: str, p: str) -> dict[str, Any]:
+    resolved = _hf_api(fs, p)
+    if resolved is None:
+        return dict(fs.info(p))
+    res, api = resolved
+    if not res.path_in_repo:
+        return {"type": "directory", "size": 0}
+    entries, _ = _hf_call(fs, url, api % "paths-info", "POST", data={"paths": [res.path_in_repo], "expand": "false"})
+    entry = next((e for e in entries if isinstance(e, dict) and e.get("path") == res.path_in_repo), None) \
+        if isinstance(entries, list) else None
+    if entry is None:
+        raise FileNotFoundError(redact(url))
+    lfs: dict[str, Any] = entry["lfs"] if isinstance(entry.get("lfs"), dict) else {}
+    # the version: the LFS / Xet content hash, else the git blob id
+    return {"type": "directory" if entry.get("type") == "directory" else "file", "size": entry.get("size") or 0,
+            "etag": lfs.get("oid") or entry.get("xetHash") or entry.get("oid") or ""}
+
+
+def _hf_ls(fs: Any, url: str, p: str) -> list[str]:
+    from urllib.parse import quote
+
+    resolved = _hf_api(fs, p)
+    if resolved is None:
+        names = fs.ls(p, detail=False)
+        return sorted(n if _URL.match(n) else f"hf://{n.lstrip('/')}" for n in names)
+    res, api = resolved
+    page: str | None = api % "tree" + ("/" + quote(res.path_in_repo, safe="") if res.path_in_repo else "")
+    params: dict[str, str] | None = {"recursive": "false", "expand": "false"}
+    out: list[str] = []
+    for _ in range(_HF_MAX_PAGES):
+        if page is None:
+            return sorted(out)
+        entries, page = _hf_call(fs, url, page, params=params)
+        params = None  # the next page's URL carries its own query
+        if not isinstance(entries, list):
+            raise WdistError(redact(url), "the Hub's folder listing is not a list")
+        for e in entries:
+            name = e.get("path") if isinstance(e, dict) else None
+            if not isinstance(name, str) or not name:
+                raise WdistError(redact(url), "the Hub's folder listing has an entry without a path")
+            out.append(url.rstrip("/") + "/" + name.rsplit("/", 1)[-1])
+    if page is None:
+        return sorted(out)
+    raise WdistError(redact(url), f"the Hub's folder listing runs past {_HF_MAX_PAGES} pages")
 
 
 def pread_into(path: str, offset: int, view: memoryview) -> int:

@@ -361,8 +361,10 @@ def _regular_entries(folder: str, pattern: str | None = None) -> list[str]:
     out = []
     try:
         entries = fs.listdir(folder)
-    except (OSError, WdistError):
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as e:  # a folder that cannot be listed is said as such, never as one without checkpoints
+        raise WdistError(fs.redact(folder), f"cannot list the folder ({e.strerror or type(e).__name__})") from None
     for p in entries:
         if pattern and not p.endswith(pattern):
             continue

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -28,6 +29,15 @@ _PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 
 class FakeHub(LocalService):
     handler: type[RangeHandler]
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.tree: str | None = None  # how folder listings misbehave (_HubHandler._tree)
+        self.release = threading.Event()  # ends a stalled answer
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        super().__exit__(*exc)
 
     def repo(self, repo_id: str, repo_type: str = "model") -> Path:
         d = self.root / f"{repo_type}s" / repo_id
@@ -44,6 +54,22 @@ class _HubHandler(RangeHandler):
 
     def _json(self, obj: object) -> None:
         self.send(200, json.dumps(obj).encode())
+
+    def _tree(self, entries: list[dict[str, object]]) -> None:
+        """A folder listing, or as `owner.tree` says: "stall" (never answers), "loop" (every page names a
+        next page, with ever-new cursors), "other_host" (the next page is on localhost, not 127.0.0.1)."""
+        mode = self.owner.tree
+        if mode == "stall":
+            self.owner.release.wait(60)
+            return None
+        if mode in ("loop", "other_host"):
+            host = self.headers.get("Host", "")
+            if mode == "other_host":
+                host = "localhost:" + host.rsplit(":", 1)[-1]
+            n = int(parse_qs(urlsplit(self.path).query).get("cursor", ["0"])[0]) + 1
+            nxt = f"http://{host}{urlsplit(self.path).path}?cursor={n}"
+            return self.send(200, json.dumps(entries).encode(), {"Link": f'<{nxt}>; rel="next"'})
+        return self._json(entries)
 
     def _error(self, status: int, code: str, msg: str) -> None:
         headers = {"X-Error-Code": code, "X-Error-Message": msg} if code else {}
@@ -99,7 +125,7 @@ class _HubHandler(RangeHandler):
                     return self._error(404, "EntryNotFound", f"{rest} does not exist on main")
                 recursive = parse_qs(url.query).get("recursive", ["False"])[0].lower() == "true"
                 items = sorted(d.rglob("*") if recursive else d.iterdir())
-                return self._json([self._entry(repo, p) for p in items])
+                return self._tree([self._entry(repo, p) for p in items])
             # paths-info: form-encoded body, `paths` repeated
             n = int(self.headers.get("Content-Length") or 0)
             form = parse_qs(self.rfile.read(n).decode()) if n else {}

@@ -206,18 +206,49 @@ def test_hf_a_bare_404_is_a_missing_file(hub, hf_env, monkeypatch):
 
 
 def test_hf_library_logs_never_reach_the_terminal(hub, tmp_path):
-    """huggingface_hub's retry warnings printed the endpoint with its credentials (http://user:pw@host): the
-    command prints its one redacted line and nothing else. In a child process: huggingface_hub's handler
-    holds the real stderr."""
+    """huggingface_hub's retry warnings of a folder listing printed the endpoint with its credentials
+    (http://user:pw@host; the listings are wdist's own now): the command prints its one redacted line and
+    nothing else. In a child process: huggingface_hub's handler holds the real stderr."""
     host = hub.url.split("://", 1)[1]
     env = {**os.environ, **env_for(hub), "HF_ENDPOINT": f"http://alice:PW_s3cret@{host}", "HOME": str(tmp_path),
            "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": TOKEN}
-    hub.fail["org/model/tree"] = 429  # the folder listing only: huggingface_hub retries it, warning each time
+    hub.fail["org/model"] = 429
     try:
         r = subprocess.run([sys.executable, "-m", "wdist", "ls", "hf://org/model/model.safetensors"],
                            capture_output=True, text=True, env=env, timeout=120)
     finally:
-        del hub.fail["org/model/tree"]
+        del hub.fail["org/model"]
     assert r.returncode == 2
     assert r.stderr.strip() == "wdist: error: hf://org/model/model.safetensors: the server answered HTTP 429", r.stderr
     assert "PW_s3cret" not in r.stdout + r.stderr and TOKEN not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("mode, reason", [
+    ("other_host", "the Hub's listing continues on another host"),
+    ("loop", "the Hub's folder listing runs past 20 pages"),
+    ("stall", "no answer within 2 s (the server stopped answering; $WDIST_REMOTE_TIMEOUT sets the limit)")])
+def test_hf_a_folder_listing_is_bounded(hub, hf_env, monkeypatch, mode, reason):
+    """HfFileSystem's listing followed every next page with the token, wherever it pointed (955 MB in 25 s,
+    the token sent to another host name), and had no read timeout (a stalled listing hung for good)."""
+    from wdist.loaders import fs as wfs
+
+    monkeypatch.setenv("WDIST_REMOTE_TIMEOUT", "2")
+    monkeypatch.setattr(wfs, "_HF_MAX_PAGES", 20)  # 1,000 in use; 20 pages show the bound as well
+    monkeypatch.setattr(hub, "tree", mode)
+    hub.auth.clear()
+    r = run("ls", "hf://org/model")
+    assert r.exit_code == 2
+    assert r.output.strip() == f"wdist: error: hf://org/model: {reason}", r.output
+    assert not any("localhost" in p for _, p in hub.requests[-3:])
+
+
+def test_hf_a_new_file_is_seen_by_the_next_call(hub, hf_env):
+    """fsspec keeps one HfFileSystem, whose listings were cached for the life of the process: a run folder on
+    the Hub never showed a new step."""
+    before = wdist.ls("hf://org/model/sharded")
+    extra = hub.repo("org/model") / "late.safetensors"
+    shutil.copy(hub.local / "model.safetensors", extra)
+    try:
+        assert wdist.ls("hf://org/model/late.safetensors").to_dict()["checkpoint"]["tensors"] == len(before.tensors)
+    finally:
+        extra.unlink()
