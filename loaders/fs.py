@@ -452,21 +452,28 @@ def _hf_call(fs: Any, url: str, api: str, method: str = "GET", data: dict[str, A
         raise WdistError(redact(url), "the Hub's answer is not JSON") from None
 
 
-def _hf_api(fs: Any, p: str) -> tuple[Any, str] | None:
+def _hf_api(fs: Any, url: str, p: str) -> tuple[Any, str] | None:
     """The path resolved by HfFileSystem and its repository's API root, or None where it is not in a
     repository (a bucket: left to HfFileSystem)."""
     from urllib.parse import quote
 
+    from huggingface_hub import constants
     from huggingface_hub.hf_file_system import HfFileSystemResolvedRepositoryPath
 
-    res = fs.resolve_path(p)
+    try:
+        res = fs.resolve_path(p)
+    except Exception as e:
+        if _timed_out(e):  # its repo-info call has huggingface_hub's limit, not wdist's: said as such
+            raise WdistError(redact(url), f"no answer within {constants.HF_HUB_ETAG_TIMEOUT:g} s to the Hub's "
+                             "repository lookup (huggingface_hub's limit; $HF_HUB_ETAG_TIMEOUT sets it)") from None
+        raise
     if not isinstance(res, HfFileSystemResolvedRepositoryPath):
         return None
     return res, f"{fs.endpoint}/api/{res.repo_type}s/{res.repo_id}/%s/{quote(res.revision, safe='')}"
 
 
 def _hf_info(fs: Any, url: str, p: str) -> dict[str, Any]:
-    resolved = _hf_api(fs, p)
+    resolved = _hf_api(fs, url, p)
     if resolved is None:
         return dict(fs.info(p))
     res, api = resolved
@@ -486,7 +493,7 @@ def _hf_info(fs: Any, url: str, p: str) -> dict[str, Any]:
 def _hf_ls(fs: Any, url: str, p: str) -> list[str]:
     from urllib.parse import quote
 
-    resolved = _hf_api(fs, p)
+    resolved = _hf_api(fs, url, p)
     if resolved is None:
         names = fs.ls(p, detail=False)
         return sorted(n if _URL.match(n) else f"hf://{n.lstrip('/')}" for n in names)

@@ -57,7 +57,8 @@ class _HubHandler(RangeHandler):
 
     def _tree(self, entries: list[dict[str, object]]) -> None:
         """A folder listing, or as `owner.tree` says: "stall" (never answers), "loop" (every page names a
-        next page, with ever-new cursors), "other_host" (the next page is on localhost, not 127.0.0.1)."""
+        next page, with ever-new cursors), "other_host" (the next page is on localhost, not 127.0.0.1); "stall_info" stalls the repo-info call
+        instead."""
         mode = self.owner.tree
         if mode == "stall":
             self.owner.release.wait(60)
@@ -115,6 +116,9 @@ class _HubHandler(RangeHandler):
             if rev is not None and not self._check_rev(rev):
                 return None
             rest = unquote(rest or "").strip("/")
+            if kind in (None, "revision") and self.owner.tree == "stall_info":
+                self.owner.release.wait(60)
+                return None
             if kind in (None, "revision"):
                 return self._json({"id": unquote(repo_id), "sha": "0" * 40, "private": False,
                                    "siblings": [{"rfilename": p.relative_to(repo).as_posix()}

@@ -252,3 +252,19 @@ def test_hf_a_new_file_is_seen_by_the_next_call(hub, hf_env):
         assert wdist.ls("hf://org/model/late.safetensors").to_dict()["checkpoint"]["tensors"] == len(before.tensors)
     finally:
         extra.unlink()
+
+
+def test_hf_a_stalled_repository_lookup_names_its_own_limit(hub, tmp_path):
+    """Resolving a path is huggingface_hub's repo-info call, bounded by its $HF_HUB_ETAG_TIMEOUT (read when it
+    is imported: a child process): the line said "within 60 s" (wdist's limit) after 10 s."""
+    env = {**os.environ, **env_for(hub), "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_ETAG_TIMEOUT": "2", "WDIST_REMOTE_TIMEOUT": "60"}
+    hub.tree = "stall_info"
+    try:
+        r = subprocess.run([sys.executable, "-m", "wdist", "ls", "hf://org/model/model.safetensors"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        hub.tree = None
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("wdist: error: hf://org/model/model.safetensors: no answer within 2 s to the Hub's "
+                                "repository lookup (huggingface_hub's limit; $HF_HUB_ETAG_TIMEOUT sets it)"), r.stderr
