@@ -92,6 +92,9 @@ class _GCSHandler(RangeHandler):
         if not f.is_file():
             return self._error(404, "No such object: " + bucket + "/" + unquote(obj))
         if not download and q.get("alt") != "media":
+            if self.owner.stall == "metadata":
+                self.owner.release.wait(60)
+                return None
             return self.send(200, json.dumps(self._meta(bucket, f)).encode())
         self.serve_file(f)
 

@@ -40,6 +40,8 @@ class LocalService:
         self.auth: list[str] = []
         self.fail: dict[str, int] = {}
         self.media: str | None = None
+        self.stall: str | None = None  # what kind of request never gets an answer (each service's own names)
+        self.release = threading.Event()  # ends the stalled answers
         handler = type("Handler", (self.handler,), {"owner": self})
         self._srv = _QuietServer(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self._srv.server_address[1]}"
@@ -50,6 +52,7 @@ class LocalService:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release.set()
         self._srv.shutdown()
         self._srv.server_close()
         self._thread.join(5)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -33,11 +32,6 @@ class FakeHub(LocalService):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.tree: str | None = None  # how folder listings misbehave (_HubHandler._tree)
-        self.release = threading.Event()  # ends a stalled answer
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        super().__exit__(*exc)
 
     def repo(self, repo_id: str, repo_type: str = "model") -> Path:
         d = self.root / f"{repo_type}s" / repo_id

@@ -111,8 +111,8 @@ def test_gs_a_missing_file_names_the_url(gcs, gs_env, url):
         wdist.ls(url)
 
 
-# 505, not 500: gcsfs retries 500-504 (and 408, 429) six times with exponential back-off (about 60 s) before
-# it gives up
+# 505, not 500: a 500-504 (and 408, 429) is retried once after a back-off of 1-2 s (gcsfs's own six retries
+# took about a minute)
 @pytest.mark.parametrize("status, reason", [(403, "access denied (HTTP 403; check credentials)"),
                                             (505, "the server answered HTTP 505")])
 def test_gs_an_error_status_names_the_url(gcs, gs_env, monkeypatch, status, reason):
@@ -189,3 +189,27 @@ def test_gs_a_401_is_one_line_without_gcsfs_traceback(gcs, tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip() == ("wdist: error: gs://ckpts/model.safetensors: access denied (HTTP 401; check "
                                 "credentials)"), r.stderr
+
+
+def test_gs_a_stalled_server_costs_two_timeouts(gcs, tmp_path):
+    """gcsfs retried a timed-out request six times with back-off: 52 s at 3 s timeouts (6.5 min at the default
+    60 s) before the line said "within 3 s". Now one retry."""
+    import time
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    env.update(_env(gcs, home), TMPDIR=str(tmp_path), WDIST_REMOTE_TIMEOUT="2")
+    gcs.stall = "metadata"
+    t = time.monotonic()
+    try:
+        r = subprocess.run([sys.executable, "-m", "wdist", "ls", "gs://ckpts/model.safetensors"], capture_output=True,
+                           text=True, env=env, timeout=120)
+    finally:
+        gcs.stall = None
+    took = time.monotonic() - t
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("wdist: error: gs://ckpts/model.safetensors: no answer within 2 s (the server "
+                                "stopped answering; $WDIST_REMOTE_TIMEOUT sets the limit)"), r.stderr
+    assert took < 15, took  # two 2 s timeouts, a 1-2 s back-off and the start-up
+    print(f"gs:// stalled metadata: exit 2 in {took:.1f} s")
