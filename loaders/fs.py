@@ -435,20 +435,28 @@ def _hf_range(fs: Any, url: str, path: str, start: int, n: int) -> bytes:
 # points (endless pages: 955 MB in 25 s), sleep a 429's Retry-After up to five times, and the file system
 # instance fsspec keeps caches every listing for the life of the process (a run folder on the Hub never
 # showed a new step to `trend --watch`). Only resolving a path (repo type, id, revision) stays theirs.
-_HF_MAX_PAGES = 1000  # pages of one folder listing (the Hub sends 1,000 entries a page: 10^6 entries)
+# A listing answers the same listing and the stat() of its entries for a few seconds (finding a folder's
+# checkpoint lists it up to 8 times and stats each entry: `trend` of a 10-step Hub run made 508 metadata
+# calls, 12 through HfFileSystem); it is kept on the file system instance, as HfFileSystem's own listings
+# were, but only for _HF_LISTED_FOR seconds, so a new file shows on the next call after that.
+_HF_MAX_PAGES = 1000  # pages of one folder listing (the Hub sends 1,000 entries a page)
+_HF_MAX_ENTRIES = 1_000_000  # entries of one folder listing (1,000 full pages)
 _HF_MAX_ANSWER = 8 << 20  # bytes of one metadata answer (a page of 1,000 entries is ~0.3 MB)
+_HF_LISTED_FOR = 5.0  # seconds a listing's entry answers stat()
+_HF_MAX_LISTED = 100_000  # entries remembered; more and the memory starts afresh
 
 
 def _hf_call(fs: Any, url: str, api: str, method: str = "GET", data: dict[str, Any] | None = None,
              params: dict[str, str] | None = None) -> tuple[Any, str | None]:
     """One Hub API call with wdist's timeout and size bound: the decoded JSON and the next page's URL."""
     import json
-    from urllib.parse import urlsplit
+    from urllib.parse import urljoin, urlsplit
 
     from huggingface_hub.utils import build_hf_headers, get_session
 
+    # redirects (a renamed repository) are followed; httpx drops the token when one leaves the origin
     with get_session().stream(method, api, headers=build_hf_headers(token=fs.token), data=data, params=params,
-                              timeout=remote_timeout(), follow_redirects=False) as r:
+                              timeout=remote_timeout(), follow_redirects=True) as r:
         if r.status_code == 404:
             raise FileNotFoundError(redact(url))
         if r.status_code >= 400:
@@ -456,24 +464,24 @@ def _hf_call(fs: Any, url: str, api: str, method: str = "GET", data: dict[str, A
         if r.status_code != 200:
             raise WdistError(redact(url), f"the server answered HTTP {r.status_code}")
         body = bytearray()
-        for chunk in r.iter_bytes(1 << 20):
+        for chunk in r.iter_bytes(1 << 20):  # decoded bytes: a gzip bomb stops at the bound too
             body += chunk
             if len(body) > _HF_MAX_ANSWER:
                 raise WdistError(redact(url), f"the Hub's answer is larger than {_HF_MAX_ANSWER >> 20} MiB")
         nxt = r.links.get("next", {}).get("url")
-    if nxt is not None and urlsplit(nxt)[:2] != urlsplit(api)[:2]:  # the token goes to the endpoint only
-        raise WdistError(redact(url), "the Hub's listing continues on another host")
+    if nxt is not None:
+        nxt = urljoin(api, nxt)
+        if urlsplit(nxt)[:2] != urlsplit(api)[:2]:  # the token goes to the endpoint only
+            raise WdistError(redact(url), "the Hub's listing continues on another host")
     try:
         return json.loads(bytes(body)), nxt
-    except ValueError:
+    except (ValueError, RecursionError):
         raise WdistError(redact(url), "the Hub's answer is not JSON") from None
 
 
-def _hf_api(fs: Any, url: str, p: str) -> tuple[Any, str] | None:
-    """The path resolved by HfFileSystem and its repository's API root, or None where it is not in a
-    repository (a bucket: left to HfFileSystem)."""
-    from urllib.parse import quote
-
+def _hf_repo(fs: Any, url: str, p: str) -> Any:
+    """The path resolved by HfFileSystem, or None where it is not in a repository (a bucket: left to
+    HfFileSystem)."""
     from huggingface_hub import constants
     from huggingface_hub.hf_file_system import HfFileSystemResolvedRepositoryPath
 
@@ -484,55 +492,97 @@ def _hf_api(fs: Any, url: str, p: str) -> tuple[Any, str] | None:
             raise WdistError(redact(url), f"no answer within {constants.HF_HUB_ETAG_TIMEOUT:g} s to the Hub's "
                              "repository lookup (huggingface_hub's limit; $HF_HUB_ETAG_TIMEOUT sets it)") from None
         raise
-    if not isinstance(res, HfFileSystemResolvedRepositoryPath):
-        return None
-    return res, f"{fs.endpoint}/api/{res.repo_type}s/{res.repo_id}/%s/{quote(res.revision, safe='')}"
+    return res if isinstance(res, HfFileSystemResolvedRepositoryPath) else None
+
+
+def _hf_route(fs: Any, res: Any, kind: str) -> str:
+    """{endpoint}/api/{type}s/{id}/{kind}/{revision}, the revision quoted whole (refs/pr/1 -> refs%2Fpr%2F1)."""
+    from urllib.parse import quote
+
+    return f"{fs.endpoint}/api/{res.repo_type}s/{res.repo_id}/{kind}/{quote(res.revision, safe='')}"
+
+
+def _hf_entry(url: str, e: Any) -> dict[str, Any]:
+    """stat()'s view of one tree / paths-info entry; an entry that does not say what it is is an error."""
+    if not isinstance(e, dict) or e.get("type") not in ("file", "directory"):
+        raise WdistError(redact(url), "the Hub's answer has an entry that is neither a file nor a folder")
+    if e["type"] == "directory":
+        return {"type": "directory", "size": 0}
+    size = e.get("size")
+    if type(size) is not int or not 0 <= size < 1 << 62:
+        raise WdistError(redact(url), f"the Hub lists a size that is not a byte count ({ascii(str(size)[:40])})")
+    lfs: dict[str, Any] = e["lfs"] if isinstance(e.get("lfs"), dict) else {}
+    # the version: the LFS / Xet content hash, else the git blob id
+    return {"type": "file", "size": size, "etag": str(lfs.get("oid") or e.get("xetHash") or e.get("oid") or "")}
 
 
 def _hf_info(fs: Any, url: str, p: str) -> dict[str, Any]:
-    resolved = _hf_api(fs, url, p)
-    if resolved is None:
+    import time
+
+    listed = getattr(fs, "_wdist_listed", {}).get(url)
+    if listed is not None and time.monotonic() - listed[0] < _HF_LISTED_FOR:
+        return dict(listed[1])
+    res = _hf_repo(fs, url, p)
+    if res is None:
         return dict(fs.info(p))
-    res, api = resolved
     if not res.path_in_repo:
         return {"type": "directory", "size": 0}
-    entries, _ = _hf_call(fs, url, api % "paths-info", "POST", data={"paths": [res.path_in_repo], "expand": "false"})
-    entry = next((e for e in entries if isinstance(e, dict) and e.get("path") == res.path_in_repo), None) \
-        if isinstance(entries, list) else None
+    entries, _ = _hf_call(fs, url, _hf_route(fs, res, "paths-info"), "POST",
+                          data={"paths": [res.path_in_repo], "expand": "false"})
+    if not isinstance(entries, list):
+        raise WdistError(redact(url), "the Hub's paths-info answer is not a list")
+    entry = next((e for e in entries if isinstance(e, dict) and e.get("path") == res.path_in_repo), None)
     if entry is None:
         raise FileNotFoundError(redact(url))
-    lfs: dict[str, Any] = entry["lfs"] if isinstance(entry.get("lfs"), dict) else {}
-    # the version: the LFS / Xet content hash, else the git blob id
-    return {"type": "directory" if entry.get("type") == "directory" else "file", "size": entry.get("size") or 0,
-            "etag": lfs.get("oid") or entry.get("xetHash") or entry.get("oid") or ""}
+    return _hf_entry(url, entry)
 
 
 def _hf_ls(fs: Any, url: str, p: str) -> list[str]:
+    import time
     from urllib.parse import quote
 
-    resolved = _hf_api(fs, url, p)
-    if resolved is None:
+    key = url.rstrip("/")
+    cached = getattr(fs, "_wdist_dirs", {}).get(key)
+    if cached is not None and time.monotonic() - cached[0] < _HF_LISTED_FOR:
+        return list(cached[1])
+    res = _hf_repo(fs, url, p)
+    if res is None:
         names = fs.ls(p, detail=False)
         return sorted(n if _URL.match(n) else f"hf://{n.lstrip('/')}" for n in names)
-    res, api = resolved
-    page: str | None = api % "tree" + ("/" + quote(res.path_in_repo, safe="") if res.path_in_repo else "")
+    page: str | None = _hf_route(fs, res, "tree") + ("/" + quote(res.path_in_repo, safe="") if res.path_in_repo
+                                                      else "")
     params: dict[str, str] | None = {"recursive": "false", "expand": "false"}
-    out: list[str] = []
+    found: dict[str, dict[str, Any]] = {}
+    seen = 0
     for _ in range(_HF_MAX_PAGES):
         if page is None:
-            return sorted(out)
+            break
         entries, page = _hf_call(fs, url, page, params=params)
         params = None  # the next page's URL carries its own query
         if not isinstance(entries, list):
             raise WdistError(redact(url), "the Hub's folder listing is not a list")
+        seen += len(entries)
+        if seen > _HF_MAX_ENTRIES:
+            raise WdistError(redact(url), f"the Hub's folder listing has more than {_HF_MAX_ENTRIES:,} entries")
         for e in entries:
             name = e.get("path") if isinstance(e, dict) else None
             if not isinstance(name, str) or not name:
                 raise WdistError(redact(url), "the Hub's folder listing has an entry without a path")
-            out.append(url.rstrip("/") + "/" + name.rsplit("/", 1)[-1])
-    if page is None:
-        return sorted(out)
-    raise WdistError(redact(url), f"the Hub's folder listing runs past {_HF_MAX_PAGES} pages")
+            child = url.rstrip("/") + "/" + name.rsplit("/", 1)[-1]
+            found[child] = _hf_entry(child, e)
+    if page is not None:
+        raise WdistError(redact(url), f"the Hub's folder listing runs past {_HF_MAX_PAGES} pages")
+    now = time.monotonic()
+    listed = getattr(fs, "_wdist_listed", None)
+    if listed is None or len(listed) + len(found) > _HF_MAX_LISTED:
+        listed = fs._wdist_listed = {}
+    listed.update((k, (now, v)) for k, v in found.items())
+    dirs = getattr(fs, "_wdist_dirs", None)
+    if dirs is None or len(dirs) >= _HF_MAX_LISTED:
+        dirs = fs._wdist_dirs = {}
+    names = sorted(found)
+    dirs[key] = (now, tuple(names))
+    return names
 
 
 def pread_into(path: str, offset: int, view: memoryview) -> int:

@@ -361,10 +361,12 @@ def _regular_entries(folder: str, pattern: str | None = None) -> list[str]:
     out = []
     try:
         entries = fs.listdir(folder)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:  # a local folder that is gone or cannot be listed (a run's lost+found): nothing in it
         return []
-    except OSError as e:  # a folder that cannot be listed is said as such, never as one without checkpoints
-        raise WdistError(fs.redact(folder), f"cannot list the folder ({e.strerror or type(e).__name__})") from None
+    except WdistError as e:
+        if e.reason == "no such object":
+            return []
+        raise  # a server that fails or refuses a listing: said as such, never as a folder without checkpoints
     for p in entries:
         if pattern and not p.endswith(pattern):
             continue

@@ -51,8 +51,8 @@ class _HubHandler(RangeHandler):
 
     def _tree(self, entries: list[dict[str, object]]) -> None:
         """A folder listing, or as `owner.tree` says: "stall" (never answers), "loop" (every page names a
-        next page, with ever-new cursors), "other_host" (the next page is on localhost, not 127.0.0.1); "stall_info" stalls the repo-info call
-        instead."""
+        next page by a relative link, with ever-new cursors), "other_host" (the next page is on localhost,
+        not 127.0.0.1); "stall_info" stalls the repo-info call instead."""
         mode = self.owner.tree
         if mode == "stall":
             self.owner.release.wait(60)
@@ -62,7 +62,7 @@ class _HubHandler(RangeHandler):
             if mode == "other_host":
                 host = "localhost:" + host.rsplit(":", 1)[-1]
             n = int(parse_qs(urlsplit(self.path).query).get("cursor", ["0"])[0]) + 1
-            nxt = f"http://{host}{urlsplit(self.path).path}?cursor={n}"
+            nxt = f"http://{host}{urlsplit(self.path).path}?cursor={n}" if mode == "other_host" else f"?cursor={n}"
             return self.send(200, json.dumps(entries).encode(), {"Link": f'<{nxt}>; rel="next"'})
         return self._json(entries)
 
@@ -83,7 +83,7 @@ class _HubHandler(RangeHandler):
         return {"type": "file", "path": rel, "size": p.stat().st_size, "oid": _oid(p)}
 
     def _check_rev(self, rev: str) -> bool:
-        if unquote(rev) != "main":
+        if unquote(rev) not in ("main", "refs/pr/1"):  # a pull request's revision: the same files
             self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(rev)}")
             return False
         return True
@@ -129,9 +129,10 @@ class _HubHandler(RangeHandler):
             form = parse_qs(self.rfile.read(n).decode()) if n else {}
             out = [self._entry(repo, repo / q) for q in form.get("paths", []) if (repo / q).exists()]
             return self._json(out)
-        m = re.match(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
+        # matched before unquoting: the revision is quoted whole (refs%2Fpr%2F1)
+        m = re.match(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", url.path)
         if m and self.command in ("GET", "HEAD"):
-            kind, repo_id, rev, rel = m.groups()
+            kind, repo_id, rev, rel = (unquote(g) if g else g for g in m.groups())
             repo_type = {"datasets": "dataset", "spaces": "space"}.get(kind or "", "model")
             repo = self._repo_dir(repo_type, repo_id)
             if repo is None:
