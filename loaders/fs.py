@@ -98,6 +98,11 @@ def _options(proto: str) -> dict[str, Any]:
     timeouts, and for hf:// the Hub's address from $HF_ENDPOINT (huggingface_hub itself reads it once,
     at import). Credentials are left to the back-ends (None: their usual places)."""
     opts = _timeouts(proto)
+    if proto in ("s3", "s3a", "gs", "gcs", "http", "https"):
+        # no listings kept: fsspec keeps one file system instance per process, and its listings with it, so
+        # an object added after a first listing was invisible to listdir and stat() ("no such object") for
+        # the life of the process (trend --watch s3://run/ never saw a new step, nor a notebook's next call)
+        opts["use_listings_cache"] = False
     if proto == "hf" and os.environ.get("HF_ENDPOINT"):
         opts["endpoint"] = os.environ["HF_ENDPOINT"].rstrip("/")
     return opts

@@ -474,3 +474,19 @@ def test_an_http_timeout_is_said_as_such(silent_server):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == (f"wdist: error: {url}: no answer within 2 s (the server stopped "
                                                  "answering; $WDIST_REMOTE_TIMEOUT sets the limit)")
+
+
+def test_s3_an_object_added_after_a_listing_is_seen(s3, tmp_path):
+    """fsspec keeps one file system per process and its listings with it: a step uploaded after the first
+    listing was missing from listdir and trend, and its stat() said "no such object", for good."""
+    import wdist
+    from wdist.loaders import fs as wfs
+
+    for step in (100, 200):
+        save_file({"w": torch.full((4, 4), float(step))}, str(tmp_path / f"step_{step}.safetensors"))
+    s3.put_file(str(tmp_path / "step_100.safetensors"), "ckpts/grow/step_100.safetensors")
+    assert wdist.trend("s3://ckpts/grow").x_steps() == [100]
+    s3.put_file(str(tmp_path / "step_200.safetensors"), "ckpts/grow/step_200.safetensors")
+    assert wfs.listdir("s3://ckpts/grow")[-1] == "s3://ckpts/grow/step_200.safetensors"
+    assert wfs.stat("s3://ckpts/grow/step_200.safetensors").is_file
+    assert wdist.trend("s3://ckpts/grow").x_steps() == [100, 200]

@@ -213,3 +213,15 @@ def test_gs_a_stalled_server_costs_two_timeouts(gcs, tmp_path):
                                 "stopped answering; $WDIST_REMOTE_TIMEOUT sets the limit)"), r.stderr
     assert took < 15, took  # two 2 s timeouts, a 1-2 s back-off and the start-up
     print(f"gs:// stalled metadata: exit 2 in {took:.1f} s")
+
+
+def test_gs_an_object_added_after_a_listing_is_seen(gcs, gs_env):
+    """The same as on S3 (tests/loaders/test_remote.py): gcsfs's kept listings hid a new step for good."""
+    import wdist
+
+    run_dir = gcs.bucket("grow") / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(gcs.local / "model.safetensors", run_dir / "step_100.safetensors")
+    assert wdist.trend("gs://grow/run").x_steps() == [100]
+    shutil.copy(gcs.local / "model.safetensors", run_dir / "step_200.safetensors")
+    assert wdist.trend("gs://grow/run").x_steps() == [100, 200]
