@@ -383,14 +383,40 @@ def _check_range_body(url: str, status: int, out: bytearray, n: int) -> bytes:
     return bytes(out[:n])
 
 
-async def _aiohttp_body(r: Any, n: int) -> bytearray:
-    """At most n + 1 bytes of an aiohttp response's body, whatever its length."""
+_MIN_RATE = 16 << 10  # bytes/s a response body must keep up once $WDIST_REMOTE_TIMEOUT has passed
+
+
+class _Deadline:
+    """A whole response's time bound: the timeouts are per read without progress, so a server that sends a
+    byte every few seconds kept one read going for good (an 8 MiB answer at 1 byte/s: 97 days). A body of
+    n bytes has $WDIST_REMOTE_TIMEOUT seconds plus n / 16 KiB/s (a 4 MiB chunk: 60 + 256 s)."""
+
+    def __init__(self, url: str, n: int) -> None:
+        import time
+
+        self.url, self.n, self.t0 = url, n, time.monotonic()
+        self.budget = remote_timeout() + n / _MIN_RATE
+
+    def check(self, got: int) -> None:
+        import time
+
+        took = time.monotonic() - self.t0
+        if took > self.budget:
+            raise WdistError(redact(self.url), f"the server sends too slowly ({got:,} of {self.n:,} bytes in "
+                             f"{took:.1f} s; wdist waits $WDIST_REMOTE_TIMEOUT s plus 1 s per "
+                             f"{_MIN_RATE >> 10} KiB)")
+
+
+async def _aiohttp_body(url: str, r: Any, n: int) -> bytearray:
+    """At most n + 1 bytes of an aiohttp response's body, whatever its length, within a _Deadline."""
     out = bytearray()
+    deadline = _Deadline(url, n)
     while len(out) <= n:
         chunk = await r.content.read(min(1 << 20, n + 1 - len(out)))
         if not chunk:
             break
         out += chunk
+        deadline.check(len(out))
     return out
 
 
@@ -403,7 +429,7 @@ async def _http_range(fs: Any, url: str, start: int, n: int) -> bytes:
                            **fs.kwargs) as r:
         fs._raise_not_found_for_status(r, url)
         _check_range_answer(url, r.status, r.headers.get("Content-Range"), start, n)
-        return _check_range_body(url, r.status, await _aiohttp_body(r, n), n)
+        return _check_range_body(url, r.status, await _aiohttp_body(url, r, n), n)
 
 
 async def _gcs_range(fs: Any, url: str, path: str, start: int, n: int) -> bytes:
@@ -414,7 +440,7 @@ async def _gcs_range(fs: Any, url: str, path: str, start: int, n: int) -> bytes:
     headers = fs._get_headers({"Range": f"bytes={start}-{start + n - 1}"})
     async with fs.session.get(fs.url(path), headers=headers, timeout=fs.requests_timeout) as r:
         _check_range_answer(url, r.status, r.headers.get("Content-Range"), start, n)
-        return _check_range_body(url, r.status, await _aiohttp_body(r, n), n)
+        return _check_range_body(url, r.status, await _aiohttp_body(url, r, n), n)
 
 
 def _hf_range(fs: Any, url: str, path: str, start: int, n: int) -> bytes:
@@ -428,10 +454,12 @@ def _hf_range(fs: Any, url: str, path: str, start: int, n: int) -> bytes:
     with get_session().stream("GET", resolve, headers=headers, timeout=remote_timeout(), follow_redirects=True) as r:
         _check_range_answer(url, r.status_code, r.headers.get("Content-Range"), start, n)
         out = bytearray()
-        for chunk in r.iter_bytes(1 << 20):
+        deadline = _Deadline(url, n)
+        for chunk in r.iter_bytes():  # each chunk as it arrives (a chunk size would wait for it to fill)
             out += chunk
             if len(out) > n:
                 break
+            deadline.check(len(out))
         return _check_range_body(url, r.status_code, out, n)
 
 
@@ -469,10 +497,12 @@ def _hf_call(fs: Any, url: str, api: str, method: str = "GET", data: dict[str, A
         if r.status_code != 200:
             raise WdistError(redact(url), f"the server answered HTTP {r.status_code}")
         body = bytearray()
-        for chunk in r.iter_bytes(1 << 20):  # decoded bytes: a gzip bomb stops at the bound too
+        deadline = _Deadline(url, _HF_MAX_ANSWER)
+        for chunk in r.iter_bytes():  # decoded bytes, as they arrive: a gzip bomb stops at the bound too
             body += chunk
             if len(body) > _HF_MAX_ANSWER:
                 raise WdistError(redact(url), f"the Hub's answer is larger than {_HF_MAX_ANSWER >> 20} MiB")
+            deadline.check(len(body))
         nxt = r.links.get("next", {}).get("url")
     if nxt is not None:
         nxt = urljoin(api, nxt)

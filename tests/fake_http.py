@@ -3,7 +3,8 @@ server on 127.0.0.1 (random port) started and stopped by a context manager, the 
 (`sent`: body bytes served, `requests`: (method, path), `auth`: Authorization headers, `fail`: a name whose
 requests are all answered with a status), and a handler that serves a file with single-range requests —
 or, as `media` says, misbehaves: "endless" ignores Range (a 200 with the file followed by 2^40 bytes of
-zeros), "shifted" answers a range with the bytes 4 further on (and says so in its Content-Range).
+zeros), "shifted" answers a range with the bytes 4 further on (and says so in its Content-Range),
+"trickle" sends the file a byte every 0.2 s.
 
 A client that closes a connection early (a ranged reader that has what it asked for) is not an error of the
 server: its traceback would otherwise be printed to stderr, which CliRunner mixes into a command's output."""
@@ -88,6 +89,8 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         headers = dict(headers or {})
         if self.owner.media == "endless" and self.command == "GET":
             return self._endless(f)
+        if self.owner.media == "trickle" and self.command == "GET":
+            return self._trickle(f)
         rng = re.match(r"bytes=(\d*)-(\d*)$", self.headers.get("Range") or "")
         start, end, status = 0, size - 1, 200
         if rng and self.owner.media == "shifted" and rng.group(1) and int(rng.group(1)) + 4 < size:
@@ -124,6 +127,24 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 pass
         return None
+
+    def _trickle(self, f: Path) -> None:
+        """The file at one byte per 0.2 s: never a read that waits long. It stops after 100 bytes (20 s), so
+        that a client without a bound fails its test instead of hanging it."""
+
+        data = f.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        try:
+            for i in range(min(len(data), 100)):
+                if self.owner.release.wait(0.2) or self.owner.media != "trickle":
+                    return
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _endless(self, f: Path) -> None:
         self.send_response(200)

@@ -225,3 +225,15 @@ def test_gs_an_object_added_after_a_listing_is_seen(gcs, gs_env):
     assert wdist.trend("gs://grow/run").x_steps() == [100]
     shutil.copy(gcs.local / "model.safetensors", run_dir / "step_200.safetensors")
     assert wdist.trend("gs://grow/run").x_steps() == [100, 200]
+
+
+def test_gs_a_server_that_trickles_is_given_up(gcs, gs_env, monkeypatch):
+    """The timeouts are per read without progress: a byte every 0.2 s kept a read going for good."""
+    from wdist.loaders import fs as wfs
+
+    monkeypatch.setenv("WDIST_REMOTE_TIMEOUT", "1")
+    monkeypatch.setattr(wfs, "_MIN_RATE", 1 << 20)  # 16 KiB/s in use: the same bound, sooner
+    monkeypatch.setattr(gcs, "media", "trickle")
+    r = run("ls", "gs://ckpts/model.safetensors")
+    assert r.exit_code == 2
+    assert r.output.startswith("wdist: error: gs://ckpts/model.safetensors: the server sends too slowly ("), r.output
