@@ -90,3 +90,18 @@ def ranged_read_refusal(url: str, shifted: bool) -> str:
         return f"wdist: error: {url}: the server sent another range than the one asked for (bytes "
     return (f"wdist: error: {url}: the server ignores HTTP Range requests (a ranged read got status 200): it "
             "cannot be read without downloading the whole file")
+
+
+def assert_trickle_given_up(service: Any, url: str, monkeypatch: Any) -> None:
+    """`ls URL` while the service sends a byte every 0.2 s: the whole response's bound ends it (the bound's
+    rate raised from 16 KiB/s to 1 MiB/s: the same rule, sooner)."""
+    from cli_helpers import run
+
+    from wdist.loaders import fs as wfs
+
+    monkeypatch.setenv("WDIST_REMOTE_TIMEOUT", "1")
+    monkeypatch.setattr(wfs, "_MIN_RATE", 1 << 20)
+    monkeypatch.setattr(service, "media", "trickle")
+    r = run("ls", url)
+    assert r.exit_code == 2
+    assert r.output.startswith(f"wdist: error: {url}: the server sends too slowly ("), r.output

@@ -23,6 +23,7 @@ from fake_gcs import FakeGCS  # noqa: E402
 from remote_cases import (  # noqa: E402
     CASES,
     assert_same,
+    assert_trickle_given_up,
     inspect_while,
     ranged_read_refusal,
     report,
@@ -229,11 +230,4 @@ def test_gs_an_object_added_after_a_listing_is_seen(gcs, gs_env):
 
 def test_gs_a_server_that_trickles_is_given_up(gcs, gs_env, monkeypatch):
     """The timeouts are per read without progress: a byte every 0.2 s kept a read going for good."""
-    from wdist.loaders import fs as wfs
-
-    monkeypatch.setenv("WDIST_REMOTE_TIMEOUT", "1")
-    monkeypatch.setattr(wfs, "_MIN_RATE", 1 << 20)  # 16 KiB/s in use: the same bound, sooner
-    monkeypatch.setattr(gcs, "media", "trickle")
-    r = run("ls", "gs://ckpts/model.safetensors")
-    assert r.exit_code == 2
-    assert r.output.startswith("wdist: error: gs://ckpts/model.safetensors: the server sends too slowly ("), r.output
+    assert_trickle_given_up(gcs, "gs://ckpts/model.safetensors", monkeypatch)

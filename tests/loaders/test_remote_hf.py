@@ -22,6 +22,7 @@ from fake_hub import FakeHub, env_for  # noqa: E402
 from remote_cases import (  # noqa: E402
     CASES,
     assert_same,
+    assert_trickle_given_up,
     inspect_while,
     ranged_read_refusal,
     report,
@@ -303,12 +304,4 @@ def test_hf_a_listing_has_a_bounded_number_of_entries(hub, hf_env, monkeypatch):
 
 def test_hf_a_server_that_trickles_is_given_up(hub, hf_env, monkeypatch):
     """The timeouts are per read without progress: a byte every 0.2 s kept a read going for good."""
-    from wdist.loaders import fs as wfs
-
-    monkeypatch.setenv("WDIST_REMOTE_TIMEOUT", "1")
-    monkeypatch.setattr(wfs, "_MIN_RATE", 1 << 20)  # 16 KiB/s in use: the same bound, sooner
-    monkeypatch.setattr(hub, "media", "trickle")
-    r = run("ls", "hf://org/model/model.safetensors")
-    assert r.exit_code == 2
-    assert r.output.startswith("wdist: error: hf://org/model/model.safetensors: the server sends too slowly ("), \
-        r.output
+    assert_trickle_given_up(hub, "hf://org/model/model.safetensors", monkeypatch)
