@@ -490,3 +490,25 @@ def test_s3_an_object_added_after_a_listing_is_seen(s3, tmp_path):
     assert wfs.listdir("s3://ckpts/grow")[-1] == "s3://ckpts/grow/step_200.safetensors"
     assert wfs.stat("s3://ckpts/grow/step_200.safetensors").is_file
     assert wdist.trend("s3://ckpts/grow").x_steps() == [100, 200]
+
+
+def test_an_s3_server_that_ignores_range_is_refused_in_bounded_memory(tmp_path, torch_model_sd):
+    """s3fs's cat_file reads a whole body: an S3-compatible endpoint answering every ranged GET with a 200
+    and 2^40 bytes grew wdist without bound, as HTTP and GCS servers did."""
+    pytest.importorskip("s3fs")
+    from remote_cases import run_limited
+
+    save_file({k: v.contiguous() for k, v in torch_model_sd.items()}, str(tmp_path / "m.safetensors"))
+    handler = type("N", (_NoRangeHandler,), {"data": (tmp_path / "m.safetensors").read_bytes()})
+    srv = _serve(handler)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{srv.server_address[1]}",
+           "HOME": str(tmp_path)}
+    try:
+        rc, rss_kb, err = run_limited(["inspect", "s3://bkt/m.safetensors", "--no-cache"], env)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert rc == 2 and rss_kb < 400_000, (rc, rss_kb, err)
+    assert err.strip() == ("wdist: error: s3://bkt/m.safetensors: the server ignores HTTP Range requests (a ranged "
+                           "read got status 200): it cannot be read without downloading the whole file"), err
