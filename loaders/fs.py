@@ -79,8 +79,8 @@ def remote_timeout() -> float:
 
 def _timeouts(proto: str) -> dict[str, Any]:
     """The fsspec options that bound each request: botocore's connect/read timeouts (one retry) for S3,
-    aiohttp's per-socket-operation timeouts for HTTP(S) and GCS. The Hub's metadata calls keep
-    huggingface_hub's own defaults (its ranged reads are wdist's own, with the timeout)."""
+    aiohttp's per-socket-operation timeouts for HTTP(S) and GCS. The Hub's calls are wdist's own and take
+    remote_timeout() themselves (_hf_call, _hf_range)."""
     t = remote_timeout()
     if proto in ("s3", "s3a"):
         return {"config_kwargs": {"connect_timeout": t, "read_timeout": t,
@@ -336,20 +336,14 @@ def pread(path: str, offset: int, n: int) -> bytes:
             os.close(fd)
     fs, p = filesystem(path)
     try:
-        if _proto(path) in ("http", "https"):
-            from fsspec.asyn import sync
-
-            return bytes(sync(fs.loop, _http_range, fs, p, offset, n))
-        if _proto(path) == "hf":
+        proto = _proto(path)
+        if proto == "hf":
             return _hf_range(fs, path, p, offset, n)
-        if _proto(path) in ("gs", "gcs"):
+        ranged = _ASYNC_RANGE.get(proto)
+        if ranged is not None:
             from fsspec.asyn import sync
 
-            return bytes(sync(fs.loop, _gcs_range, fs, path, p, offset, n))
-        if _proto(path) in ("s3", "s3a"):
-            from fsspec.asyn import sync
-
-            return bytes(sync(fs.loop, _s3_range, fs, path, p, offset, n))
+            return bytes(sync(fs.loop, ranged, fs, path, p, offset, n))
         return bytes(fs.cat_file(p, start=offset, end=offset + n))
     except Exception as e:  # _remote_error passes wdist's own errors through as they are
         raise _remote_error(path, e) from None
@@ -411,12 +405,13 @@ class _Deadline:
                              f"{_MIN_RATE >> 10} KiB)")
 
 
-async def _aiohttp_body(url: str, r: Any, n: int) -> bytearray:
-    """At most n + 1 bytes of an aiohttp response's body, whatever its length, within a _Deadline."""
+async def _bounded_body(url: str, read: Any, n: int) -> bytearray:
+    """At most n + 1 bytes of a response body, whatever its length, within a _Deadline; `read(k)` is the
+    body's coroutine that returns up to k bytes (aiohttp's content.read, aiobotocore's Body.read)."""
     out = bytearray()
     deadline = _Deadline(url, n)
     while len(out) <= n:
-        chunk = await r.content.read(min(1 << 20, n + 1 - len(out)))
+        chunk = await read(min(1 << 20, n + 1 - len(out)))
         if not chunk:
             break
         out += chunk
@@ -424,7 +419,7 @@ async def _aiohttp_body(url: str, r: Any, n: int) -> bytearray:
     return out
 
 
-async def _http_range(fs: Any, url: str, start: int, n: int) -> bytes:
+async def _http_range(fs: Any, url: str, path: str, start: int, n: int) -> bytes:
     """GET bytes [start, start+n) with a Range header, reading at most n + 1 bytes of the body whatever
     the server sends: fsspec's cat_file reads the whole body, so a server that ignores Range (200 and a
     2^40-byte body) grew memory without bound."""
@@ -433,7 +428,7 @@ async def _http_range(fs: Any, url: str, start: int, n: int) -> bytes:
                            **fs.kwargs) as r:
         fs._raise_not_found_for_status(r, url)
         _check_range_answer(url, r.status, r.headers.get("Content-Range"), start, n)
-        return _check_range_body(url, r.status, await _aiohttp_body(url, r, n), n)
+        return _check_range_body(url, r.status, await _bounded_body(url, r.content.read, n), n)
 
 
 async def _gcs_range(fs: Any, url: str, path: str, start: int, n: int) -> bytes:
@@ -444,7 +439,7 @@ async def _gcs_range(fs: Any, url: str, path: str, start: int, n: int) -> bytes:
     headers = fs._get_headers({"Range": f"bytes={start}-{start + n - 1}"})
     async with fs.session.get(fs.url(path), headers=headers, timeout=fs.requests_timeout) as r:
         _check_range_answer(url, r.status, r.headers.get("Content-Range"), start, n)
-        return _check_range_body(url, r.status, await _aiohttp_body(url, r, n), n)
+        return _check_range_body(url, r.status, await _bounded_body(url, r.content.read, n), n)
 
 
 async def _s3_range(fs: Any, url: str, path: str, start: int, n: int) -> bytes:
@@ -458,17 +453,14 @@ async def _s3_range(fs: Any, url: str, path: str, start: int, n: int) -> bytes:
     try:
         status = int(resp.get("ResponseMetadata", {}).get("HTTPStatusCode") or 200)
         _check_range_answer(url, status, resp.get("ContentRange"), start, n)
-        out = bytearray()
-        deadline = _Deadline(url, n)
-        while len(out) <= n:
-            chunk = await body.read(min(1 << 20, n + 1 - len(out)))
-            if not chunk:
-                break
-            out += chunk
-            deadline.check(len(out))
-        return _check_range_body(url, status, out, n)
+        return _check_range_body(url, status, await _bounded_body(url, body.read, n), n)
     finally:
         body.close()
+
+
+# pread's ranged GETs on fsspec's event loop, by protocol: (fs, url, path in fs, start, n) -> bytes
+_ASYNC_RANGE = {"http": _http_range, "https": _http_range, "gs": _gcs_range, "gcs": _gcs_range,
+                "s3": _s3_range, "s3a": _s3_range}
 
 
 def _hf_range(fs: Any, url: str, path: str, start: int, n: int) -> bytes:
@@ -631,7 +623,7 @@ def _hf_ls(fs: Any, url: str, p: str) -> list[str]:
             name = e.get("path") if isinstance(e, dict) else None
             if not isinstance(name, str) or not name:
                 raise WdistError(redact(url), "the Hub's folder listing has an entry without a path")
-            child = url.rstrip("/") + "/" + name.rsplit("/", 1)[-1]
+            child = key + "/" + name.rsplit("/", 1)[-1]
             found[child] = _hf_entry(child, e)
     if page is not None:
         raise WdistError(redact(url), f"the Hub's folder listing runs past {_HF_MAX_PAGES} pages")

@@ -364,19 +364,15 @@ def test_a_server_that_ignores_range_is_refused_without_reading_its_body(tmp_pat
     handler = type("N", (_NoRangeHandler,), {"data": (tmp_path / "m.safetensors").read_bytes()})
     srv = _serve(handler)
     url = f"http://127.0.0.1:{srv.server_address[1]}/m.safetensors"
-    # the child under a 2 GiB address-space limit: a regression fails the test instead of filling the machine
-    code = ("import resource, subprocess, sys; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
-            "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.stderr)")
+    from remote_cases import run_limited  # the child under a 2 GiB address-space limit
+
     try:
-        out = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "wdist", "inspect", url, "--no-cache"],
-                             capture_output=True, text=True, timeout=120).stdout
+        rc, rss_kb, err = run_limited(["inspect", url, "--no-cache"], dict(os.environ))
     finally:
         srv.shutdown()
         srv.server_close()
-    rc, rss_kb = out.split("\n", 1)[0].split()
-    assert rc == "2" and int(rss_kb) < 400_000, out  # bounded (a few hundred MB at most for Python + torch)
-    assert f"wdist: error: {url}: the server ignores HTTP Range requests" in out
+    assert rc == 2 and rss_kb < 400_000, (rc, rss_kb, err)  # bounded (a few hundred MB at most for Python + torch)
+    assert f"wdist: error: {url}: the server ignores HTTP Range requests" in err
 
 
 class _StatusHandler(http.server.BaseHTTPRequestHandler):
