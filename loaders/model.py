@@ -13,6 +13,18 @@ import numpy as np
 
 # Chunks handed to analyzers never exceed this many elements (4 MiB of float32).
 DEFAULT_CHUNK = 1 << 20
+# The longest tensor name any reader accepts, in bytes of UTF-8 (and characters): real names are under
+# 300 bytes (the longest in the Hub's big models are ~120); a hostile 99 MB name would otherwise be matched,
+# split into layer and parameter, pooled and printed, each a copy of it.
+MAX_NAME = 1 << 16
+
+
+def long_name(tensors: Sequence[Any]) -> str | None:
+    """The reason to refuse a checkpoint whose tensors' `name`s include one longer than MAX_NAME, or None."""
+    longest = max((len(t.name) for t in tensors), default=0)
+    if longest <= MAX_NAME:
+        return None
+    return f"a tensor name of {longest:,} characters (wdist reads names of up to {MAX_NAME:,})"
 
 
 class Format:

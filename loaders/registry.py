@@ -20,7 +20,7 @@ from wdist.loaders.errors import (
     UnsupportedFormatError,
     WdistError,
 )
-from wdist.loaders.model import Checkpoint
+from wdist.loaders.model import Checkpoint, long_name
 from wdist.loaders.plugin import SNIFF_BYTES, FormatPlugin
 
 # Modules exposing PLUGIN (or PLUGINS); the order here does not matter, each plug-in's `order` does.
@@ -251,7 +251,7 @@ def _run_loader(plugin: FormatPlugin, path: str) -> Checkpoint:
         extra = f"pip install 'wdist[{plugin.extra}]'" if plugin.extra else "pip install " + " ".join(plugin.requires)
         raise MissingDependencyError(path, f"reading {plugin.title} needs {', '.join(plugin.requires)} ({extra})")
     try:
-        return plugin.load(path)
+        ck = plugin.load(path)
     except WdistError as e:
         if e.path is None:
             raise type(e)(path, e.reason) from None
@@ -264,6 +264,11 @@ def _run_loader(plugin: FormatPlugin, path: str) -> Checkpoint:
     except Exception as e:  # any other failure of a reader on a hostile file is still one line naming it
         raise CorruptCheckpointError(path, f"cannot be read as {plugin.name} ({type(e).__name__}: "
                                      f"{str(e)[:100]})") from None
+    why = long_name(ck.tensors)  # every format, plug-ins included: nothing downstream copies such a name
+    if why is not None:
+        ck.close()
+        raise CorruptCheckpointError(path, why)
+    return ck
 
 
 def load_file(path: str, fmt: str | None = None) -> Checkpoint:

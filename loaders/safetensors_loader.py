@@ -16,7 +16,7 @@ import numpy as np
 from wdist.loaders import fs, jsonbudget
 from wdist.loaders.errors import CorruptCheckpointError
 from wdist.loaders.fileio import RangeReader, file_size
-from wdist.loaders.model import Checkpoint, Format, Role, TensorRef, dtype_itemsize, some_names
+from wdist.loaders.model import MAX_NAME, Checkpoint, Format, Role, TensorRef, dtype_itemsize, some_names
 from wdist.loaders.roles import default_unit_axis, fix_norm_biases, infer_role, natural_key, split_name
 
 MAX_HEADER = 100_000_000  # the reference implementation's limit
@@ -98,8 +98,8 @@ class Entries(NamedTuple):
 # member, and a valid one never becomes a dict of dicts and lists. An entry written as the reference
 # writes it (dtype, shape, data_offsets in that order; any JSON whitespace) is matched by one regex; any
 # other entry is read member by member. A value that has to be parsed as JSON (a dtype that is not a
-# string, an unknown key's value, a malformed shape) is parsed from a window of at most _WINDOW bytes,
-# and only an unknown key's value (which the format allows and ignores) is ever parsed whole. Problems are
+# string, an unknown key's value, a malformed shape) is parsed from a window of at most _WINDOW bytes and
+# refused when longer, an unknown key's value (which the format allows and ignores) included. Problems are
 # reported in file order: the first one in the file is the one named.
 _WS = rb"[ \t\n\r]*"
 _STR = rb'"((?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+)"'
@@ -115,6 +115,15 @@ _STRING = re.compile(_STR)
 _ARRAY = re.compile(rb"\[" + _WS + _INTS + _WS + rb"\]")
 _SKIP_WS = re.compile(_WS)
 _WINDOW = 1 << 16
+# A name of more bytes than this holds more than MAX_NAME characters whatever it spells (a character is at
+# most 12 bytes, as an escaped surrogate pair): refused before it is decoded; a shorter one that is still
+# too long is refused by the registry with every other format's.
+_NAME_BYTES = 12 * MAX_NAME
+
+
+def _long_name(path: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(path, f"a tensor name of more than {MAX_NAME:,} characters (wdist reads names "
+                                        f"of up to {MAX_NAME:,})")
 MAX_METADATA = 100_000  # __metadata__ members: real files have a handful; each costs ~150 bytes once read
 _BITS = {**{k: 8 * v for k, v in _ITEM.items()}, **{k: v[1] for k, v in SUB_BYTE.items()}}
 _DTYPE_OF = {k.encode(): k for k in _BITS}
@@ -255,6 +264,8 @@ def _parse(path: str, raw: bytes, data_len: int) -> tuple[Entries, dict[str, str
         if m is not None:  # the reference's form: one match, checked from its groups
             dtb, sb, b0, e0, sep = m.group(2, 3, 4, 5, 6)
             s1, e1 = m.span(1)
+            if e1 - s1 > _NAME_BYTES:
+                raise _long_name(path)
             try:  # a long name is decoded where it lies, not copied first
                 nb = raw[s1:e1] if e1 - s1 < 4096 else memoryview(raw)[s1:e1]
                 name = str(nb, "utf-8") if raw.find(b"\\", s1, e1) < 0 else _string(raw, m)
@@ -288,6 +299,8 @@ def _parse(path: str, raw: bytes, data_len: int) -> tuple[Entries, dict[str, str
         k = key_at(raw, i)  # any other member: its key, then its value read by its kind
         if k is None:
             raise invalid()
+        if k.end(1) - k.start(1) > _NAME_BYTES:
+            raise _long_name(path)
         try:
             name = _string(raw, k)
         except (UnicodeDecodeError, ValueError):
@@ -370,7 +383,12 @@ def _parse(path: str, raw: bytes, data_len: int) -> tuple[Entries, dict[str, str
                                 what = "unknown dtype" if key == "dtype" else f"bad {key}"
                                 raise CorruptCheckpointError(path, f"tensor {name!r}: {what} (a JSON value of "
                                                                    f"more than {_WINDOW:,} bytes)") from None
-                            v, i = _value(raw, i, whole=True)  # an unknown key: allowed, and ignored
+                            # an unknown key (allowed, and ignored): the reference writer never writes
+                            # one, so a value of more than the window is refused rather than parsed whole
+                            # (100 MB of `[]` would take ~500 MB as Python lists)
+                            raise CorruptCheckpointError(path, f"tensor {name!r}: its unknown key {_brief(key)} "
+                                                               f"holds a JSON value of more than {_WINDOW:,} "
+                                                               "bytes") from None
                 except _Duplicate as dup:
                     raise twice(str(dup)) from None
                 except (UnicodeDecodeError, ValueError):

@@ -186,6 +186,9 @@ _ONE = b'"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
     ("lists", "'k0': entry lacks"), ("objects", "'k0': entry lacks"), ("numbers", "'k0': entry lacks"),
     ("strings", "'k0': entry lacks"), ("nested_shape", "'w': bad shape"), ("long_shape", "'w': bad shape"),
     ("metadata", "__metadata__ holds more than"), ("late_duplicate", "'layers.0.weight' twice"),
+    ("long_name", "a tensor name of more than 65,536 characters"),
+    ("long_name_reordered", "a tensor name of more than 65,536 characters"),
+    ("unknown_key", "'w': its unknown key 'x' holds a JSON value of more than 65,536 bytes"),
 ])
 def test_safetensors_header_outside_the_schema_is_refused_at_once(tmp_path: Path, kind: str, word: str) -> None:
     """Headers within MAX_CONTAINERS and MAX_ITEMS that json.loads turned into 0.4-1.9 GB at 100 MB
@@ -205,6 +208,12 @@ def test_safetensors_header_outside_the_schema_is_refused_at_once(tmp_path: Path
         "late_duplicate": lambda: b"{" + b",".join(
             b'"layers.%d.weight":{"dtype":"F32","shape":[1],"data_offsets":[%d,%d]}' % (i % 300_000, 4 * i, 4 * i + 4)
             for i in range(300_001)) + b"}",
+        # a valid entry but for its 30 MB name (99 MB took 508 MB), in the reference's member order and not
+        "long_name": lambda: b'{"' + b"a" * 30_000_000 + b'":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
+        "long_name_reordered": lambda: b'{"' + b"a" * 30_000_000 + b'":{"shape":[1],"dtype":"F32","data_offsets":[0,4]}}',
+        # an unknown key inside an entry, allowed by the format, holding 3.9M `[]` (12 MB; 100 MB took 501 MB)
+        "unknown_key": lambda: b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":[' + b"[]," * 3_900_000
+                               + b"[]]}}",
     }[kind]()
     assert 10_000_000 < len(header) < 45_000_000
     p = _st_raw(tmp_path / "x.safetensors", header)
@@ -213,3 +222,32 @@ def test_safetensors_header_outside_the_schema_is_refused_at_once(tmp_path: Path
     code, seconds, _, err = _bounded("ls", str(p), headroom_mb=96)
     assert code == 2 and seconds < 5, (seconds, err)
     _one_error(err, p, word)
+
+
+def test_a_short_unknown_key_is_still_ignored(tmp_path: Path) -> None:
+    """The format allows keys it does not know inside an entry; within the window they are read and ignored."""
+    header = b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":[[1,2],{"a":"b"}]}}'
+    p = _st_raw(tmp_path / "x.safetensors", header)
+    with open(p, "ab") as f:
+        f.write(np.float32(1.5).tobytes())
+    with open_checkpoint(str(p)) as ck:
+        assert [t.name for t in ck.tensors] == ["w"]
+        assert float(next(ck.tensors[0].chunks())[1][0]) == 1.5
+
+
+def test_a_name_at_the_limit_is_read_and_one_past_it_is_refused(tmp_path: Path) -> None:
+    """MAX_NAME characters are read; one more is refused by the registry, for every format (a .pt here),
+    also when its bytes are few enough that the safetensors tokenizer decodes it (2-byte characters)."""
+    import torch
+
+    from wdist.loaders.model import MAX_NAME
+
+    ok, bad = "w" * MAX_NAME, "é" * (MAX_NAME + 1)
+    save_file({ok: np.ones(1, np.float32)}, str(tmp_path / "ok.safetensors"))
+    with open_checkpoint(str(tmp_path / "ok.safetensors")) as ck:
+        assert ck.tensors[0].name == ok
+    save_file({bad: np.ones(1, np.float32)}, str(tmp_path / "bad.safetensors"))
+    torch.save({bad: torch.ones(1)}, tmp_path / "bad.pt")
+    for f in ("bad.safetensors", "bad.pt"):
+        with pytest.raises(CorruptCheckpointError, match="a tensor name of 65,537 characters"):
+            open_checkpoint(str(tmp_path / f))
