@@ -284,6 +284,14 @@ class _Pool:
         return s
 
 
+def _pool(pools: dict[str, _Pool], key: str) -> _Pool:
+    """pools[key], made when missing (not setdefault's: that would build a pool per call)."""
+    p = pools.get(key)
+    if p is None:
+        p = pools[key] = _Pool()
+    return p
+
+
 def _work(ref: TensorRef, chunk: int, lo: int, hi: int) -> Part:
     """One task: elements [lo, hi) of a tensor (all of it unless it is large)."""
     return pack_part(summarize_range(ref, lo, hi, chunk))
@@ -410,9 +418,12 @@ def analyse(ck: Checkpoint, opts: Options | None = None, progress: Progress | No
         judged_at[pos] = (r, ref.numel)
         # step counters and other scalars are never pooled with anything
         if r.group != "optimizer_scalar":
-            role_pool.setdefault(ref.role.value, _Pool()).add(s)
-        group_pool.setdefault(r.group, _Pool()).add(s)
-        layer_groups.setdefault(ref.layer, {}).setdefault(r.group, _Pool()).add(s)
+            _pool(role_pool, ref.role.value).add(s)
+        _pool(group_pool, r.group).add(s)
+        lg = layer_groups.get(ref.layer)
+        if lg is None:
+            lg = layer_groups[ref.layer] = {}
+        _pool(lg, r.group).add(s)
         layer_members.setdefault(ref.layer, []).append((ref, r, st, h, lh))
         remaining[ref.layer] -= 1
         if remaining[ref.layer] == 0:  # finalise a layer as soon as its last tensor is in: bounded memory
