@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from wdist.analyzers.engine import (
 )
 from wdist.analyzers.histogram import Histogram
 from wdist.analyzers.metrics import NearZero
-from wdist.analyzers.report import ReportMixin, jsonable
+from wdist.analyzers.report import Items, ReportMixin, jsonable
 from wdist.analyzers.summary import NBINS, SAMPLE_MAX, Part, Summary
 from wdist.analyzers.verdict import ModelReading, Reading
 from wdist.loaders import fs
@@ -126,11 +126,20 @@ class InspectReport(ReportMixin):
         """The model's verdict (state, shape, flags, evidence)."""
         return self.model.reading
 
+    def _json_members(self) -> Iterator[tuple[str, Any]]:
+        """to_dict()'s members, the tensors and layers as Items: iter_json writes them one at a time."""
+        yield "schema", self.SCHEMA
+        yield "checkpoint", jsonable(self.checkpoint)
+        yield "options", jsonable(self.options)
+        yield "tensors", Items(lambda: map(jsonable, self.tensors))
+        yield "layers", Items(lambda: map(jsonable, self.layers))
+        yield "model", jsonable(self.model)
+        yield "skipped", list(self.skipped)
+        if self.spectral is not None:
+            yield "spectral", self.spectral.to_dict()
+
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": self.SCHEMA, "checkpoint": jsonable(self.checkpoint), "options": jsonable(self.options),
-                "tensors": [jsonable(t) for t in self.tensors], "layers": [jsonable(lr) for lr in self.layers],
-                "model": jsonable(self.model), "skipped": list(self.skipped),
-                **({"spectral": self.spectral.to_dict()} if self.spectral is not None else {})}
+        return {k: list(v.make()) if isinstance(v, Items) else v for k, v in self._json_members()}
 
     def rows(self, level: str | None = None) -> list[dict[str, Any]]:
         """One row per layer (default) or per tensor (level="tensor"): name, sizes, verdict, every metric."""

@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _enc_str
 from typing import Any
@@ -20,17 +21,43 @@ from wdist.loaders.errors import MissingDependencyError
 from wdist.loaders.model import Checkpoint, TensorRef
 
 
+@functools.cache
+def _json_fields(cls: type) -> tuple[str, ...] | None:
+    """The fields of a dataclass that reach JSON (repr=True), in order; None for any other type."""
+    if not dataclasses.is_dataclass(cls):
+        return None
+    return tuple(f.name for f in dataclasses.fields(cls) if f.repr)
+
+
 def jsonable(obj: Any) -> Any:
     """Plain JSON data: dataclasses to dicts (fields with repr=False are internal and left out), numpy to
-    Python, NaN/Inf to null (never bare tokens), enums to their values."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.repr}
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+    Python, NaN/Inf to null (never bare tokens), enums to their values (the definition: `_generic`)."""
+    # the exact built-in types first, by identity: a report of 10^4 tensors converts millions of numbers
+    t = type(obj)
+    if t is float:
+        return obj if math.isfinite(obj) else None
+    if t is str or t is int or t is bool or obj is None:
+        return obj
+    if t is list or t is tuple:
         return [jsonable(v) for v in obj]
+    names = _json_fields(t)  # type: ignore[arg-type]  # a type is hashable; mypy sees type[Any]
+    if names is not None:
+        return {n: jsonable(getattr(obj, n)) for n in names}
+    return _generic(obj, jsonable)
+
+
+def _generic(obj: Any, inner: Callable[[Any], Any] | None = None) -> Any:
+    """jsonable by isinstance checks alone, its values converted by `inner` (this function when None: the
+    reference the fast paths are tested against)."""
+    conv = inner or _generic
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: conv(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.repr}
+    if isinstance(obj, dict):
+        return {str(k): conv(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [conv(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
+        return conv(obj.tolist())
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
@@ -58,9 +85,23 @@ class ReportMixin:
     def rows(self, level: str | None = None) -> list[dict[str, Any]]:  # pragma: no cover
         raise NotImplementedError
 
+    def _json_members(self) -> Iterable[tuple[str, Any]]:
+        """The top-level members of to_dict(), in order; a report may give a long array as Items, written
+        element by element by iter_json (see InspectReport)."""
+        return self.to_dict().items()
+
+    def iter_json(self, indent: int | None = 2) -> Iterator[str]:
+        """The text of to_json(indent), in pieces: a report of 10^4 tensors is written without its whole
+        JSON tree or text in memory at once."""
+        if indent is None or indent <= 0:  # not json's indented layout: written in one piece
+            yield json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+            return
+        yield from iter_members(self._json_members(), indent)
+
     def to_json(self, indent: int | None = 2) -> str:
-        # ensure_ascii (the default) writes control characters and lone surrogates as \u escapes
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        """json.dumps(self.to_dict(), indent=indent, allow_nan=False); ensure_ascii (the default) writes
+        control characters and lone surrogates as \\u escapes."""
+        return "".join(self.iter_json(indent))
 
     def to_pandas(self, level: str | None = None) -> Any:
         """A DataFrame of `rows(level)`: one row per layer by default, per tensor with level="tensor"."""
@@ -99,9 +140,55 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+class Items:
+    """A JSON array that iter_members writes element by element: `make()` gives its elements (plain data,
+    as jsonable makes it) when the array is written, so a report's rows are never all plain data at once."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Iterable[Any]]) -> None:
+        self.make = make
+
+
+def iter_members(members: Iterable[tuple[str, Any]], indent: int = 2) -> Iterator[str]:
+    """The text of json.dumps(dict(members), indent=indent, allow_nan=False) for plain-data values, in
+    pieces (indent >= 1): an Items value is written one element per piece."""
+    step = " " * indent
+    pad = step + step
+    first = True
+    yield "{"
+    for k, v in members:
+        yield ("\n" if first else ",\n") + step + _enc_str(_key(k)) + ": "
+        first = False
+        if isinstance(v, Items):
+            empty = True
+            for x in v.make():
+                yield ("[\n" if empty else ",\n") + pad + _encode(x, pad, step)
+                empty = False
+            yield "[]" if empty else "\n" + step + "]"
+        else:
+            yield _encode(v, step, step)
+    yield "}" if first else "\n}"
+
+
 def _encode(v: Any, pad: str, step: str) -> str:
     """What json.dumps(..., indent=len(step), allow_nan=False) writes for plain data `v` nested at
     indentation `pad` (its first line unindented); strings through json's own escaping (ensure_ascii)."""
+    t = type(v)
+    if t is float and math.isfinite(v):
+        return float.__repr__(v)
+    if (t is list or t is tuple) and v:  # histogram edges and counts: one join for a list of one kind
+        kinds = set(map(type, v))
+        if len(kinds) == 1:
+            kind = kinds.pop()
+            inner = pad + step
+            sep = ",\n" + inner
+            if kind is float and all(map(math.isfinite, v)):
+                return "[\n" + inner + sep.join(map(float.__repr__, v)) + "\n" + pad + "]"
+            if kind is int:
+                return "[\n" + inner + sep.join(map(int.__repr__, v)) + "\n" + pad + "]"
+            if kind is str:
+                return "[\n" + inner + sep.join(map(_enc_str, v)) + "\n" + pad + "]"
     if isinstance(v, str):
         return _enc_str(v)
     if v is None:
@@ -230,7 +317,7 @@ class Listing(ReportMixin):
         """The documented JSON data. The tensor rows are this listing's own (plain data already)."""
         return self._head(list(self.tensors))
 
-    def iter_json(self, indent: int = 2, batch: int = 1000) -> Iterator[str]:
+    def iter_json(self, indent: int | None = 2, batch: int = 1000) -> Iterator[str]:
         """The text of json.dumps(self.to_dict(), indent=indent, allow_nan=False), in pieces of `batch`
         rows: a listing of a million tensors is written without the whole text, or json's list of tens of
         millions of small strings, in memory at once."""
@@ -239,7 +326,7 @@ class Listing(ReportMixin):
             yield head
             return
         tail = "[]\n}"
-        if not head.endswith(tail):  # not json's usual layout (indent 0 or less): no pieces to splice into
+        if indent is None or not head.endswith(tail):  # not json's indented layout: no pieces to splice into
             yield json.dumps(self.to_dict(), indent=indent, allow_nan=False)
             return
         pad = " " * (2 * indent)

@@ -8,7 +8,7 @@ import click
 
 from wdist.analyzers.check import OPS, CheckpointResult
 from wdist.analyzers.report import CheckReport
-from wdist.cli.render.common import console, dumps, echo, md_cell, num, plural, prose, safe, warn
+from wdist.cli.render.common import console, echo, md_cell, num, plural, prose, safe, warn, write_json
 
 SHOW_WORST = 5
 
@@ -31,7 +31,7 @@ def failing_value(v: object, op: str, target: object) -> str:
 def render(report: CheckReport, fmt: str) -> None:
     results, config = report.checkpoints, report.config
     if fmt == "json":
-        click.echo(dumps(report))
+        write_json(report)
         return
     con = console()
     echo(con, f"config: {safe(config)}" if config else "config: none (rules from --rule)", "dim")

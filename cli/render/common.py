@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import click
 import numpy as np
 
 from wdist.analyzers.report import jsonable
@@ -405,9 +406,18 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 def dumps(obj: Any) -> str:
     """JSON text of a report (its to_dict(), the documented schema) or of plain data."""
-    data = obj.to_dict() if hasattr(obj, "to_dict") else jsonable(obj)
+    if hasattr(obj, "to_json"):
+        return str(obj.to_json())
     # ensure_ascii (the default) writes control characters and lone surrogates as \u escapes
-    return json.dumps(data, indent=2, allow_nan=False)
+    return json.dumps(jsonable(obj), indent=2, allow_nan=False)
+
+
+def write_json(obj: Any) -> None:
+    """dumps(obj) and a newline on stdout, a report's in the pieces of its iter_json: the JSON of 10^4
+    tensors is never one string (nor one tree of plain data) in memory."""
+    for piece in obj.iter_json() if hasattr(obj, "iter_json") else (dumps(obj),):
+        click.echo(piece, nl=False)
+    click.echo()
 
 
 # a number standing on its own in a note (not part of a name such as conv2.weight, h.10 or 0.bias: a dot

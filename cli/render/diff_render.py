@@ -15,7 +15,6 @@ from wdist.cli.render.common import (
     console,
     csv_row,
     csv_writer,
-    dumps,
     echo,
     fit_bins,
     fold,
@@ -31,6 +30,7 @@ from wdist.cli.render.common import (
     prose,
     safe,
     warn,
+    write_json,
 )
 
 SCHEMA = "wdist/diff/1"
@@ -89,7 +89,7 @@ def _heading(con: Any, r: DiffReport) -> None:
 
 def render(r: DiffReport, fmt: str, per_tensor: bool, hist: bool, top: int | None, bins: int) -> None:
     if fmt == "json":
-        click.echo(dumps(r))
+        write_json(r)
         return
     rows = _rows(r, per_tensor, top)
     if fmt == "csv":

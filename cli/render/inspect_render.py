@@ -14,7 +14,6 @@ from wdist.cli.render.common import (
     console,
     csv_row,
     csv_writer,
-    dumps,
     echo,
     fit_bins,
     fold,
@@ -32,6 +31,7 @@ from wdist.cli.render.common import (
     prose,
     safe,
     warn,
+    write_json,
 )
 from wdist.cli.render.hist import bars
 
@@ -88,7 +88,7 @@ def hist_lines(row: TensorReport | LayerReport, log_counts: bool, width: int | N
 
 def render(r: InspectReport, fmt: str, rows: list[Any], per_tensor: bool, hist: bool, log_counts: bool) -> None:
     if fmt == "json":
-        click.echo(dumps(r))
+        write_json(r)
     elif fmt == "csv":
         w = csv_writer()
         head = ["name", "layer", "role", "shape", "dtype"] if per_tensor else ["name", "parameters", "tensors"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import click
 from rich.cells import cell_len
 
 from wdist.analyzers.trend import SIGNED, TrendReport
@@ -11,7 +10,6 @@ from wdist.cli.render.common import (
     console,
     csv_row,
     csv_writer,
-    dumps,
     echo,
     fit_bins,
     fold,
@@ -24,6 +22,7 @@ from wdist.cli.render.common import (
     prose,
     safe,
     warn,
+    write_json,
 )
 from wdist.cli.render.hist import BLOCKS, sparkline
 
@@ -67,7 +66,7 @@ def signed_pct(ch: float) -> str:
 
 def render(r: TrendReport, fmt: str, hist: bool) -> None:
     if fmt == "json":
-        click.echo(dumps(r))
+        write_json(r)
         return
     if fmt == "csv":
         w = csv_writer()

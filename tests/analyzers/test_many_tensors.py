@@ -279,3 +279,80 @@ def test_trend_ridge_reads_packed_summaries_as_dense_ones() -> None:
     assert got == trend._ridge([*dense, None], 32)
     assert got[3] is None and sum(got[0].counts) + got[0].underflow + got[0].overflow == 900
     assert all(p.hist.ndim == 2 for p in packed)  # _ridge left them packed
+
+
+def test_jsonable_fast_paths_give_the_generic_conversion() -> None:
+    from dataclasses import dataclass, field
+
+    from wdist.analyzers.report import _generic, jsonable
+    from wdist.loaders.model import Role
+
+    @dataclass
+    class Row:
+        a: float
+        b: object
+        hidden: int = field(default=0, repr=False)
+
+    odd = [1.5, float("nan"), float("-inf"), np.float64(2.5), np.float32(np.inf), np.int64(7), True, False, None,
+           7, -0.0, "s\x1b", Role.BIAS, (1, 2.0, (3,)), [], {1: 2, "k": [np.float16(1.0)]}, np.arange(3),
+           Row(1.0, [Row(2.0, None, 5)], 9), 10 ** 30]
+    assert json.dumps(jsonable(odd)) == json.dumps(_generic(odd))
+    assert jsonable(odd) == _generic(odd)
+    assert jsonable(Row) is Row  # a dataclass itself is not converted (neither was it before)
+    assert type(jsonable(np.float64(2.5))) is float and type(jsonable(np.int64(7))) is int
+
+
+def test_encode_writes_what_json_writes() -> None:
+    """The list fast paths of _encode (one kind of element joined at once) against json.dumps, and the
+    same refusal of NaN/Inf."""
+    from wdist.analyzers.report import _encode
+
+    cases = [[0.1, 1e-300, -2.5e300, 5e-324, -0.0], [1, -2, 10 ** 40], ["a", "é\x1b\ud800", ""], [True, False],
+             [1, 2.5], [[1.0], [], [{"a": [1, "x"]}]], (1.0, 2.0), {"k": [0.5] * 3, "n": None}, [None, None], []]
+    for v in cases:
+        for indent in (1, 2, 4):
+            assert _encode(v, "", " " * indent) == json.dumps(v, indent=indent, allow_nan=False), (v, indent)
+    for bad in ([1.0, float("nan")], [float("inf")], {"x": [2.0, -float("inf")]}):
+        with pytest.raises(ValueError, match="Out of range float"):
+            _encode(bad, "", "  ")
+
+
+def test_inspect_report_streams_the_same_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """InspectReport.iter_json writes json.dumps(to_dict(), indent) in pieces, a tensor or layer each, and
+    the CLI's --format json writes those pieces (it never builds to_dict()): the same text, with NaN/Inf,
+    an empty tensor, names that need escaping and a skipped integer tensor."""
+    from click.testing import CliRunner
+    from safetensors.numpy import save_file
+
+    import wdist
+    from wdist.analyzers.inspect import InspectReport
+    from wdist.cli.main import cli
+
+    rng = np.random.default_rng(3)
+    data = {f"blocks.{i}.w\u00e9ight\x1b": rng.standard_normal((3, i % 4 + 1)).astype(np.float32) for i in range(300)}
+    data["blocks.0.bias"] = np.array([np.nan, np.inf, 1.0], np.float32)
+    data["empty.weight"] = np.zeros((0, 4), np.float32)
+    data["q.weight"] = np.arange(4, dtype=np.int8)
+    save_file(data, str(tmp_path / "m.safetensors"))
+    from wdist.loaders.model import Role
+
+    every = analyse(open_checkpoint(str(tmp_path / "m.safetensors")), Options(roles=tuple(Role), jobs=1))
+    assert every.skipped == ["q.weight"]
+    rep = wdist.inspect(str(tmp_path / "m.safetensors"), jobs=1)
+    for r in (every, rep):
+        for indent in (None, 0, 1, 2, 4):
+            want = json.dumps(r.to_dict(), indent=indent, allow_nan=False)
+            assert "".join(r.iter_json(indent)) == want == r.to_json(indent)
+    pieces = list(rep.iter_json())
+    assert len(pieces) > len(rep.tensors) + len(rep.layers)  # one piece per tensor and per layer at least
+    want = rep.to_json() + "\n"
+
+    def no_tree(self: InspectReport) -> None:
+        raise AssertionError("the CLI built the whole JSON tree or text")
+
+    monkeypatch.setattr(InspectReport, "to_dict", no_tree)
+    monkeypatch.setattr(InspectReport, "to_json", no_tree)  # nor the whole text
+    res = CliRunner().invoke(cli, ["inspect", str(tmp_path / "m.safetensors"), "--format", "json", "-j", "1", "-q",
+                                   "--no-cache"])
+    assert res.exit_code == 0, res.output
+    assert res.output == want
