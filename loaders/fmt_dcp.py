@@ -22,7 +22,16 @@ import numpy as np
 
 from wdist.loaders.dtypes import storage_dtype
 from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError, WdistError
-from wdist.loaders.fileio import ZIP_ERRORS, RangeReader, StridedReader, Window, file_size
+from wdist.loaders.fileio import (
+    ZIP_ERRORS,
+    RangeReader,
+    StridedReader,
+    Window,
+    check_zip_directory,
+    file_size,
+    shared_span,
+    zip_members,
+)
 from wdist.loaders.fs import inside_model_folder
 from wdist.loaders.model import Checkpoint, Role, TensorRef, dtype_itemsize
 from wdist.loaders.plugin import FormatPlugin
@@ -34,7 +43,9 @@ MAX_METADATA = 1 << 30
 MAX_ITEM_PICKLE = 1 << 20  # data.pkl of one tensor item is a few hundred bytes
 MAX_BYTES_ITEM = 1 << 16  # non-tensor items (step counters, ...) read for metadata only up to this size
 MAX_DIMS = 64
-PAIRWISE_LIMIT = 256  # chunks per tensor checked pairwise for overlap; beyond, holes read as zeros
+# Chunks are checked for overlap exactly on the grid their edges cut the tensor into (see overlap): a real
+# layout makes about one cell per chunk; one cutting a tensor into more cells than this is refused.
+MAX_GRID_CELLS = 1 << 24
 _KNOWN = "torch.distributed.checkpoint."
 OPTIMIZER_PREFIXES = ("optim", "optimizer", "optimizer_state", "optim_state", "opt")
 
@@ -78,7 +89,6 @@ class ChunkedReader:
     shape: tuple[int, ...]
     dtype: str
     chunks: list[Chunk]
-    zero_fill: bool = False
 
     @property
     def whole_pass(self) -> bool:
@@ -97,7 +107,7 @@ class ChunkedReader:
 
     def read_raw(self, start: int, count: int) -> np.ndarray:
         dt = storage_dtype(self.dtype)
-        out = np.zeros(count, dtype=dt) if self.zero_fill else np.empty(count, dtype=dt)
+        out = np.empty(count, dtype=dt)  # the chunks tile the shape (checked at load): every value is written
         a, b = start, start + count
         strides = _strides(self.shape)
         for ch in self.chunks:
@@ -167,16 +177,29 @@ def layout(ch: Chunk, shape: tuple[int, ...]) -> None:
     ch.run_dim, ch.run_len, ch.nruns = j, ch.sizes[j] * inner, n if ch.sizes[j] * inner else 0
 
 
-def disjoint(chunks: list[Chunk], shape: tuple[int, ...]) -> bool:
-    """No two chunks overlap (checked pairwise up to PAIRWISE_LIMIT chunks; readers of more zero-fill)."""
-    if len(chunks) > PAIRWISE_LIMIT or not shape:
-        return True
-    for i in range(len(chunks)):
-        for j in range(i + 1, len(chunks)):
-            p, q = chunks[i], chunks[j]
-            if all(po < qo + qs and qo < po + ps for po, ps, qo, qs in zip(p.offsets, p.sizes, q.offsets, q.sizes)):
-                return False
-    return True
+def overlap(chunks: list[Chunk], shape: tuple[int, ...]) -> str | None:
+    """Why chunks (each inside `shape`) are not pairwise disjoint, or None when they are: exact for any
+    number of chunks. Every chunk edge cuts its axis; the cuts divide the tensor into a grid of cells, each
+    chunk covers a box of whole cells, and two chunks overlap exactly when a cell is covered twice. Each
+    box is marked once, so the work is the number of cells (at most MAX_GRID_CELLS, one byte each)."""
+    if len(chunks) <= 1 or not shape or math.prod(shape) == 0:
+        return None
+    cuts = [sorted({0, d, *(c.offsets[a] for c in chunks), *(c.offsets[a] + c.sizes[a] for c in chunks)})
+            for a, d in enumerate(shape)]
+    cells = math.prod(len(p) - 1 for p in cuts)
+    if cells > MAX_GRID_CELLS:
+        return (f"its {len(chunks):,} chunks cut it into {cells:,} cells, more than the {MAX_GRID_CELLS:,} wdist "
+                "checks for overlap")
+    at = [{v: i for i, v in enumerate(p)} for p in cuts]
+    grid = np.zeros([len(p) - 1 for p in cuts], dtype=np.bool_)
+    for c in chunks:
+        if 0 in c.sizes:
+            continue
+        box = grid[tuple(slice(at[a][o], at[a][o + n]) for a, (o, n) in enumerate(zip(c.offsets, c.sizes)))]
+        if box.any():
+            return f"chunks overlap (the chunk at {list(c.offsets)} among them)"
+        box[...] = True
+    return None
 
 
 def _item(path: str, fp: str, fsize: int, offset: int, length: int, what: str,
@@ -190,8 +213,11 @@ def _item(path: str, fp: str, fsize: int, offset: int, length: int, what: str,
         raise CorruptCheckpointError(path, f"{what}: byte range {offset}+{length} lies outside {os.path.basename(fp)}")
     win = Window(fp, offset, length)
     try:
+        check_zip_directory(win, path)
         zf = zipfile.ZipFile(win)  # type: ignore[arg-type]
-        infos = zf.infolist()
+        # the checks of every torch zip: two members named data/0, say, would be read by wdist and by
+        # torch.load from different bytes
+        infos = list(zip_members(zf, path).values())
         pkl = [i for i in infos if i.filename.endswith("data.pkl") and i.filename.count("/") <= 1]
         if not pkl:
             raise CorruptCheckpointError(path, f"{what}: stored item is not a torch.save archive (no data.pkl)")
@@ -367,6 +393,7 @@ def load(path: str) -> Checkpoint:
 
     tensors: list[TensorRef] = []
     meta: dict[str, Any] = {}
+    spans: list[tuple[str, int, int, str]] = []  # (file, offset, length, what) of every chunk's stored item
     for fqn, tm in sdm.items():
         if not isinstance(fqn, str) or not isinstance(tm, Placeholder):
             raise CorruptCheckpointError(meta_path, "state_dict_metadata entry is damaged")
@@ -393,6 +420,7 @@ def load(path: str) -> Checkpoint:
             raise CorruptCheckpointError(meta_path, f"tensor {fqn!r} has no chunks")
         chunks: list[Chunk] = []
         total = 0
+        starts: set[tuple[int, ...]] = set()
         for i, c in enumerate(raw_chunks):
             cs = _state(c)
             offs = _ints(cs.get("offsets"), f"tensor {fqn!r} chunk offsets", meta_path)
@@ -400,10 +428,14 @@ def load(path: str) -> Checkpoint:
             if len(offs) != len(shape) or len(szs) != len(shape) or \
                     any(o + s > d for o, s, d in zip(offs, szs, shape)):
                 raise CorruptCheckpointError(meta_path, f"tensor {fqn!r} chunk {i} lies outside its shape {list(shape)}")
+            if offs in starts:  # refused before its item is opened: 10^6 copies of one chunk took 75 s
+                raise CorruptCheckpointError(meta_path, f"tensor {fqn!r} has two chunks at {list(offs)}")
+            starts.add(offs)
             loc = where.get((fqn, offs))
             if loc is None:
                 raise CorruptCheckpointError(meta_path, f"tensor {fqn!r} chunk at {list(offs)} has no storage entry")
             fp, fs = shard(loc[0])
+            spans.append((fp, loc[1], loc[2], f"tensor {fqn!r} chunk {list(offs)}"))
             rr = _tensor_item(meta_path, fp, fs, loc[1], loc[2], dtype, szs, f"tensor {fqn!r} chunk {list(offs)}",
                               parsed)
             ch = Chunk(offs, szs, rr)
@@ -412,19 +444,19 @@ def load(path: str) -> Checkpoint:
             total += math.prod(szs)
         if total != math.prod(shape):
             raise CorruptCheckpointError(meta_path, f"tensor {fqn!r}: chunks hold {total} elements, the shape {math.prod(shape)}")
-        if not disjoint(chunks, shape):
-            raise CorruptCheckpointError(meta_path, f"tensor {fqn!r}: chunks overlap")
-        reader: Any
-        if len(chunks) == 1:
-            reader = chunks[0].reader
-        else:
-            reader = ChunkedReader(meta_path, shape, dtype, chunks, zero_fill=len(chunks) > PAIRWISE_LIMIT)
+        why = overlap(chunks, shape)
+        if why is not None:
+            raise CorruptCheckpointError(meta_path, f"tensor {fqn!r}: {why}")
+        reader: Any = chunks[0].reader if len(chunks) == 1 else ChunkedReader(meta_path, shape, dtype, chunks)
         layer, param = split_name(fqn)
         role = Role.OPTIMIZER_STATE if fqn.split(".", 1)[0] in OPTIMIZER_PREFIXES else \
             infer_role(fqn, layer, param, shape, dtype)
         tensors.append(TensorRef(name=fqn, layer=layer, role=role, shape=shape, dtype=dtype, reader=reader,
                                  unit_axis=default_unit_axis(role, len(shape), keras=False),
                                  source=",".join(sorted({os.path.basename(c.reader.path) for c in chunks}))))
+    shared = shared_span(spans)
+    if shared is not None:
+        raise CorruptCheckpointError(meta_path, shared)
     fix_norm_biases(tensors)
     sharded = any(isinstance(t.reader, ChunkedReader) for t in tensors)
     unsafe = [g for g in res.unsafe_globals if not g.startswith(_KNOWN) and g not in _BENIGN]

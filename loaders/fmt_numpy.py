@@ -279,10 +279,18 @@ def load_npy(path: str) -> Checkpoint:
 
 
 def load_npz(path: str) -> Checkpoint:
-    from wdist.loaders.fileio import ZIP_ERRORS, RangeReader, Window, raw_name, zip_member_offset, zip_members
+    from wdist.loaders.fileio import (
+        ZIP_ERRORS,
+        RangeReader,
+        Window,
+        open_zip,
+        raw_name,
+        zip_member_offset,
+        zip_members,
+    )
 
     try:
-        zf = zipfile.ZipFile(path)
+        zf = open_zip(path)  # its directory bounded before zipfile lists it
         infos = zf.infolist()
     except ZIP_ERRORS as e:
         raise CorruptCheckpointError(path, f"not a readable zip archive ({str(e)[:80]})") from None

@@ -5,7 +5,9 @@ lies, and is read later by range. No dependency is needed to read.
 
 Roles and output axes come from the graph: which node consumes which initializer (Conv/Gemm/MatMul weight
 vs bias, normalisation scales, Gather embeddings), with Gemm's transB and the op's weight layout deciding
-the output-unit axis. Subgraphs (If/Loop bodies) and sparse initializers are not read (reported)."""
+the output-unit axis. Initializers of subgraphs (If/Loop/Scan bodies, at any depth) are read like the
+graph's; tensors held by node attributes (Constant values) and sparse initializers are not read (reported
+in a warning)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from wdist.loaders.dtypes import storage_dtype
 from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError
-from wdist.loaders.fileio import RangeReader, file_size
+from wdist.loaders.fileio import RangeReader, file_size, shared_span
 from wdist.loaders.fs import inside_model_folder
 from wdist.loaders.model import Checkpoint, Role, TensorRef, dtype_itemsize
 from wdist.loaders.plugin import FormatPlugin
@@ -36,6 +38,13 @@ MAX_SEGMENTS = 1024  # packed typed-field pieces per tensor
 # each costs a few hundred bytes and microseconds to record, so a file of 5M empty records is refused in ~2 s
 MAX_NODES = 1 << 19
 MAX_INITS = 1 << 19
+# strings and attributes recorded from nodes (inputs, outputs, int attributes), over the whole graph: real
+# graphs have a few per node (~5 x 10^5 for the largest); a node of 3M inputs took 955 MB
+MAX_NODE_ITEMS = 1 << 21
+MAX_META_ENTRIES = 4096  # metadata_props and opset_import entries (real models: a handful of each)
+# protobuf fields walked in all, read or skipped, at ~1 us each: a real model of 10^5 nodes has ~3M (its
+# weights are a few long fields each); 30M empty value_info fields took 30 s
+MAX_FIELDS = 1 << 23
 DECODE_BYTES = 1 << 18  # typed data decoded this many bytes at a time (varint scratch: ~64 bytes a byte)
 
 # TensorProto.DataType -> (wdist dtype, typed field number, wire kind of that field, values per element)
@@ -65,6 +74,8 @@ class _PB:
     def __init__(self, path: str, f: Any, size: int) -> None:
         self.path, self.f, self.size = path, f, size
         self._buf, self._at = b"", 0
+        self.fields_left = MAX_FIELDS
+        self.items_left = MAX_NODE_ITEMS
 
     def bad(self, why: str) -> CorruptCheckpointError:
         return CorruptCheckpointError(self.path, f"ONNX protobuf is damaged: {why}")
@@ -94,6 +105,9 @@ class _PB:
         fields and the payload length for length-delimited ones (whose payload is not read)."""
         pos = start
         while pos < end:
+            self.fields_left -= 1
+            if self.fields_left < 0:
+                raise self.bad(f"the file holds over {MAX_FIELDS:,} protobuf fields (real models: a few million)")
             key, pos = self.varint(pos, end)
             fn, wt = key >> 3, key & 7
             if fn == 0:
@@ -136,6 +150,7 @@ class _Node:
     inputs: list[str]
     outputs: list[str]
     ints: dict[str, int]
+    unread: int = 0  # float tensors of more than one value held by its attributes (not read)
 
 
 @dataclass(slots=True)
@@ -151,11 +166,37 @@ class _Init:
     segmented: bool = False
 
 
-def _node(pb: _PB, start: int, end: int) -> _Node:
+_FLOAT_TYPES = frozenset(k for k, v in DTYPES.items() if v[0].startswith(("float", "bfloat")))
+
+
+def _weightlike(pb: _PB, start: int, end: int) -> bool:
+    """Whether a TensorProto held by a node attribute could be weights: floating point with more than one
+    element (exported graphs hold many scalar and integer shape constants; those are not reported)."""
+    dtype, numel = 0, 1
+    for fn, wt, v, p in pb.fields(start, end):
+        if fn == 2 and wt == 0:
+            dtype = v
+        elif fn == 1 and wt == 0:
+            numel *= v
+        elif fn == 1 and wt == 2:  # packed dims
+            q = p
+            while q < p + v:
+                d, q = pb.varint(q, p + v)
+                numel *= d
+    return dtype in _FLOAT_TYPES and numel > 1
+
+
+def _node(pb: _PB, start: int, end: int, body: Any) -> _Node:
+    """One NodeProto; `body(start, end)` reads a subgraph it holds (an If/Loop/Scan body) into the model's
+    nodes and initializers."""
     n = _Node("", "", [], [], {})
     for fn, wt, v, p in pb.fields(start, end):
         if wt != 2 and fn in (1, 2, 3, 4, 5):
             raise pb.bad(f"NodeProto field {fn} has wire type {wt}")
+        if fn in (1, 2, 5):
+            pb.items_left -= 1
+            if pb.items_left < 0:
+                raise pb.bad(f"graph nodes hold over {MAX_NODE_ITEMS:,} inputs, outputs and attributes")
         if fn == 1:
             n.inputs.append(pb.string(p, v, "node input"))
         elif fn == 2:
@@ -171,6 +212,10 @@ def _node(pb: _PB, start: int, end: int) -> _Node:
                     name = pb.string(ap, av, "attribute name")
                 elif afn == 3 and awt == 0:
                     ival = _signed(av)
+                elif afn in (5, 10) and awt == 2:  # t, tensors: a Constant's value, say
+                    n.unread += _weightlike(pb, ap, ap + av)
+                elif afn in (6, 11) and awt == 2:  # g, graphs: an If/Loop/Scan body, read like the graph
+                    body(ap, ap + av)
             if name and ival is not None:
                 n.ints[name] = ival
     return n
@@ -252,6 +297,34 @@ def parse(path: str) -> _Parsed:
     notes: list[str] = []
     graphs = 0
     unpacked_left = [MAX_UNPACKED]
+    entries = {8: 0, 14: 0}  # opset_import, metadata_props
+    sparse = 0
+
+    def graph(start: int, end: int, top: bool = False) -> None:
+        """A GraphProto's nodes and initializers, its subgraphs' (If/Loop/Scan bodies) included: their
+        initializers are weights like the graph's (a NaN in a branch was dropped without a word)."""
+        nonlocal sparse
+        for gfn, gwt, gv, gp in pb.fields(start, end):
+            if gwt != 2:
+                continue
+            if gfn == 1:
+                if len(nodes) >= MAX_NODES:
+                    raise pb.bad(f"graph holds over {MAX_NODES:,} nodes (real models: ~10^5)")
+                nodes.append(_node(pb, gp, gp + gv, graph))
+            elif gfn == 2 and top:
+                meta["graph_name"] = pb.string(gp, gv, "graph name")[:MAX_META_STRING]
+            elif gfn == 5:
+                if len(inits) >= MAX_INITS:
+                    raise pb.bad(f"graph holds over {MAX_INITS:,} initializers")
+                inits.append(_tensor(pb, gp, gp + gv, unpacked_left))
+            elif gfn == 15:
+                sparse += 1
+
+    def entry(fn: int) -> None:
+        entries[fn] += 1
+        if entries[fn] > MAX_META_ENTRIES:
+            raise pb.bad(f"over {MAX_META_ENTRIES:,} {'opset_import' if fn == 8 else 'metadata_props'} entries "
+                         "(real models: a handful)")
     with open(path, "rb") as f:
         pb = _PB(path, f, size)
         for fn, wt, v, p in pb.fields(0, size):
@@ -263,6 +336,7 @@ def parse(path: str) -> _Parsed:
             elif fn == 5 and wt == 0:
                 meta["model_version"] = _signed(v)
             elif fn == 8 and wt == 2:
+                entry(fn)
                 dom, ver = "", None
                 for ofn, owt, ov, op_ in pb.fields(p, p + v):
                     if ofn == 1 and owt == 2:
@@ -272,6 +346,7 @@ def parse(path: str) -> _Parsed:
                 if ver is not None:
                     meta["opset" if dom in ("", "ai.onnx") else f"opset.{dom[:64]}"] = ver
             elif fn == 14 and wt == 2:
+                entry(fn)
                 key = val = ""
                 for mfn, mwt, mv, mp in pb.fields(p, p + v):
                     if mwt == 2 and mfn == 1:
@@ -282,24 +357,14 @@ def parse(path: str) -> _Parsed:
                     meta[key] = val
             elif fn == 7 and wt == 2:
                 graphs += 1
-                sparse = 0
-                for gfn, gwt, gv, gp in pb.fields(p, p + v):
-                    if gwt != 2:
-                        continue
-                    if gfn == 1:
-                        if len(nodes) >= MAX_NODES:
-                            raise pb.bad(f"graph holds over {MAX_NODES:,} nodes (real models: ~10^5)")
-                        nodes.append(_node(pb, gp, gp + gv))
-                    elif gfn == 2:
-                        meta["graph_name"] = pb.string(gp, gv, "graph name")[:MAX_META_STRING]
-                    elif gfn == 5:
-                        if len(inits) >= MAX_INITS:
-                            raise pb.bad(f"graph holds over {MAX_INITS:,} initializers")
-                        inits.append(_tensor(pb, gp, gp + gv, unpacked_left))
-                    elif gfn == 15:
-                        sparse += 1
-                if sparse:
-                    notes.append(f"{sparse} sparse initializers not read")
+                graph(p, p + v, True)
+    if sparse:
+        notes.append(f"{sparse} sparse initializers not read")
+    held = [nd for nd in nodes if nd.unread]
+    if held:  # never a silent skip: a NaN there is not in any number wdist reports
+        names = ", ".join(repr(nd.name or nd.op)[:80] for nd in held[:5]) + (" ..." if len(held) > 5 else "")
+        notes.append(f"{sum(nd.unread for nd in held)} tensors held by node attributes (Constant values) are "
+                     f"not read: {names}")
     if not graphs:
         raise CorruptCheckpointError(path, "not an ONNX model (no graph in the protobuf)")
     return _Parsed(meta, nodes, inits, notes)
@@ -405,9 +470,11 @@ class TypedReader:
         return flat.view(st) if complex_ else flat
 
     def read_raw(self, start: int, count: int) -> np.ndarray:
-        if self._decoded is None:
-            self._decoded = self._decode()
-        return self._decoded[start:start + count]
+        dec = self._decoded if self._decoded is not None else self._decode()
+        # kept only until the tensor's last values are read (an analysis reads a tensor front to back
+        # once): 30 typed tensors of 10 MB stayed decoded for the whole run, 649 MB
+        self._decoded = None if start + count >= len(dec) else dec
+        return dec[start:start + count]
 
 
 def _external_file(path: str, name: str, location: str) -> str:
@@ -557,6 +624,7 @@ def load_onnx(path: str) -> Checkpoint:
     decided: set[int] = set()
     warnings = list(parsed.notes)
     externals: list[str] = []
+    spans: list[tuple[str, int, int, str]] = []  # external data ranges: each tensor's own bytes
     seen: set[str] = set()
     for t in parsed.inits:
         if t.segmented:
@@ -578,8 +646,10 @@ def load_onnx(path: str) -> Checkpoint:
         if numel * dtype_itemsize(dtype) > 1 << 50:
             raise CorruptCheckpointError(path, f"tensor {t.name!r}: shape {list(shape)} is absurd")
         reader, ext = _reader(path, t, dtype, numel, size)
-        if ext and ext not in externals:
-            externals.append(ext)
+        if ext:
+            if ext not in externals:
+                externals.append(ext)
+            spans.append((ext, reader.offset, numel * dtype_itemsize(dtype), f"tensor {t.name!r}"))
         u = uses.get(t.name, [])
         if "." in t.name and not t.name.startswith("onnx::"):
             layer, param = split_name(t.name)
@@ -595,6 +665,9 @@ def load_onnx(path: str) -> Checkpoint:
             axis = default_unit_axis(role, len(shape), keras=False)
         tensors.append(TensorRef(name=t.name, layer=layer, role=role, shape=shape, dtype=dtype, reader=reader,
                                  unit_axis=axis, source=os.path.basename(ext or path)))
+    shared = shared_span(spans)
+    if shared is not None:
+        raise CorruptCheckpointError(path, shared)
     norm_layers = {ref.layer for ref in tensors if ref.role in (Role.NORM, Role.RUNNING_STAT)}
     for i, ref in enumerate(tensors):
         if i not in decided and ref.role is Role.BIAS and ref.layer in norm_layers:

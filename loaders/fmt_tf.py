@@ -16,14 +16,15 @@ import functools
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from wdist.loaders.errors import CorruptCheckpointError, UnsupportedFormatError
-from wdist.loaders.fileio import RangeReader, file_size
-from wdist.loaders.fmt_dcp import PAIRWISE_LIMIT, Chunk, ChunkedReader, disjoint, layout
+from wdist.loaders.fileio import RangeReader, file_size, shared_span
+from wdist.loaders.fmt_dcp import Chunk, ChunkedReader, layout, overlap
 from wdist.loaders.fs import inside_model_folder
 from wdist.loaders.model import Checkpoint, Role, TensorRef, dtype_itemsize
 from wdist.loaders.plugin import FormatPlugin
@@ -183,9 +184,9 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes) -> list[tuple[int, int, Any]]:
-    """(field number, wire type, value): varints as int, fixed as int, length-delimited as bytes."""
-    out: list[tuple[int, int, Any]] = []
+def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value): varints as int, fixed as int, length-delimited as bytes; one at
+    a time (a list of every field of a 30 MB entry padded with unknown fields took 1.2 GB)."""
     pos, n = 0, len(buf)
     while pos < n:
         key, pos = _varint(buf, pos)
@@ -210,8 +211,7 @@ def _fields(buf: bytes) -> list[tuple[int, int, Any]]:
             v, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
         else:
             raise _Bad(f"unsupported wire type {wt}")
-        out.append((fno, wt, v))
-    return out
+        yield fno, wt, v
 
 
 def _signed(v: int) -> int:
@@ -230,7 +230,13 @@ class Entry:
     slices: list[list[tuple[int, int | None]]] = field(default_factory=list)  # per slice: (start, length)
 
 
+# A BundleEntryProto is tens of bytes, a partitioned variable's ~20 more per slice: 1 MiB is 50,000 slices
+MAX_ENTRY_BYTES = 1 << 20
+
+
 def _entry(buf: bytes) -> Entry:
+    if len(buf) > MAX_ENTRY_BYTES:  # walked field by field in Python: 15M fields of a 30 MB entry, 15 s
+        raise _Bad(f"an entry of {len(buf):,} bytes (more than {MAX_ENTRY_BYTES:,})")
     e = Entry()
     dims: list[int] = []
     for fno, wt, v in _fields(buf):
@@ -432,12 +438,15 @@ class _Var:
     optimizer: bool
 
 
-def _object_graph(buf: bytes) -> dict[str, _Var]:
-    """checkpoint_key -> readable name and whether it is optimizer state, from a TrackableObjectGraph."""
+def _object_graph(buf: bytes, max_nodes: int) -> dict[str, _Var]:
+    """checkpoint_key -> readable name and whether it is optimizer state, from a TrackableObjectGraph of at
+    most `max_nodes` nodes (_Bad beyond: each costs ~250 bytes here, and 5M empty ones took 1.7 GB)."""
     nodes: list[tuple[list[tuple[int, str]], list[tuple[str, str]], list[int]]] = []
     for fno, wt, node in _fields(buf):
         if fno != 1 or wt != 2:
             continue
+        if len(nodes) >= max_nodes:
+            raise _Bad(f"more than {max_nodes:,} nodes for the checkpoint's entries")
         children: list[tuple[int, str]] = []
         attrs: list[tuple[str, str]] = []
         slots: list[int] = []
@@ -583,9 +592,11 @@ def _sliced(index: str, key: str, kb: bytes, e: Entry, dtype: str, by_key: dict[
         layout(ch, e.shape)
         chunks.append(ch)
         total += math.prod(se.shape)
-    if total != math.prod(e.shape) or not disjoint(chunks, e.shape):
-        raise CorruptCheckpointError(index, f"partitioned variable {key!r}: slices do not tile its shape {list(e.shape)}")
-    return ChunkedReader(index, e.shape, dtype, chunks, zero_fill=len(chunks) > PAIRWISE_LIMIT)
+    why = overlap(chunks, e.shape) if total == math.prod(e.shape) else "their sizes do not add up to it"
+    if why is not None:
+        raise CorruptCheckpointError(index, f"partitioned variable {key!r}: slices do not tile its shape "
+                                            f"{list(e.shape)} ({why})")
+    return ChunkedReader(index, e.shape, dtype, chunks)
 
 
 def load(path: str) -> Checkpoint:
@@ -612,6 +623,7 @@ def load(path: str) -> Checkpoint:
         raise CorruptCheckpointError(index, f"checkpoint index is damaged ({err})") from None
 
     shard_sizes: dict[int, int] = {}
+    spans: list[tuple[str, int, int, str]] = []  # (shard, offset, size, what) of every entry read as data
 
     def shard(sid: int, key: str) -> str:
         if not 0 <= sid < num_shards:
@@ -637,6 +649,7 @@ def load(path: str) -> Checkpoint:
         fp = shard(e.shard_id, key)
         if e.offset < 0 or e.offset + e.size > shard_sizes[e.shard_id]:
             raise CorruptCheckpointError(index, f"entry {key!r} lies outside {os.path.basename(fp)}")
+        spans.append((fp, e.offset, e.size, f"entry {key!r}"))
         return fp
 
     warnings: list[str] = []
@@ -653,7 +666,8 @@ def load(path: str) -> Checkpoint:
             if e.offset < 0 or e.offset + e.size > shard_sizes[e.shard_id]:
                 raise CorruptCheckpointError(index, "object graph entry lies outside its data shard")
             try:
-                graph = _object_graph(_read_string_scalar(index, e, fp))
+                # a node per variable, layer, container and slot: a few per entry in real graphs
+                graph = _object_graph(_read_string_scalar(index, e, fp), 8 * len(parsed) + 10_000)
             except _Bad as err:
                 warnings.append(f"object graph unreadable ({err}); names are checkpoint keys")
             continue
@@ -666,6 +680,9 @@ def load(path: str) -> Checkpoint:
             kept.append((key, e, "", _sliced(index, key, kb, e, dtype, by_key, located)))
             continue
         kept.append((key, e, located(key, e, dtype), None))
+    shared = shared_span(spans)  # BundleWriter appends each tensor's bytes once
+    if shared is not None:
+        raise CorruptCheckpointError(index, shared)
     if skipped:
         warnings.append("entries of unsupported dtypes not read: " + ", ".join(skipped[:10]))
     names = _names([k for k, _e, _f, _r in kept], graph)

@@ -19,12 +19,19 @@ DEFAULT_CHUNK = 1 << 20
 MAX_NAME = 1 << 16
 
 
-def long_name(tensors: Sequence[Any]) -> str | None:
-    """The reason to refuse a checkpoint whose tensors' `name`s include one longer than MAX_NAME, or None."""
+def bad_names(tensors: Sequence[Any]) -> str | None:
+    """The reason to refuse a checkpoint by its tensors' `name`s, or None: one longer than MAX_NAME, or two
+    alike (bytes a reader decoded with replacement characters, say: a rule, a diff or a JSON consumer could
+    not tell which tensor a name means)."""
     longest = max((len(t.name) for t in tensors), default=0)
-    if longest <= MAX_NAME:
-        return None
-    return f"a tensor name of {longest:,} characters (wdist reads names of up to {MAX_NAME:,})"
+    if longest > MAX_NAME:
+        return f"a tensor name of {longest:,} characters (wdist reads names of up to {MAX_NAME:,})"
+    seen: set[str] = set()
+    for t in tensors:
+        if t.name in seen:
+            return f"two tensors are named {t.name!r}"
+        seen.add(t.name)
+    return None
 
 
 class Format:

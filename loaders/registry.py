@@ -20,7 +20,7 @@ from wdist.loaders.errors import (
     UnsupportedFormatError,
     WdistError,
 )
-from wdist.loaders.model import Checkpoint, long_name
+from wdist.loaders.model import Checkpoint, bad_names
 from wdist.loaders.plugin import SNIFF_BYTES, FormatPlugin
 
 # Modules exposing PLUGIN (or PLUGINS); the order here does not matter, each plug-in's `order` does.
@@ -228,12 +228,11 @@ def sniff(path: str) -> str:
         by_ext = [p for p in hits if any(name.endswith(e) for e in p.extensions)]
         return (by_ext or hits)[0].name
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # several formats are zips: say which part failed
-        import zipfile
 
-        from wdist.loaders.fileio import ZIP_ERRORS
+        from wdist.loaders.fileio import ZIP_ERRORS, open_zip
 
         try:  # through fs: a URL is not a local path (zipfile opened it as one: "No such file or directory")
-            with fs.open_binary(path) as f, zipfile.ZipFile(f) as z:
+            with open_zip(path) as z:
                 z.infolist()
         except ZIP_ERRORS as e:
             raise CorruptCheckpointError(path, f"zip archive is damaged or truncated ({str(e)[:80]})") from None
@@ -264,7 +263,7 @@ def _run_loader(plugin: FormatPlugin, path: str) -> Checkpoint:
     except Exception as e:  # any other failure of a reader on a hostile file is still one line naming it
         raise CorruptCheckpointError(path, f"cannot be read as {plugin.name} ({type(e).__name__}: "
                                      f"{str(e)[:100]})") from None
-    why = long_name(ck.tensors)  # every format, plug-ins included: nothing downstream copies such a name
+    why = bad_names(ck.tensors)  # every format, plug-ins included: no name too long or ambiguous
     if why is not None:
         ck.close()
         raise CorruptCheckpointError(path, why)

@@ -440,3 +440,116 @@ def test_metadata_symlinked_out_of_the_folder_is_refused(tmp_path):
     os.symlink("metadata.real", d / ".metadata")
     with open_checkpoint(str(d)) as ck:
         assert [t.name for t in ck.tensors] == ["w"]
+
+
+# ---- review of 2026-12-04 (fifth session): chunk layouts checked exactly, items read as torch reads them ----
+
+N_ROWS = 300  # more chunks than the pairwise overlap check covered (256): holes were read as zeros
+
+
+@pytest.fixture(scope="module")
+def many_chunks(tmp_path_factory) -> tuple[Path, torch.Tensor]:
+    w = torch.full((N_ROWS, 4), float("nan"))
+    w[0] = 1.0
+    splits = {"fc.weight": [((i, 0), (1, 4)) for i in range(N_ROWS)]}
+    return _save({"fc.weight": w}, tmp_path_factory.mktemp("many") / "ckpt", planner=_split_planner(splits)), w
+
+
+def test_three_hundred_chunks_read_exactly(many_chunks):
+    path, w = many_chunks
+    with open_checkpoint(str(path)) as ck:
+        (t,) = ck.tensors
+        assert isinstance(t.reader, ChunkedReader) and len(t.reader.chunks) == N_ROWS
+        np.testing.assert_array_equal(t.read(), w.numpy())
+
+
+def test_overlapping_chunks_are_refused_whatever_their_number(many_chunks, tmp_path):
+    """Every chunk but the first moved onto the first row: the sizes still add up, 299 rows are holes (they
+    read as zeros, and a nan_count == 0 gate passed on a tensor of 1,196 NaNs), refused before any item is
+    opened (copies of one chunk); and one chunk of 300 moved onto its neighbour."""
+    path, _ = many_chunks
+
+    def onto_first(md):  # type: ignore[no-untyped-def]
+        for c in md.state_dict_metadata["fc.weight"].chunks[1:]:
+            c.offsets = torch.Size((0, 0))
+
+    def one_overlap(md):  # type: ignore[no-untyped-def]
+        md.state_dict_metadata["fc.weight"].chunks[150].offsets = torch.Size((149, 0))
+
+    for i, edit in enumerate((onto_first, one_overlap)):
+        bad = _rewrite_metadata(path, tmp_path / f"bad{i}", edit)
+        with pytest.raises(CorruptCheckpointError, match="two chunks at|chunks overlap"):
+            open_checkpoint(str(bad))
+        r = run("check", str(bad), "--no-config", "--rule", "model: nan_count == 0")
+        assert r.exit_code == 2 and r.output.splitlines()[-1].startswith(f"wdist: error: {bad}: tensor 'fc.weight'")
+
+
+def test_overlap_check_is_exact_on_grids():
+    from wdist.loaders.fmt_dcp import MAX_GRID_CELLS, Chunk, overlap
+
+    def ch(offs, sizes):  # type: ignore[no-untyped-def]
+        return Chunk(tuple(offs), tuple(sizes), None)
+
+    # a brick layout (rows split at different columns) tiles; shifting one brick by one column overlaps
+    bricks = [ch((r, c), (1, 3)) for r in range(0, 8, 2) for c in (0, 3, 6)] + \
+             [ch((r, c), (1, n)) for r in range(1, 8, 2) for c, n in ((0, 2), (2, 3), (5, 4))]
+    assert overlap(bricks, (8, 9)) is None
+    shifted = [*bricks[:-1], ch((7, 4), (1, 4))]
+    assert "overlap" in (overlap(shifted, (8, 9)) or "")
+    assert overlap([ch((0,), (0,)), ch((0,), (4,))], (4,)) is None  # an empty chunk covers nothing
+    cube = [ch((i, j, k), (1, 1, 1)) for i in range(3) for j in range(3) for k in range(3)]
+    assert overlap(cube, (3, 3, 3)) is None and overlap([*cube, cube[13]], (3, 3, 3)) is not None
+    # 2^13 thin rows by 2^12 thin columns cut the tensor into more cells than are checked: refused
+    thin = [ch((i, 0), (1, 1)) for i in range(1 << 13)] + [ch((0, j), (1, 1)) for j in range(1, 1 << 12)]
+    assert "cells" in (overlap(thin, (1 << 13, 1 << 12)) or "") and MAX_GRID_CELLS < (1 << 25)
+
+
+def test_chunks_sharing_one_stored_item_are_refused(many_chunks, tmp_path):
+    """Chunks at their own offsets whose storage entries all name the first chunk's item: each would read
+    the same bytes (2,000 such 4 MB chunks analysed 8 GB from a 4 MB folder)."""
+    path, _ = many_chunks
+
+    def shared(md):  # type: ignore[no-untyped-def]
+        first = next(v for k, v in md.storage_data.items() if k.fqn == "fc.weight" and tuple(k.offset) == (0, 0))
+        for k in md.storage_data:
+            if k.fqn == "fc.weight":
+                md.storage_data[k] = first
+
+    bad = _rewrite_metadata(path, tmp_path / "shared", shared)
+    with pytest.raises(CorruptCheckpointError, match="overlapping bytes"):
+        open_checkpoint(str(bad))
+
+
+def test_item_with_two_members_of_one_name_is_refused(tmp_path):
+    """An item zip holding archive/data/0 twice (NaN and ones): torch.load and Python's zipfile need not
+    take the same one (the review saw torch read the NaN copy while wdist read the ones and passed a
+    nan_count gate); wdist refuses it, as it refuses such a torch zip."""
+    import io
+    import zipfile
+
+    out = _save({"fc.weight": torch.full((4, 4), float("nan"))}, tmp_path / "dup")
+    with open(out / ".metadata", "rb") as f:
+        md = pickle.load(f)
+    ((_k, v0),) = [(k, v) for k, v in md.storage_data.items() if k.fqn == "fc.weight"]
+    (shard,) = list(out.glob("*.distcp"))
+    raw = shard.read_bytes()
+    zin = zipfile.ZipFile(io.BytesIO(raw[v0.offset:v0.offset + v0.length]))
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        warnings.simplefilter("ignore")  # "Duplicate name"
+        for n in zin.namelist():
+            z.writestr(n, zin.read(n))
+            if n.endswith("/data/0"):
+                z.writestr(n, np.ones(16, np.float32).tobytes())
+    new = buf.getvalue()
+    names = zipfile.ZipFile(io.BytesIO(new)).namelist()
+    assert len([n for n in names if n.endswith("/data/0")]) == 2  # two readers may take either
+    shard.write_bytes(raw[:v0.offset] + new + raw[v0.offset + v0.length:])
+    for v in md.storage_data.values():
+        if v.offset > v0.offset:
+            v.offset += len(new) - v0.length
+    v0.length = len(new)
+    with open(out / ".metadata", "wb") as f:
+        pickle.dump(md, f)
+    with pytest.raises(CorruptCheckpointError, match="two members named"):
+        open_checkpoint(str(out))

@@ -539,3 +539,30 @@ def test_local_header_naming_another_member_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CorruptCheckpointError, match="local header names another file"):
         open_checkpoint(str(q))
     assert open_checkpoint(str(p)).tensors[0].read().tolist() == list(range(16))
+
+
+def test_zip_directories_are_bounded_before_they_are_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """zipfile builds a ZipInfo per directory record before anything can count them (1M records of one
+    51 MB directory: 554 MB and 14 s before the .npz member limit refused them): an archive claiming more
+    members than MAX_ZIP_MEMBERS, or a directory far larger than its claimed count needs, is refused from
+    its end record, for every zip format (.npz and .pt here) and the zip sniffing of unknown archives."""
+    import torch
+
+    from wdist.loaders import fileio
+
+    np.savez(tmp_path / "a.npz", **{f"a{i}": np.ones(2, np.float32) for i in range(12)})
+    torch.save({f"w{i}": torch.ones(2) for i in range(12)}, tmp_path / "a.pt")
+    for f in ("a.npz", "a.pt"):
+        open_checkpoint(str(tmp_path / f)).close()  # within the bound
+    monkeypatch.setattr(fileio, "MAX_ZIP_MEMBERS", 10)
+    for f in ("a.npz", "a.pt"):
+        with pytest.raises(CorruptCheckpointError, match="claims 1[2-9] members, more than the 10"):
+            open_checkpoint(str(tmp_path / f))
+    monkeypatch.setattr(fileio, "MAX_ZIP_MEMBERS", 1 << 19)
+    monkeypatch.setattr(fileio, "_CD_SLACK", 0)
+    raw = bytearray((tmp_path / "a.npz").read_bytes())
+    end = raw.rfind(b"PK\x05\x06")
+    raw[end + 8:end + 12] = struct.pack("<HH", 0, 0)  # claims no member: its directory is far too big for that
+    (tmp_path / "lie.npz").write_bytes(bytes(raw))
+    with pytest.raises(CorruptCheckpointError, match="zip directory of [0-9,]+ bytes for 0 members"):
+        open_checkpoint(str(tmp_path / "lie.npz"))

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_helpers import run
 from click.testing import CliRunner
 from corpus import mutated_file_outcome
 from hypothesis import HealthCheck, given, settings
@@ -544,3 +545,136 @@ def test_unpacked_values_are_counted_over_the_whole_file(tmp_path, monkeypatch):
     p.write_bytes(b"\x08\x09" + _ld(7, _ld(5, _tensor([600], 6, name=b"t0", extra=one))))
     with open_checkpoint(str(p)) as ck:
         assert ck.tensors[0].read().tolist() == [1.0] * 600
+
+
+# ---- review of 2026-12-04 (fifth session): nothing skipped in silence, bounded records, own bytes ----
+
+def test_subgraph_initializers_are_read_and_constants_reported(tmp_path):
+    """A valid model (onnx.checker passes) whose If branch holds a 64x64 all-NaN initializer: it was
+    dropped without a word and a nan_count gate passed. Subgraph initializers are read like the graph's
+    (a body inside a body too), and a float Constant of more than one value is reported by name, while the
+    scalar and integer constants of exported graphs are not."""
+    def body(name: str, init: str, value: float, inner: Any = None) -> Any:
+        nodes = [helper.make_node("MatMul", ["x", init], [name + "_t"])]
+        if inner is not None:
+            plain = helper.make_graph([helper.make_node("Identity", ["x"], ["p"])], "plain", [],
+                                      [helper.make_tensor_value_info("p", TP.FLOAT, None)])
+            nodes.append(helper.make_node("If", ["cond"], [name + "_i"], then_branch=inner, else_branch=plain))
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(name + "_t", TP.FLOAT, None)],
+                                 initializer=[nh.from_array(np.full((4, 64), value, np.float32), init)])
+
+    deep = helper.make_graph([helper.make_node("Identity", ["x"], ["d"])], "deep", [],
+                             [helper.make_tensor_value_info("d", TP.FLOAT, None)],
+                             initializer=[nh.from_array(np.ones(3, np.float32), "deep.scale")])
+    nodes = [helper.make_node("MatMul", ["x", "fc.weight"], ["h"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=body("then", "branch.fc.weight", np.nan),
+                              else_branch=body("else", "other.fc.weight", 1.0, deep), name="/gate/If"),
+             helper.make_node("Constant", [], ["k"], value=nh.from_array(np.float32(8.0))),
+             helper.make_node("Constant", [], ["s"], value=nh.from_array(np.arange(3, dtype=np.int64)))]
+    inits = [nh.from_array(np.ones((4, 4), np.float32), "fc.weight"), nh.from_array(np.array(True), "cond")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, [1, 64])], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(m)
+    onnx.save(m, str(tmp_path / "sub.onnx"))
+    with open_checkpoint(str(tmp_path / "sub.onnx")) as ck:
+        assert not ck.warnings
+        by = {t.name: t for t in ck.tensors}
+        assert set(by) == {"fc.weight", "cond", "branch.fc.weight", "other.fc.weight", "deep.scale"}
+        assert np.isnan(by["branch.fc.weight"].read()).all() and by["other.fc.weight"].read().shape == (4, 64)
+    r = run("check", str(tmp_path / "sub.onnx"), "--no-config", "--rule", "model: nan_count == 0")
+    assert r.exit_code == 1, r.output
+    m.graph.node.append(helper.make_node("Constant", [], ["c"], value=nh.from_array(np.ones(3, np.float32)),
+                                         name="/c/Constant"))
+    onnx.save(m, str(tmp_path / "const.onnx"))
+    with open_checkpoint(str(tmp_path / "const.onnx")) as ck:
+        assert ck.warnings == ["1 tensors held by node attributes (Constant values) are not read: '/c/Constant'"]
+    with open_checkpoint(str(_plain(tmp_path))) as ck:
+        assert not [w for w in ck.warnings if "node attributes" in w]
+
+
+def _plain(tmp_path: Path) -> Path:
+    p = tmp_path / "plain.onnx"
+    onnx.save_model(graph_model(typed=True), str(p))
+    return p
+
+
+def _raw_model(tmp_path: Path, extra: bytes) -> Path:
+    """A minimal ModelProto (ir_version, one graph with a 2x2 initializer) followed by `extra` fields."""
+    from corpus import varint
+
+    def ld(fn: int, b: bytes) -> bytes:
+        return varint(fn << 3 | 2) + varint(len(b)) + b
+
+    init = nh.from_array(np.ones((2, 2), np.float32), "w").SerializeToString()
+    body = varint(1 << 3) + varint(8) + ld(7, ld(5, init)) + extra
+    p = tmp_path / "raw.onnx"
+    p.write_bytes(body)
+    return p
+
+
+def test_metadata_and_node_records_are_bounded(tmp_path, monkeypatch):
+    """2M metadata_props took 342 MB (722 MB for inspect --format json), a node of 3M inputs 955 MB, 30M
+    empty value_info fields 30 s: each kind of record is counted (limits far above real models), and a
+    file over them is one error."""
+    from corpus import varint
+
+    from wdist.loaders import fmt_onnx
+
+    def ld(fn: int, b: bytes) -> bytes:
+        return varint(fn << 3 | 2) + varint(len(b)) + b
+
+    props = b"".join(ld(14, ld(1, b"k%d" % i) + ld(2, b"")) for i in range(fmt_onnx.MAX_META_ENTRIES))
+    with open_checkpoint(str(_raw_model(tmp_path, props))) as ck:
+        assert ck.metadata["k4095"] == "" and [t.name for t in ck.tensors] == ["w"]
+    with pytest.raises(CorruptCheckpointError, match="over 4,096 metadata_props"):
+        open_checkpoint(str(_raw_model(tmp_path, props + ld(14, ld(1, b"one-more")))))
+    opsets = b"".join(ld(8, ld(1, b"d%d" % i) + varint(2 << 3) + varint(1)) for i in range(4097))
+    with pytest.raises(CorruptCheckpointError, match="over 4,096 opset_import"):
+        open_checkpoint(str(_raw_model(tmp_path, opsets)))
+    monkeypatch.setattr(fmt_onnx, "MAX_NODE_ITEMS", 1000)
+    node = ld(7, ld(1, b"".join(ld(1, b"i%d" % i) for i in range(1001))))
+    with pytest.raises(CorruptCheckpointError, match="over 1,000 inputs, outputs and attributes"):
+        open_checkpoint(str(_raw_model(tmp_path, node)))
+    monkeypatch.setattr(fmt_onnx, "MAX_FIELDS", 10_000)
+    junk = ld(7, b"".join(ld(13, b"") for _ in range(10_000)))  # empty value_info records, skipped
+    with pytest.raises(CorruptCheckpointError, match="over 10,000 protobuf fields"):
+        open_checkpoint(str(_raw_model(tmp_path, junk)))
+
+
+def test_typed_data_is_not_kept_decoded_after_its_last_read(single):
+    """A typed tensor is decoded once per front-to-back read and released after its last values (30 such
+    10 MB tensors stayed decoded for the whole run: 649 MB)."""
+    with open_checkpoint(str(single)) as ck:
+        t = next(t for t in ck.tensors if t.name == "t_f16")
+        r = t.reader
+        assert isinstance(r, TypedReader)
+        first = r.read_raw(0, 2).copy()
+        assert r._decoded is not None  # kept while the rest is still to be read
+        rest = r.read_raw(2, 2)
+        assert r._decoded is None
+        np.testing.assert_array_equal(np.concatenate([first, rest]).view(np.float16),
+                                      np.array([1.5, -2.0, 0.25, 65504.0], np.float16))
+        np.testing.assert_array_equal(t.read(), np.array([1.5, -2.0, 0.25, 65504.0], np.float32))
+
+
+def test_initializers_sharing_external_bytes_are_refused(tmp_path):
+    """2,000 initializers naming one 4 MiB range of w.bin (a 161 KB model) were analysed as 8 GB."""
+    w = np.arange(64, dtype=np.float32)
+    (tmp_path / "w.bin").write_bytes(w.tobytes())
+    inits = []
+    for i in range(3):
+        t = TP(name=f"l{i}.weight", dims=[8, 8], data_type=TP.FLOAT, data_location=TP.EXTERNAL)
+        for k, v in (("location", "w.bin"), ("offset", "0"), ("length", str(w.nbytes))):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+        inits.append(t)
+    g = helper.make_graph([], "g", [], [], initializer=inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "amp.onnx"))
+    with pytest.raises(CorruptCheckpointError, match="overlapping bytes of w.bin"):
+        open_checkpoint(str(tmp_path / "amp.onnx"))
+    del inits[1:]
+    onnx.save(helper.make_model(helper.make_graph([], "g", [], [], initializer=inits),
+                                opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "one.onnx"))
+    with open_checkpoint(str(tmp_path / "one.onnx")) as ck:
+        np.testing.assert_array_equal(ck.tensors[0].read().ravel(), w)

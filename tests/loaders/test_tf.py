@@ -506,3 +506,100 @@ def test_checkpoint_file_symlinked_out_of_the_folder_is_not_read(tmp_path, monke
     os.symlink("state.txt", d / "checkpoint")
     with open_checkpoint(str(d)) as ck:
         assert ck.sources[0] == str(d / "ckpt.index") and ck.tensors[0].read().max() == 3.0
+
+
+# ---- review of 2026-12-04 (fifth session): slices tiled exactly, entries in their own bytes, names unique ----
+
+def _write_bundle(d: Path, kvs: list[tuple[bytes, bytes]], data: bytes) -> Path:
+    import tf_bundle as tb
+
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "ckpt.index").write_bytes(tb.table(sorted(kvs)))
+    (d / "ckpt.data-00000-of-00001").write_bytes(data)
+    return d / "ckpt.index"
+
+
+def _partitioned(d: Path, rows: int, starts: list[int]) -> tuple[Path, np.ndarray]:
+    """A [rows, 4] float32 variable as one-row slices starting at `starts` (each its own entry and bytes)."""
+    import tf_bundle as tb
+
+    vals = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
+    shape = tb.field(2, 2, tb.field(1, 0, rows)) + tb.field(2, 2, tb.field(1, 0, 4))
+    full = tb.field(1, 0, 1) + tb.field(2, 2, shape)
+    kvs, data = [(b"", tb.header())], b""
+    for r in starts:  # the variable's entry lists each start; a slice's own entry is written once
+        full += tb.field(7, 2, tb.field(1, 2, tb.field(1, 0, r) + tb.field(2, 0, 1)) + tb.field(1, 2, tb.field(1, 0, 0)))
+    for r in sorted(set(starts)):
+        row = vals[r].tobytes()
+        kvs.append((slice_key(b"fc/kernel", [(r, 1), (0, -1)]), tb.entry(1, [1, 4], len(data), 16, tb.tensor_crc(row))))
+        data += row
+    kvs.append((b"fc/kernel", full))
+    return _write_bundle(d, kvs, data), vals
+
+
+def test_three_hundred_slices_read_and_overlapping_ones_are_refused(tmp_path):
+    """300 one-row slices read as the variable; the same slices all claiming row 0 (their sizes add up,
+    299 rows were holes read as zeros: a nan_count gate passed on 16 bytes claiming 1,200 values) and
+    one slice moved onto its neighbour are refused."""
+    idx, vals = _partitioned(tmp_path / "ok", 300, list(range(300)))
+    with open_checkpoint(str(idx)) as ck:
+        np.testing.assert_array_equal(ck.tensors[0].read(), vals)
+    for name, starts in (("first", [0] * 300), ("moved", [*range(150), 149, *range(151, 300)])):
+        idx, _ = _partitioned(tmp_path / name, 300, starts)
+        with pytest.raises(CorruptCheckpointError, match="slices do not tile"):
+            open_checkpoint(str(idx))
+
+
+def test_entries_sharing_bytes_are_refused(tmp_path):
+    """2,000 entries naming one 4 MB range (a 96 KB index) were analysed as 8 GB; entries must lie in their
+    own bytes. An empty tensor at the offset of another is fine (it takes no bytes)."""
+    import tf_bundle as tb
+
+    data = np.arange(64, dtype=np.float32).tobytes()
+    crc = tb.tensor_crc(data)
+    kvs = [(b"", tb.header())] + [(f"layer{i}/kernel".encode(), tb.entry(1, [8, 8], 0, len(data), crc))
+                                  for i in range(50)]
+    with pytest.raises(CorruptCheckpointError, match="overlapping bytes"):
+        open_checkpoint(str(_write_bundle(tmp_path / "amp", kvs, data)))
+    kvs = [(b"", tb.header()), (b"a/kernel", tb.entry(1, [8, 8], 0, len(data), crc)),
+           (b"b/empty", tb.entry(1, [0, 8], 0, 0, tb.tensor_crc(b"")))]
+    with open_checkpoint(str(_write_bundle(tmp_path / "empty", kvs, data))) as ck:
+        assert sorted(t.name for t in ck.tensors) == ["a/kernel", "b/empty"]
+
+
+def test_keys_that_decode_to_one_name_are_refused(tmp_path):
+    """Keys b"fc/kernel\\xfe" (ones) and b"fc/kernel\\xff" (NaN) both decoded to 'fc/kernel\\ufffd': two rows
+    of one name, which no rule, diff or JSON reader could tell apart. The registry refuses two tensors of
+    one name for every format."""
+    import tf_bundle as tb
+
+    ones, nans = np.ones(4, np.float32).tobytes(), np.full(4, np.nan, np.float32).tobytes()
+    kvs = [(b"", tb.header()), (b"fc/kernel\xfe", tb.entry(1, [4], 0, 16, tb.tensor_crc(ones))),
+           (b"fc/kernel\xff", tb.entry(1, [4], 16, 16, tb.tensor_crc(nans)))]
+    idx = _write_bundle(tmp_path / "dup", kvs, ones + nans)
+    with pytest.raises(CorruptCheckpointError, match="two tensors are named 'fc/kernel\ufffd'"):
+        open_checkpoint(str(idx))
+    r = run("check", str(idx), "--no-config", "--rule", "model: nan_count == 0")
+    assert r.exit_code == 2 and r.output.splitlines()[-1].startswith("wdist: error:")
+
+
+def test_object_graph_and_entries_are_bounded(tmp_path):
+    """An object graph of 5M empty nodes (10 MB) took 1.7 GB, an entry padded with 5M unknown fields 411 MB:
+    the graph holds at most a few nodes per entry (beyond, it is passed over with a warning and the keys
+    name the tensors) and an entry at most 1 MiB."""
+    import tf_bundle as tb
+    from corpus import varint
+
+    w = np.ones(16, "<f4").tobytes()
+    for n, warned in ((10_000, False), (20_000, True)):
+        graph = b"\x0a\x00" * n
+        blob = varint(len(graph)) + b"\0\0\0\0" + graph
+        kvs = [(b"", tb.header()), (b"_CHECKPOINTABLE_OBJECT_GRAPH", tb.entry(7, [], len(w), len(blob), 0)),
+               (b"fc/kernel", tb.entry(1, [4, 4], 0, len(w), tb.tensor_crc(w)))]
+        with open_checkpoint(str(_write_bundle(tmp_path / f"g{n}", kvs, w + blob))) as ck:
+            assert [t.name for t in ck.tensors] == ["fc/kernel"]
+            assert any("more than 10,016 nodes" in x for x in ck.warnings) is warned, ck.warnings
+    pad = b"\x78\x00" * 600_000  # field 15, varint 0: unknown to BundleEntryProto
+    kvs = [(b"", tb.header()), (b"fc/kernel", tb.entry(1, [4, 4], 0, len(w), tb.tensor_crc(w)) + pad)]
+    with pytest.raises(CorruptCheckpointError, match="an entry of 1,200,0"):
+        open_checkpoint(str(_write_bundle(tmp_path / "pad", kvs, w)))
